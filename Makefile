@@ -1,0 +1,27 @@
+# The two front-door commands: `make test` and `make demo` (see README.md).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?= -n 2
+
+.PHONY: test demo docs bench clean
+
+# torch/torchvision are pinned to the releases on the team's machines (pip takes them from
+# local disk there); pyproject.toml itself admits a range.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(VENV)/.installed
+	$(PY) examples/demo.py --out out/demo
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_basis.py
+
+clean:
+	rm -rf $(VENV) site out .pytest_cache .hypothesis
