@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2
 
-.PHONY: test demo docs bench clean
+.PHONY: test demo docs docs-deps bench clean
 
 # torch/torchvision are pinned to the releases on the team's machines (pip takes them from
 # local disk there); pyproject.toml itself admits a range.
@@ -14,8 +14,20 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-test: $(VENV)/.installed
+# KaTeX (npm, pinned by docs/_katex/package-lock.json) renders the docs' math at build time.
+KATEX := docs/_katex/node_modules/katex/package.json
+$(KATEX): docs/_katex/package-lock.json
+	npm ci --prefix docs/_katex --ignore-scripts --no-audit --no-fund
+	touch $@
+
+docs-deps: $(KATEX)
+
+# tests/test_docs_site.py runs `mkdocs build --strict` and opens the site in headless Chromium.
+test: $(VENV)/.installed $(KATEX)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+docs: $(VENV)/.installed $(KATEX)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 demo: $(VENV)/.installed
 	$(PY) examples/demo.py --out out/demo
@@ -24,4 +36,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_basis.py
 
 clean:
-	rm -rf $(VENV) site out .pytest_cache .hypothesis
+	rm -rf $(VENV) site out .pytest_cache .hypothesis docs/_katex/node_modules

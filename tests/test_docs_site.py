@@ -1,0 +1,161 @@
+"""The documentation site: `mkdocs build --strict` passes, and the built pages work offline.
+
+The site is built once per test session (shared between xdist workers through a file lock) into
+a temporary directory. The browser tests open the built home and Concepts pages from disk in
+headless Chromium with every network request blackholed, and check that the mathematics was
+rendered (KaTeX elements present, no raw TeX in the page text, KaTeX's own font loaded from the
+site itself). They skip only when Chromium is not installed (`apt-get install chromium`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+@pytest.fixture(scope="session")
+def built_site(tmp_path_factory):
+    """Build the site once (strict) and return (site_dir, build_log, returncode)."""
+    from filelock import FileLock
+
+    if not FASHION_MNIST.is_dir() and not os.environ.get("CI"):
+        pytest.skip(f"{FASHION_MNIST} is absent (apt-get install dataset-fashion-mnist): the docs' figures "
+                    "are drawn from it; CI installs it and fails instead of skipping")
+
+    shared = tmp_path_factory.getbasetemp().parent  # common to all xdist workers of this run
+    site_dir, log_file = shared / "docs_site", shared / "docs_site.json"
+    with FileLock(str(shared / "docs_site.lock")):
+        if not log_file.exists():
+            env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+            proc = subprocess.run(
+                [sys.executable, "-m", "mkdocs", "build", "--strict", "--clean", "--site-dir", str(site_dir)],
+                cwd=ROOT, capture_output=True, text=True, env=env, timeout=600,
+            )
+            log_file.write_text(json.dumps({"returncode": proc.returncode, "log": proc.stdout + proc.stderr}))
+    result = json.loads(log_file.read_text())
+    return site_dir, result["log"], result["returncode"]
+
+
+def test_mkdocs_build_strict(built_site):
+    site_dir, log, returncode = built_site
+    assert returncode == 0, f"`mkdocs build --strict` failed:\n{log}"
+    assert (site_dir / "index.html").is_file() and (site_dir / "concepts.html").is_file()
+
+
+class _Refs(HTMLParser):
+    """Collect the URLs a page loads at view time (scripts, stylesheets, images, icons)."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag in ("script", "img", "source", "iframe") and a.get("src"):
+            self.urls.append(a["src"])
+        if tag == "link" and a.get("href") and a.get("rel") in ("stylesheet", "icon", "preload", "modulepreload"):
+            self.urls.append(a["href"])
+
+
+def test_site_needs_no_network(built_site):
+    """Everything a page loads resolves to a file of the site; no CDN, no web fonts."""
+    site_dir, log, returncode = built_site
+    assert returncode == 0, log
+    missing, remote = [], []
+    for page in site_dir.rglob("*.html"):
+        parser = _Refs()
+        parser.feed(page.read_text(encoding="utf-8"))
+        for url in parser.urls:
+            if re.match(r"^(https?:)?//", url):
+                remote.append(f"{page.relative_to(site_dir)}: {url}")
+            elif not url.startswith("data:"):
+                target = (page.parent / url.split("?")[0].split("#")[0]).resolve()
+                if not target.is_file():
+                    missing.append(f"{page.relative_to(site_dir)}: {url}")
+    for css in site_dir.rglob("*.css"):
+        for url in re.findall(r"url\((['\"]?)([^)'\"]+)\1\)", css.read_text(encoding="utf-8")):
+            url = url[1]
+            if url.startswith("data:"):
+                continue
+            if re.match(r"^(https?:)?//", url):
+                remote.append(f"{css.relative_to(site_dir)}: {url}")
+            elif not (css.parent / url.split("?")[0].split("#")[0]).resolve().is_file():
+                missing.append(f"{css.relative_to(site_dir)}: {url}")
+    assert not remote, "pages load remote resources:\n" + "\n".join(remote)
+    assert not missing, "pages load files the site lacks:\n" + "\n".join(missing)
+
+
+# Appended to a copy of the page: reports, once fonts have settled, what the reader would see.
+_PROBE = """
+<script>
+document.fonts.ready.then(() => {
+  const article = document.querySelector("article") || document.body;
+  const copy = article.cloneNode(true);
+  copy.querySelectorAll(".katex-mathml, script, style, pre, code").forEach((e) => e.remove());
+  const first = document.querySelector(".katex");
+  const faces = [];
+  document.fonts.forEach((f) => { if (f.family.replace(/['"]/g, "") === "KaTeX_Main") faces.push(f.status); });
+  const report = {
+    katex: document.querySelectorAll(".katex").length,
+    errors: document.querySelectorAll(".katex-error").length,
+    fontFamily: first ? getComputedStyle(first).fontFamily : "",
+    katexMainLoaded: faces.includes("loaded"),
+    text: copy.textContent,
+  };
+  const out = document.createElement("pre");
+  out.id = "docs-probe";
+  out.textContent = JSON.stringify(report);
+  document.body.appendChild(out);
+});
+</script>
+"""
+
+# TeX that escaped rendering: delimiters, or a backslash command such as \alpha or \frac.
+_RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\$[^$\s][^$]*\$|\\[A-Za-z]{2,}")
+
+
+def _open_in_chromium(page: Path) -> dict:
+    probe = page.with_name(f"_probe_{page.name}")
+    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _PROBE + "</body>"), encoding="utf-8")
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}",
+             # No network at all: any request that would leave the machine fails.
+             "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",
+             "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+            capture_output=True, text=True, timeout=120,
+        )
+    match = re.search(r'<pre id="docs-probe">(.*?)</pre>', proc.stdout, re.DOTALL)
+    assert match, f"the page did not finish loading in Chromium:\n{proc.stderr[-3000:]}"
+    import html
+
+    return json.loads(html.unescape(match.group(1)))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
+@pytest.mark.parametrize("page", ["index.html", "concepts.html"])
+def test_math_renders_in_chromium(built_site, page):
+    site_dir, log, returncode = built_site
+    assert returncode == 0, log
+    report = _open_in_chromium(site_dir / page)
+    assert report["katex"] >= (50 if page == "concepts.html" else 3), report["katex"]
+    assert report["errors"] == 0
+    raw = sorted(set(_RAW_TEX.findall(report["text"])))
+    assert not raw, f"raw TeX left in the text of {page}: {raw}"
+    assert "KaTeX_Main" in report["fontFamily"], report["fontFamily"]
+    assert report["katexMainLoaded"], "KaTeX's font did not load from the site"
