@@ -1,0 +1,27 @@
+"""lincorrupt: diffusion models whose corruption is diagonal in an orthogonal basis.
+
+    q(z_t | x) = N(V diag(alpha_t) V^T x, V diag(sigma_t^2) V^T)
+
+DDPM, inverse heat dissipation and blurring diffusion are instances of
+:class:`DiagonalizableCorruption`; one posterior, loss and set of samplers serve them all.
+"""
+
+from .basis import Basis, DCTBasis, IdentityBasis, MatrixBasis
+from .corruption import (Coefficients, DiagonalizableCorruption, Gaussian, InvalidCorruptionError,
+                         Transition)
+from .corruptions import DDPM, IHDM, BlurringDiffusion
+from .losses import diffusion_loss, elbo_weighting
+from .predictions import PREDICTIONS
+from .priors import EmpiricalPrior, GaussianPrior, Prior, StandardNormalPrior
+from .sampling import GRIDS, SAMPLERS, Denoiser, sample
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Basis", "IdentityBasis", "DCTBasis", "MatrixBasis",
+    "DiagonalizableCorruption", "Coefficients", "Transition", "Gaussian", "InvalidCorruptionError",
+    "DDPM", "IHDM", "BlurringDiffusion",
+    "diffusion_loss", "elbo_weighting", "PREDICTIONS",
+    "Prior", "StandardNormalPrior", "GaussianPrior", "EmpiricalPrior",
+    "sample", "Denoiser", "SAMPLERS", "GRIDS",
+]

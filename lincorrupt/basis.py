@@ -1,0 +1,243 @@
+"""Orthogonal bases V in which a corruption is diagonal.
+
+A basis maps data ``x`` to coordinates ``u = V^T x`` (:meth:`Basis.to_basis`) and back,
+``x = V u`` (:meth:`Basis.from_basis`). Both act on the trailing ``event_ndim`` dimensions
+and accept any number of leading batch dimensions. V is orthogonal, so the map preserves
+squared norms and white noise stays white: ``V^T eps ~ N(0, I)`` when ``eps ~ N(0, I)``.
+
+Half-precision inputs (float16, bfloat16) are transformed in float32 and returned in their
+own dtype; float32 and float64 are transformed in their own precision.
+"""
+
+from __future__ import annotations
+
+import math
+
+import scipy.fft
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Basis", "IdentityBasis", "DCTBasis", "MatrixBasis", "dct_matrix"]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    if not dtype.is_floating_point:
+        raise TypeError(f"a basis transforms floating-point tensors, got dtype {dtype}")
+    return torch.promote_types(dtype, torch.float32)
+
+
+class Basis(nn.Module):
+    """An orthogonal transform V over the trailing ``event_ndim`` dimensions of a tensor.
+
+    Subclasses implement :meth:`to_basis` and :meth:`from_basis`; all state lives in
+    buffers so that ``.to(device)`` moves it.
+    """
+
+    #: number of trailing dimensions the transform acts on (0 for the identity)
+    event_ndim: int = 0
+
+    def to_basis(self, x: Tensor) -> Tensor:
+        """``u = V^T x`` over the trailing dimensions; shape and dtype preserved."""
+        raise NotImplementedError
+
+    def from_basis(self, u: Tensor) -> Tensor:
+        """``x = V u`` over the trailing dimensions; shape and dtype preserved."""
+        raise NotImplementedError
+
+    def check_event_shape(self, shape: tuple[int, ...]) -> None:
+        """Raise ``ValueError`` unless the basis can act on events of ``shape``."""
+
+
+class IdentityBasis(Basis):
+    """V = I: the basis of standard (isotropic) Gaussian diffusion."""
+
+    def to_basis(self, x: Tensor) -> Tensor:
+        return x
+
+    def from_basis(self, u: Tensor) -> Tensor:
+        return u
+
+
+def dct_matrix(n: int, dtype: torch.dtype = torch.float64, device=None) -> Tensor:
+    """Orthonormal DCT-II matrix ``D`` of size (n, n), so that ``D @ x`` is the DCT-II of x.
+
+    ``D[k, j] = sqrt(2/n) * c_k * cos(pi * (2j + 1) * k / (2n))`` with ``c_0 = 1/sqrt(2)``
+    and ``c_k = 1`` otherwise (scipy's ``dct(x, type=2, norm="ortho")``). Built in float64.
+    """
+    j = torch.arange(n, dtype=torch.float64)
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    d = torch.cos(math.pi * (2 * j + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+    d[0] /= math.sqrt(2.0)
+    return d.to(dtype=dtype, device=device)
+
+
+#: On CPU, images with at least this many pixels use pocketfft's O(n log n) DCT instead of
+#: two dense matrix products; the crossover was measured by ``benchmarks/bench_basis.py``.
+CPU_FFT_MIN_PIXELS = 64 * 64
+
+
+class _PocketfftDCT(torch.autograd.Function):
+    """Orthonormal 2-D DCT-II (or its inverse) of a CPU tensor by scipy's pocketfft.
+
+    The transform is orthogonal, so its adjoint (the backward pass) is its inverse.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, inverse: bool) -> Tensor:
+        ctx.inverse = inverse
+        return _pocketfft(x, inverse)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _pocketfft(grad, not ctx.inverse), None
+
+
+def _pocketfft(x: Tensor, inverse: bool) -> Tensor:
+    transform = scipy.fft.idctn if inverse else scipy.fft.dctn
+    y = transform(x.detach().contiguous().numpy(), axes=(-2, -1), norm="ortho",
+                  workers=torch.get_num_threads())
+    return torch.from_numpy(y)
+
+
+class DCTBasis(Basis):
+    """Orthonormal 2-D DCT-II over the last two dimensions (height, width).
+
+    ``to_basis(x) = D_H x D_W^T`` equals ``scipy.fft.dctn(x, axes=(-2, -1), norm="ortho")``;
+    coordinate ``(k, l)`` is the frequency with eigenvalue ``lambda[k, l]`` of the Neumann
+    Laplacian (:meth:`frequencies_squared`), which is why heat dissipation is diagonal here.
+
+    The transform is two dense matrix products (``O(H + W)`` per pixel, but at BLAS speed),
+    except on CPU for images of at least ``CPU_FFT_MIN_PIXELS`` pixels, where scipy's
+    pocketfft DCT (``O(log HW)`` per pixel) is faster; ``benchmarks/bench_basis.py``
+    measures both against ``torch_dct`` and scipy.
+
+    Args:
+        height: H, size of dimension -2.
+        width: W, size of dimension -1.
+    """
+
+    event_ndim = 2
+
+    def __init__(self, height: int, width: int):
+        super().__init__()
+        if int(height) < 1 or int(width) < 1:
+            raise ValueError(f"DCTBasis needs positive height and width, got {height}x{width}")
+        self.height, self.width = int(height), int(width)
+        self.register_buffer("d_h", dct_matrix(self.height, torch.float64), persistent=False)
+        self.register_buffer("d_w", dct_matrix(self.width, torch.float64), persistent=False)
+        self._cast: dict = {}
+
+    def _apply(self, fn, recurse=True):  # drop dtype/device casts when the module moves
+        self._cast = {}
+        return super()._apply(fn, recurse)
+
+    def _matrices(self, x: Tensor) -> tuple[Tensor, Tensor, torch.dtype]:
+        if x.ndim < 2 or tuple(x.shape[-2:]) != (self.height, self.width):
+            raise ValueError(
+                f"DCTBasis({self.height}, {self.width}) expects (..., {self.height}, "
+                f"{self.width}), got shape {tuple(x.shape)}"
+            )
+        dtype = _compute_dtype(x.dtype)
+        key = (dtype, x.device)
+        if key not in self._cast:
+            self._cast[key] = (self.d_h.to(x.device, dtype), self.d_w.to(x.device, dtype))
+        d_h, d_w = self._cast[key]
+        return d_h, d_w, dtype
+
+    def _use_pocketfft(self, x: Tensor) -> bool:
+        return x.device.type == "cpu" and self.height * self.width >= CPU_FFT_MIN_PIXELS
+
+    def to_basis(self, x: Tensor) -> Tensor:
+        d_h, d_w, dtype = self._matrices(x)
+        if self._use_pocketfft(x):
+            return _PocketfftDCT.apply(x.to(dtype), False).to(x.dtype)
+        # (..., H, W) @ D_W^T transforms rows; D_H @ (...) transforms columns.
+        return torch.matmul(d_h, torch.matmul(x.to(dtype), d_w.mT)).to(x.dtype)
+
+    def from_basis(self, u: Tensor) -> Tensor:
+        d_h, d_w, dtype = self._matrices(u)
+        if self._use_pocketfft(u):
+            return _PocketfftDCT.apply(u.to(dtype), True).to(u.dtype)
+        return torch.matmul(d_h.mT, torch.matmul(u.to(dtype), d_w)).to(u.dtype)
+
+    def frequencies_squared(self) -> Tensor:
+        """``lambda[k, l] = (pi k / H)^2 + (pi l / W)^2``, shape (H, W), float64.
+
+        The heat equation's decay rate of DCT coordinate (k, l): blurring with time tau
+        multiplies it by ``exp(-lambda * tau)`` (Rissanen et al. 2022; Hoogeboom & Salimans
+        2023, eq. 9).
+        """
+        f_h = math.pi * torch.arange(self.height, dtype=torch.float64) / self.height
+        f_w = math.pi * torch.arange(self.width, dtype=torch.float64) / self.width
+        return f_h[:, None] ** 2 + f_w[None, :] ** 2
+
+    def check_event_shape(self, shape: tuple[int, ...]) -> None:
+        if len(shape) < 2 or tuple(shape[-2:]) != (self.height, self.width):
+            raise ValueError(
+                f"DCTBasis({self.height}, {self.width}) cannot act on events of shape {shape}"
+            )
+
+    def extra_repr(self) -> str:
+        return f"height={self.height}, width={self.width}"
+
+
+class MatrixBasis(Basis):
+    """A dense orthogonal matrix Q acting on the flattened trailing ``event_shape`` dims.
+
+    ``to_basis(x) = Q^T vec(x)`` and ``from_basis(u) = Q vec(u)``, reshaped back.
+
+    Args:
+        Q: (n, n) orthogonal matrix; its columns are the basis vectors.
+        event_shape: the trailing dimensions it acts on, with ``prod(event_shape) == n``;
+            defaults to ``(n,)``, the last dimension.
+        atol: tolerance of the orthogonality check ``Q^T Q = I``.
+    """
+
+    def __init__(self, Q: Tensor, event_shape: tuple[int, ...] | None = None, atol: float = 1e-5):
+        super().__init__()
+        Q = torch.as_tensor(Q)
+        if Q.ndim != 2 or Q.shape[0] != Q.shape[1]:
+            raise ValueError(f"MatrixBasis needs a square (n, n) matrix, got shape {tuple(Q.shape)}")
+        n = Q.shape[0]
+        self.event_shape = tuple(event_shape) if event_shape is not None else (n,)
+        if math.prod(self.event_shape) != n:
+            raise ValueError(f"event_shape {self.event_shape} has {math.prod(self.event_shape)} "
+                             f"elements but Q is {n}x{n}")
+        q64 = Q.to(torch.float64)
+        err = (q64.mT @ q64 - torch.eye(n, dtype=torch.float64, device=Q.device)).abs().max().item()
+        if err > atol:
+            raise ValueError(f"MatrixBasis needs an orthogonal Q (Q^T Q = I); max |Q^T Q - I| = {err:.3g}")
+        self.event_ndim = len(self.event_shape)
+        self.register_buffer("q", q64)
+        self._cast: dict = {}
+
+    def _apply(self, fn, recurse=True):
+        self._cast = {}
+        return super()._apply(fn, recurse)
+
+    def _flat(self, x: Tensor) -> tuple[Tensor, Tensor, torch.dtype]:
+        if tuple(x.shape[x.ndim - self.event_ndim:]) != self.event_shape or x.ndim < self.event_ndim:
+            raise ValueError(f"MatrixBasis expects (..., {', '.join(map(str, self.event_shape))}), "
+                             f"got shape {tuple(x.shape)}")
+        dtype = _compute_dtype(x.dtype)
+        key = (dtype, x.device)
+        if key not in self._cast:
+            self._cast[key] = self.q.to(x.device, dtype)
+        flat = x.to(dtype).reshape(*x.shape[: x.ndim - self.event_ndim], -1)
+        return flat, self._cast[key], dtype
+
+    def to_basis(self, x: Tensor) -> Tensor:
+        flat, q, _ = self._flat(x)
+        return (flat @ q).reshape(x.shape).to(x.dtype)  # row-vector form of Q^T x
+
+    def from_basis(self, u: Tensor) -> Tensor:
+        flat, q, _ = self._flat(u)
+        return (flat @ q.mT).reshape(u.shape).to(u.dtype)
+
+    def check_event_shape(self, shape: tuple[int, ...]) -> None:
+        if tuple(shape[len(shape) - self.event_ndim:]) != self.event_shape or len(shape) < self.event_ndim:
+            raise ValueError(f"MatrixBasis with event_shape {self.event_shape} cannot act on "
+                             f"events of shape {shape}")
+
+    def extra_repr(self) -> str:
+        return f"event_shape={self.event_shape}"

@@ -1,0 +1,360 @@
+"""``DiagonalizableCorruption``: a Gaussian diffusion that is diagonal in an orthogonal basis.
+
+    q(z_t | x) = N(z_t | V diag(alpha_t) V^T x, V diag(sigma_t^2) V^T),   t in [0, 1]
+
+(Hoogeboom & Salimans 2023, sec. 2.3). In coordinates ``u = V^T z`` every coordinate i is an
+independent scalar diffusion with its own ``alpha_t[i]``, ``sigma_t[i]`` (Kingma et al. 2021).
+A subclass names its basis and implements :meth:`~DiagonalizableCorruption.alpha_sigma`
+(or, where that underflows, :meth:`~DiagonalizableCorruption.log_alpha_sigma`); transitions,
+the posterior, prediction conversions, the SNR and its derivative, and the Markov validity
+check are written once here, in log space where the naive form loses precision.
+
+Shapes: ``x``, ``z_t`` are (B, *shape) in data space; ``u`` the same in basis coordinates;
+times ``t``, ``s`` are (B,) or scalars; per-coordinate coefficients broadcast to (B, *shape).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .basis import Basis
+from .predictions import get_prediction
+from .priors import Prior, StandardNormalPrior
+
+__all__ = ["Coefficients", "Transition", "Gaussian", "DiagonalizableCorruption", "InvalidCorruptionError"]
+
+
+class InvalidCorruptionError(ValueError):
+    """The schedule does not define a Markov diffusion (some coordinate's SNR increases)."""
+
+
+class Coefficients(NamedTuple):
+    """``log alpha_t`` and ``log sigma_t`` per basis coordinate, broadcastable to (B, *shape)."""
+
+    log_alpha: Tensor
+    log_sigma: Tensor
+
+    @property
+    def alpha(self) -> Tensor:
+        return self.log_alpha.exp()
+
+    @property
+    def sigma(self) -> Tensor:
+        return self.log_sigma.exp()
+
+    @property
+    def logsnr(self) -> Tensor:
+        """``log SNR_t = log(alpha_t^2 / sigma_t^2)``."""
+        return 2.0 * (self.log_alpha - self.log_sigma)
+
+    @property
+    def r(self) -> Tensor:
+        """``sqrt(alpha_t^2 + sigma_t^2)``, the scale of the velocity (1 for VP processes)."""
+        return torch.exp(torch.logaddexp(2 * self.log_alpha, 2 * self.log_sigma) / 2)
+
+
+class Transition(NamedTuple):
+    """``q(u_t | u_s) = N(alpha * u_s, var)``: ``alpha_{t|s}`` and ``sigma^2_{t|s}`` per coordinate."""
+
+    alpha: Tensor
+    var: Tensor
+
+
+class Gaussian(NamedTuple):
+    """A diagonal Gaussian in basis coordinates: per-coordinate ``mean`` and ``var``."""
+
+    mean: Tensor
+    var: Tensor
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.var.sqrt() * noise
+
+
+def transition(cs: Coefficients, ct: Coefficients) -> Transition:
+    """``alpha_{t|s} = alpha_t / alpha_s`` and ``sigma^2_{t|s} = sigma_t^2 - alpha_{t|s}^2 sigma_s^2``.
+
+    The variance is computed as ``-sigma_t^2 expm1(logsnr_t - logsnr_s)`` (VDM appendix A),
+    which is exact where the difference of squares cancels.
+    """
+    return Transition((ct.log_alpha - cs.log_alpha).exp(), -torch.expm1(ct.logsnr - cs.logsnr) * ct.sigma**2)
+
+
+def posterior_coefficients(cs: Coefficients, ct: Coefficients) -> tuple[Tensor, Tensor, Tensor]:
+    """``q(u_s | u_t, x) = N(c_t u_t + c_x u_x, var)``; returns ``(c_t, c_x, var)``.
+
+    Algebraically equal to DESIGN.md's ``sigma2_{t->s} = (1/sigma_s^2 + alpha_{t|s}^2 /
+    sigma2_{t|s})^-1`` and ``mu = sigma2_{t->s} (alpha_{t|s} / sigma2_{t|s} u_t + alpha_s /
+    sigma_s^2 u_x)``, written with ``r = sigma2_{t|s} / sigma_t^2 = -expm1(logsnr_t - logsnr_s)``
+    so that ``sigma_s = 0`` (a noise-free start) and ``alpha_t -> 0`` stay finite:
+    ``c_t = alpha_{t|s} sigma_s^2 / sigma_t^2``, ``c_x = alpha_s r``, ``var = r sigma_s^2``.
+    """
+    r = -torch.expm1(ct.logsnr - cs.logsnr)
+    c_t = torch.exp(ct.log_alpha - cs.log_alpha + 2 * (cs.log_sigma - ct.log_sigma))
+    return c_t, cs.alpha * r, r * cs.sigma**2
+
+
+class DiagonalizableCorruption(nn.Module):
+    """Base class of every corruption: per-coordinate ``alpha_t``, ``sigma_t`` in a basis ``V``.
+
+    Subclasses call ``super().__init__(shape, basis, prior)``, register any schedule
+    parameters as buffers, and implement :meth:`alpha_sigma` or :meth:`log_alpha_sigma`.
+    After construction the Markov validity check (:meth:`check_validity`) runs
+    automatically and refuses a schedule whose SNR increases in some coordinate.
+
+    Args:
+        shape: event shape of one datum, e.g. (C, H, W).
+        basis: the orthogonal basis V.
+        prior: distribution of ``u_1`` for sampling; default standard normal.
+    """
+
+    def __init__(self, shape: tuple[int, ...], basis: Basis, prior: Prior | None = None):
+        super().__init__()
+        cls = type(self)
+        base = DiagonalizableCorruption
+        if cls.alpha_sigma is base.alpha_sigma and cls.log_alpha_sigma is base.log_alpha_sigma:
+            raise TypeError(f"{cls.__name__} must implement alpha_sigma(t) or log_alpha_sigma(t)")
+        self.shape = tuple(int(d) for d in shape)
+        if not self.shape or min(self.shape) < 1:
+            raise ValueError(f"shape must be a non-empty tuple of positive sizes, got {shape}")
+        basis.check_event_shape(self.shape)
+        self.basis = basis
+        self.prior = prior if prior is not None else StandardNormalPrior()
+
+    def __init_subclass__(cls, **kwargs):
+        """Run :meth:`check_validity` once the outermost ``__init__`` of a subclass returns."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def init_then_validate(self, *args, **kw):
+            init(self, *args, **kw)
+            if type(self) is cls:
+                self.check_validity()
+
+        cls.__init__ = init_then_validate
+
+    # ----------------------------------------------------------------- the schedule
+    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-coordinate ``(alpha_t, sigma_t)`` in basis coordinates.
+
+        Args:
+            t: (B,) times in [0, 1].
+        Returns:
+            Two tensors broadcastable to (B, *shape), e.g. (B, 1, H, W) or (B, 1, 1, 1).
+        """
+        log_alpha, log_sigma = self.log_alpha_sigma(t)
+        return log_alpha.exp(), log_sigma.exp()
+
+    def log_alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(log alpha_t, log sigma_t)``; override instead of :meth:`alpha_sigma` where
+        ``alpha_t`` underflows (e.g. heat dissipation of high frequencies)."""
+        alpha, sigma = self.alpha_sigma(t)
+        return alpha.log(), sigma.log()
+
+    def coefficients(self, t: Tensor | float, batch_size: int | None = None) -> Coefficients:
+        """Validated :class:`Coefficients` at times ``t`` (B,), shaped (B, ...) for broadcasting.
+
+        Computed in ``t``'s dtype (at least float32); pass float64 times for float64 precision.
+        """
+        t = self._check_time(t, "t", batch_size)
+        log_alpha, log_sigma = self.log_alpha_sigma(t)
+        target = (t.shape[0], *self.shape)
+        for name, value in (("alpha", log_alpha), ("sigma", log_sigma)):
+            if value.ndim != len(target) or torch.broadcast_shapes(value.shape, target) != target:
+                raise ValueError(f"{type(self).__name__}.alpha_sigma returned {name} of shape "
+                                 f"{tuple(value.shape)}; expected a shape broadcastable to {target} "
+                                 f"with the same number of dimensions")
+        return Coefficients(log_alpha, log_sigma)
+
+    def log_snr(self, t: Tensor | float) -> Tensor:
+        """``log SNR_t[i] = log(alpha_t[i]^2 / sigma_t[i]^2)``, broadcastable to (B, *shape)."""
+        return self.coefficients(t).logsnr
+
+    def snr(self, t: Tensor | float) -> Tensor:
+        """``SNR_t[i] = alpha_t[i]^2 / sigma_t[i]^2``."""
+        return self.log_snr(t).exp()
+
+    def d_log_snr_dt(self, t: Tensor | float) -> Tensor:
+        """``d/dt log SNR_t[i]`` per coordinate, by forward-mode automatic differentiation.
+
+        ``d/dt SNR = SNR * d/dt log SNR``; the continuous-time ELBO weight (VDM eq. 17) is
+        ``-1/2 d/dt SNR_t``.
+        """
+        t = self._check_time(t, "t")
+        _, tangent = torch.func.jvp(lambda t: self.coefficients(t).logsnr, (t,), (torch.ones_like(t),))
+        return tangent
+
+    # ----------------------------------------------------------------- the process
+    def transition(self, s: Tensor | float, t: Tensor | float) -> Transition:
+        """``q(u_t | u_s)`` for ``0 <= s < t <= 1``: ``alpha_{t|s}``, ``sigma^2_{t|s}`` per coordinate."""
+        s, t = self._check_pair(s, t)
+        return transition(self.coefficients(s), self.coefficients(t))
+
+    def diffuse(self, x: Tensor, t: Tensor | float, noise: Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Sample ``z_t ~ q(z_t | x)``: ``z_t = V (alpha_t V^T x + sigma_t V^T eps)``.
+
+        Args:
+            x: (B, *shape) data.
+            t: (B,) times in [0, 1], or a scalar for the whole batch.
+            noise: (B, *shape) standard normal noise ``eps`` in data space; drawn if None.
+            generator: random generator used when ``noise`` is None.
+        Returns:
+            ``(z_t, eps)``, both (B, *shape) in ``x``'s dtype.
+        """
+        self.check_data(x)
+        if noise is None:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        else:
+            self._check_like(noise, x, "noise")
+        c = self.coefficients(self._check_time(t, "t", x.shape[0], x.device))
+        u_t = c.alpha * self.basis.to_basis(x) + c.sigma * self.basis.to_basis(noise)
+        return self.basis.from_basis(u_t).to(x.dtype), noise
+
+    def posterior(self, z_t: Tensor, x: Tensor, s: Tensor | float, t: Tensor | float) -> Gaussian:
+        """``q(u_s | u_t, x)`` per basis coordinate (DESIGN.md sec. 1, VDM eq. 32-33).
+
+        Args:
+            z_t: (B, *shape) corrupted data at time t, data space.
+            x: (B, *shape) clean data.
+            s, t: (B,) or scalar times with ``0 <= s < t <= 1``.
+        Returns:
+            :class:`Gaussian` with ``mean`` and ``var`` (B, *shape) in basis coordinates.
+        """
+        self.check_data(x)
+        self._check_like(z_t, x, "z_t")
+        s, t = self._check_pair(s, t, x.shape[0], x.device)
+        c_t, c_x, var = posterior_coefficients(self.coefficients(s), self.coefficients(t))
+        mean = c_t * self.basis.to_basis(z_t) + c_x * self.basis.to_basis(x)
+        return Gaussian(mean.to(x.dtype), var.expand(mean.shape).to(x.dtype))
+
+    def convert(self, output: Tensor, z_t: Tensor, t: Tensor | float, source: str = "eps",
+                target: str = "x") -> Tensor:
+        """Convert a model output at ``(z_t, t)`` from one prediction kind to another.
+
+        Args:
+            output: (B, *shape) what the model predicts, of kind ``source``.
+            z_t: (B, *shape) the model's input.
+            t: (B,) or scalar time.
+            source, target: "eps", "x" or "v" (see :mod:`lincorrupt.predictions`).
+        Returns:
+            (B, *shape) the prediction of kind ``target``, data space.
+        """
+        src, dst = get_prediction(source), get_prediction(target)
+        self.check_data(z_t, "z_t")
+        self._check_like(output, z_t, "output")
+        c = self.coefficients(self._check_time(t, "t", z_t.shape[0], z_t.device))
+        u_t, out = self.basis.to_basis(z_t), self.basis.to_basis(output)
+        u_x, u_eps = src.to_x(c, u_t, out), src.to_eps(c, u_t, out)
+        return self.basis.from_basis(dst.target(c, u_x, u_eps)).to(z_t.dtype)
+
+    # ----------------------------------------------------------------- validity
+    @torch.no_grad()
+    def check_validity(self, num_times: int = 1001) -> None:
+        """Raise :class:`InvalidCorruptionError` unless ``q`` is a Markov diffusion.
+
+        The process is Markov iff ``sigma^2_{t|s} >= 0`` for all ``s < t``, i.e. iff every
+        coordinate's SNR is non-increasing in t. Checked on ``num_times`` equally spaced
+        times in float64, together with finiteness of ``alpha`` and ``sigma`` and
+        ``sigma_t > 0`` for ``t > 0``.
+        """
+        device = next((b.device for b in self.buffers()), torch.device("cpu"))
+        times = torch.linspace(0, 1, num_times, dtype=torch.float64, device=device)
+        previous = None
+        for start in range(0, num_times, 64):
+            t = times[start:start + 64]
+            c = self.coefficients(t)
+            for name, value in (("alpha", c.alpha), ("sigma", c.sigma)):
+                bad = ~torch.isfinite(value) | (value < 0)
+                if bad.any():
+                    self._refuse(f"{name}_t is not a finite non-negative number", t, bad, value)
+            zero_sigma = (c.log_sigma == -torch.inf) & (t > 0).view(-1, *[1] * len(self.shape))
+            if zero_sigma.any():
+                self._refuse("sigma_t = 0 at t > 0 (only t = 0 may be noise-free)", t, zero_sigma, c.sigma)
+            logsnr = c.logsnr.expand(t.shape[0], *self.shape)
+            if previous is not None:
+                logsnr = torch.cat([previous, logsnr])
+                t = torch.cat([times[start - 1:start], t])
+            tol = 1e-9 * (1 + logsnr[:-1].abs().nan_to_num(0, 0, 0))
+            rising = logsnr[1:] > logsnr[:-1] + tol
+            if rising.any():
+                k, *coord = (int(i) for i in rising.nonzero()[0])
+                raise InvalidCorruptionError(
+                    f"{type(self).__name__}: SNR increases in basis coordinate {tuple(coord)} between "
+                    f"t={t[k].item():.6g} and t={t[k + 1].item():.6g} (log-SNR {logsnr[k][tuple(coord)].item():.6g} -> "
+                    f"{logsnr[k + 1][tuple(coord)].item():.6g}); then sigma^2_(t|s) < 0 and q(z_t | x) is not a "
+                    f"Markov diffusion. The SNR of every coordinate must be non-increasing in t.")
+            previous = logsnr[-1:]
+
+    def _refuse(self, what: str, t: Tensor, bad: Tensor, value: Tensor) -> None:
+        k, *coord = (int(i) for i in bad.nonzero()[0])
+        v = value.expand(bad.shape)[(k, *coord)].item()
+        raise InvalidCorruptionError(f"{type(self).__name__}: {what}; at t={t[k].item():.6g}, basis "
+                                     f"coordinate {tuple(coord)} the value is {v}")
+
+    # ----------------------------------------------------------------- input checks
+    def check_data(self, x: Tensor, name: str = "x") -> None:
+        """``ValueError``/``TypeError`` unless ``x`` is a floating (B, *shape) tensor on our device."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be floating point (data scaled to [-1, 1]), got dtype {x.dtype}")
+        if x.ndim != len(self.shape) + 1 or tuple(x.shape[1:]) != self.shape:
+            raise ValueError(f"{name} must have shape (B, {', '.join(map(str, self.shape))}) for "
+                             f"{type(self).__name__}(shape={self.shape}), got {tuple(x.shape)}")
+        for buffer in self.buffers():
+            if buffer.device != x.device:
+                raise ValueError(f"{name} is on {x.device} but {type(self).__name__}'s buffers are on "
+                                 f"{buffer.device}; move one with .to(device)")
+            break
+
+    @staticmethod
+    def _check_like(y: Tensor, x: Tensor, name: str) -> None:
+        if not isinstance(y, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
+        if y.shape != x.shape:
+            raise ValueError(f"{name} must have the shape of x, {tuple(x.shape)}; got {tuple(y.shape)}")
+        if y.device != x.device:
+            raise ValueError(f"{name} is on {y.device} but x is on {x.device}")
+        if y.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {y.dtype} but x has {x.dtype}")
+
+    def _check_time(self, t: Tensor | float, name: str, batch_size: int | None = None,
+                    device: torch.device | None = None) -> Tensor:
+        """A (B,) floating tensor of times in [0, 1]; scalars are expanded to ``batch_size``."""
+        if not isinstance(t, Tensor):
+            t = torch.tensor(float(t), device=device)
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor of times in [0, 1], got dtype {t.dtype}")
+        if device is not None and t.device != device:
+            raise ValueError(f"{name} is on {t.device} but the data are on {device}")
+        if t.ndim == 0:
+            t = t.expand(batch_size if batch_size is not None else 1)
+        if t.ndim != 1 or (batch_size is not None and t.shape[0] != batch_size):
+            expected = f"({batch_size},)" if batch_size is not None else "(B,)"
+            raise ValueError(f"{name} must have shape {expected} or be a scalar, got {tuple(t.shape)}")
+        if not bool(((t >= 0) & (t <= 1)).all()):
+            bad = t[~((t >= 0) & (t <= 1))][0].item()
+            raise ValueError(f"{name} must lie in [0, 1], got {bad}")
+        return t.to(torch.promote_types(t.dtype, torch.float32))
+
+    def _check_pair(self, s, t, batch_size: int | None = None, device=None) -> tuple[Tensor, Tensor]:
+        if batch_size is None:
+            for v in (s, t):
+                if isinstance(v, Tensor) and v.ndim == 1:
+                    batch_size = v.shape[0]
+        s = self._check_time(s, "s", batch_size, device)
+        t = self._check_time(t, "t", batch_size, device)
+        if not bool((s < t).all()):
+            k = int((s >= t).nonzero()[0])
+            raise ValueError(f"need s < t, got s={s[k].item():.6g} >= t={t[k].item():.6g}")
+        dtype = torch.promote_types(s.dtype, t.dtype)
+        return s.to(dtype), t.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"

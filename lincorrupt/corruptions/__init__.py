@@ -1,0 +1,7 @@
+"""The corruptions lincorrupt ships; each is one short subclass of DiagonalizableCorruption."""
+
+from .blurring import BlurringDiffusion
+from .ddpm import DDPM
+from .ihdm import IHDM
+
+__all__ = ["DDPM", "IHDM", "BlurringDiffusion"]

@@ -1,0 +1,58 @@
+"""Blurring diffusion (Hoogeboom & Salimans, ICLR 2023)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..basis import DCTBasis
+from ..corruption import DiagonalizableCorruption
+from ..priors import Prior
+from ..schedules import blur_tau, cosine_logsnr, vp_log_alpha_sigma
+
+__all__ = ["BlurringDiffusion"]
+
+
+class BlurringDiffusion(DiagonalizableCorruption):
+    """Heat dissipation plus VP noise, diagonal in the orthonormal 2-D DCT (paper sec. 3-4).
+
+    Per DCT frequency (k, l) with ``lambda[k, l] = (pi k / H)^2 + (pi l / W)^2``:
+
+        logsnr(t) = cosine log-SNR clipped to [logsnr_min, logsnr_max]
+        a_t = sqrt(sigmoid(logsnr)),  sigma_t = sqrt(sigmoid(-logsnr))
+        tau_t = sigma_blur(t)^2 / 2,  sigma_blur(t) = sigma_blur_max sin(t pi / 2)^2
+        d_t = (1 - min_scale) exp(-lambda tau_t) + min_scale,  alpha_t = a_t d_t
+
+    ``sigma_t`` is the same for every coordinate; ``alpha_t`` is (B, 1, H, W), shared by the
+    channels. With ``sigma_blur_max = 0`` this is the cosine-schedule DDPM.
+
+    Args:
+        shape: (C, H, W).
+        sigma_blur_max: largest blur standard deviation in pixels (paper: 20 on CIFAR-10).
+        min_scale: floor of the frequency scaling ``d_t`` (paper: 0.001).
+        logsnr_min, logsnr_max: clipping of the noise schedule's log-SNR (paper: -10, 10).
+        prior: default standard normal.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], sigma_blur_max: float = 20.0, min_scale: float = 1e-3,
+                 logsnr_min: float = -10.0, logsnr_max: float = 10.0, prior: Prior | None = None):
+        if len(shape) != 3:
+            raise ValueError(f"BlurringDiffusion needs shape (C, H, W), got {shape}")
+        if sigma_blur_max < 0 or not 0 <= min_scale < 1 or not logsnr_min < logsnr_max:
+            raise ValueError(f"need sigma_blur_max >= 0, 0 <= min_scale < 1 and logsnr_min < logsnr_max; got "
+                             f"{sigma_blur_max}, {min_scale}, {logsnr_min}, {logsnr_max}")
+        basis = DCTBasis(shape[-2], shape[-1])
+        super().__init__(shape, basis, prior)
+        self.sigma_blur_max, self.min_scale = float(sigma_blur_max), float(min_scale)
+        self.logsnr_min, self.logsnr_max = float(logsnr_min), float(logsnr_max)
+        self.register_buffer("frequencies_squared", basis.frequencies_squared().to(torch.float32))
+
+    def log_alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        t = t.view(-1, 1, 1, 1)
+        log_a, log_sigma = vp_log_alpha_sigma(cosine_logsnr(t, self.logsnr_min, self.logsnr_max))
+        tau = blur_tau(t, self.sigma_blur_max)
+        d = (1 - self.min_scale) * torch.exp(-self.frequencies_squared.to(t.dtype) * tau) + self.min_scale
+        return log_a + d.log(), log_sigma
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, sigma_blur_max={self.sigma_blur_max}, min_scale={self.min_scale}"

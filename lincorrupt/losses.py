@@ -1,0 +1,92 @@
+"""Training losses: the denoising loss of any corruption and any prediction kind."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .corruption import Coefficients, DiagonalizableCorruption
+from .predictions import Prediction, get_prediction
+
+__all__ = ["diffusion_loss", "elbo_weighting", "check_model_output"]
+
+#: ``weighting(corruption, t, prediction) -> w``: per-coordinate weights, broadcastable to
+#: (B, *shape) in basis coordinates, on the squared error of the prediction.
+Weighting = Callable[[DiagonalizableCorruption, Tensor, Prediction], Tensor]
+
+
+def check_model_output(output, z_t: Tensor) -> Tensor:
+    """The model's output, checked to be a tensor of ``z_t``'s shape (a clear error otherwise)."""
+    if not isinstance(output, Tensor):
+        raise TypeError(f"the model must return a Tensor of shape {tuple(z_t.shape)}, got {type(output).__name__}")
+    if output.shape != z_t.shape:
+        raise ValueError(f"the model returned shape {tuple(output.shape)} for input z_t of shape "
+                         f"{tuple(z_t.shape)}; a model maps (z_t, t) to a tensor of z_t's shape")
+    return output
+
+
+def elbo_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: Prediction) -> Tensor:
+    """Weights that make the loss the continuous-time diffusion ELBO term (VDM eq. 17).
+
+    Per coordinate the ELBO integrand is ``-1/2 SNR'_i(t) (u_x - u_x_hat)_i^2``; an error
+    ``e`` in the prediction is an error ``(d x / d out) e`` in x, so the weight on ``e^2`` is
+    ``-1/2 SNR'(t) (d x / d out)^2 = -1/2 (d log SNR / dt) exp(log SNR + 2 log |d x / d out|)``
+    (``-1/2 d log SNR / dt`` for eps-prediction). Use with ``reduction="sum"`` for the bound
+    in nats (without the prior and reconstruction terms).
+    """
+    c = Coefficients(*corruption.log_alpha_sigma(t))
+    return -0.5 * corruption.d_log_snr_dt(t) * torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
+
+
+_REDUCTIONS = {
+    "mean": lambda per_coordinate: per_coordinate.mean(),
+    "sum": lambda per_coordinate: per_coordinate.flatten(1).sum(1).mean(),
+    "none": lambda per_coordinate: per_coordinate.flatten(1).mean(1),
+}
+
+
+def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCorruption, x: Tensor,
+                   prediction: str = "eps", weighting: Weighting | None = None, t: Tensor | None = None,
+                   noise: Tensor | None = None, generator: torch.Generator | None = None,
+                   reduction: str = "mean") -> Tensor:
+    """Denoising loss ``E_{t, eps} sum_i w_i(t) (target_i - model_i)^2`` in basis coordinates.
+
+    With the defaults this is the unweighted eps loss ``E ||eps - eps_hat(z_t, t)||^2`` of
+    Ho et al. (2020) and of blurring diffusion (the basis is orthogonal, so the norm is the
+    same in data space). The target is ``eps``, ``x`` or ``v`` (:mod:`lincorrupt.predictions`).
+
+    Args:
+        model: ``model(z_t, t) -> Tensor`` of z_t's shape; t is (B,) in [0, 1].
+        corruption: the forward process.
+        x: (B, *shape) clean data in [-1, 1].
+        prediction: what the model outputs: "eps", "x" or "v".
+        weighting: optional ``weighting(corruption, t, prediction) -> w`` (e.g. :func:`elbo_weighting`).
+        t: (B,) times; drawn from U(0, 1) if None.
+        noise: (B, *shape) standard normal noise; drawn if None.
+        generator: random generator for t and noise.
+        reduction: "mean" (over batch and coordinates), "sum" (over coordinates, mean over
+            the batch) or "none" (per-example mean over coordinates, shape (B,)).
+    Returns:
+        The loss: a scalar, or (B,) for ``reduction="none"``.
+    """
+    pred = get_prediction(prediction)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; expected one of {sorted(_REDUCTIONS)}")
+    corruption.check_data(x)
+    if t is None:
+        t = torch.rand(x.shape[0], generator=generator, device=x.device)
+    z_t, noise = corruption.diffuse(x, t, noise=noise, generator=generator)
+    t = corruption._check_time(t, "t", x.shape[0], x.device)
+    output = check_model_output(model(z_t, t), z_t)
+    c = corruption.coefficients(t)
+    basis = corruption.basis
+    target = pred.target(c, basis.to_basis(x), basis.to_basis(noise))
+    per_coordinate = (basis.to_basis(output) - target.to(output.dtype)) ** 2
+    if weighting is not None:
+        per_coordinate = per_coordinate * weighting(corruption, t, pred).to(per_coordinate.dtype)
+        if per_coordinate.shape != x.shape:
+            raise ValueError(f"weighting returned a shape that broadcasts the loss to {tuple(per_coordinate.shape)};"
+                             f" expected weights broadcastable to {tuple(x.shape)}")
+    return _REDUCTIONS[reduction](per_coordinate)

@@ -1,0 +1,104 @@
+"""What a model predicts: the noise ("eps"), the data ("x") or the velocity ("v").
+
+All conversions are per coordinate in the corruption's basis, where
+``u_t = alpha_t u_x + sigma_t u_eps`` (``u = V^T z``). The velocity generalises Salimans &
+Ho (2022) to processes that are not variance preserving:
+
+    v = (alpha_t eps - sigma_t x) / r_t,   r_t = sqrt(alpha_t^2 + sigma_t^2)
+
+so that ``x = (alpha_t u_t - sigma_t r_t v) / r_t^2`` and ``eps = (sigma_t u_t + alpha_t r_t v) / r_t^2``
+never divide by alpha_t or sigma_t; for a variance-preserving process ``r_t = 1``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .corruption import Coefficients
+
+__all__ = ["Prediction", "PREDICTIONS", "get_prediction"]
+
+
+class Prediction:
+    """How one kind of model output relates to ``(u_x, u_eps)``; all tensors in basis coordinates."""
+
+    name: str
+
+    def target(self, c: Coefficients, u_x: Tensor, u_eps: Tensor) -> Tensor:
+        """The value an exact model outputs for data ``u_x`` and noise ``u_eps``."""
+        raise NotImplementedError
+
+    def to_x(self, c: Coefficients, u_t: Tensor, out: Tensor) -> Tensor:
+        """``x_hat`` from the model output ``out`` at ``u_t``."""
+        raise NotImplementedError
+
+    def to_eps(self, c: Coefficients, u_t: Tensor, out: Tensor) -> Tensor:
+        """``eps_hat`` from the model output ``out`` at ``u_t``."""
+        raise NotImplementedError
+
+    def log_x_scale(self, c: Coefficients) -> Tensor:
+        """``log |d x_hat / d out|``: how an error in this output scales into an error in x."""
+        raise NotImplementedError
+
+
+class EpsPrediction(Prediction):
+    name = "eps"
+
+    def target(self, c, u_x, u_eps):
+        return u_eps
+
+    def to_x(self, c, u_t, out):  # u_x = (u_t - sigma_t u_eps) / alpha_t
+        return (u_t - c.sigma * out) * torch.exp(-c.log_alpha)
+
+    def to_eps(self, c, u_t, out):
+        return out
+
+    def log_x_scale(self, c):
+        return c.log_sigma - c.log_alpha
+
+
+class XPrediction(Prediction):
+    name = "x"
+
+    def target(self, c, u_x, u_eps):
+        return u_x
+
+    def to_x(self, c, u_t, out):
+        return out
+
+    def to_eps(self, c, u_t, out):  # u_eps = (u_t - alpha_t u_x) / sigma_t
+        return (u_t - c.alpha * out) * torch.exp(-c.log_sigma)
+
+    def log_x_scale(self, c):
+        return torch.zeros_like(c.log_alpha)
+
+
+class VPrediction(Prediction):
+    name = "v"
+
+    def target(self, c, u_x, u_eps):
+        return (c.alpha * u_eps - c.sigma * u_x) / c.r
+
+    def to_x(self, c, u_t, out):
+        return (c.alpha * u_t - c.sigma * c.r * out) / c.r**2
+
+    def to_eps(self, c, u_t, out):
+        return (c.sigma * u_t + c.alpha * c.r * out) / c.r**2
+
+    def log_x_scale(self, c):
+        return c.log_sigma - torch.log(c.r)
+
+
+PREDICTIONS: dict[str, Prediction] = {p.name: p for p in (EpsPrediction(), XPrediction(), VPrediction())}
+
+
+def get_prediction(name: str) -> Prediction:
+    """The :class:`Prediction` called ``name``; ``ValueError`` listing the known ones otherwise."""
+    try:
+        return PREDICTIONS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown prediction {name!r}; expected one of {sorted(PREDICTIONS)}") from None
