@@ -1,0 +1,5 @@
+"""Image datasets for training: torchvision's CIFAR-10 / Fashion-MNIST or a folder of class subfolders."""
+
+from lincorrupt.data.images import ImageFolder, TensorImages, load_images, to_model_range, to_unit_range
+
+__all__ = ["ImageFolder", "TensorImages", "load_images", "to_model_range", "to_unit_range"]

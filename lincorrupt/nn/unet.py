@@ -1,0 +1,206 @@
+"""The DDPM UNet (Ho et al. 2020, ``diffusion_tf/models/unet.py``), time-conditioned on t in [0, 1].
+
+Defaults are the CIFAR-10 model of the paper (35.7M parameters): channels 128, multipliers
+1-2-2-2, two residual blocks per level, self-attention at 16x16, dropout 0.1. Every size is a
+constructor argument, so tests and the demo build tiny ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["UNet", "timestep_embedding"]
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of Vaswani et al. as used by DDPM.
+
+    Args:
+        t: (B,) float times (already scaled, e.g. to [0, 1000]).
+        dim: embedding size (even).
+
+    Returns:
+        (B, dim) embedding, ``[sin(t w), cos(t w)]`` with w log-spaced in [1/max_period, 1].
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - 1))
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    """Zero-initialise the last layer of a residual branch (DDPM's ``init_scale=0``)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-swish-conv, plus the time embedding, GroupNorm-swish-dropout-conv, skip."""
+
+    def __init__(self, c_in: int, c_out: int, temb_dim: int, dropout: float, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.temb = nn.Linear(temb_dim, c_out)
+        self.norm2 = nn.GroupNorm(groups, c_out)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = _zero(nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.temb(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the H*W positions, residual."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(-1, -2).unbind(1)  # each (B, HW, C)
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, HW, C), softmax(q k^T / sqrt(C)) v
+        return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """DDPM UNet: ``eps_hat = UNet(...)(z_t, t)``.
+
+    Args:
+        image_size: H = W of the inputs (must be divisible by ``2 ** (len(ch_mult) - 1)``).
+        in_channels: C of z_t.
+        out_channels: C of the output (defaults to ``in_channels``).
+        ch: base width (128 in DDPM).
+        ch_mult: width multiplier per resolution level (1, 2, 2, 2 for 32x32 in DDPM).
+        num_res_blocks: residual blocks per level (2 in DDPM).
+        attn_resolutions: resolutions with self-attention (16 in DDPM).
+        dropout: dropout inside residual blocks (0.1 for CIFAR-10 in DDPM).
+        groups: GroupNorm groups (32 in DDPM; must divide every width).
+        time_scale: t in [0, 1] is multiplied by this before the sinusoidal embedding, so the
+            embedding sees DDPM's integer range [0, 1000].
+
+    Shapes:
+        z_t: (B, in_channels, image_size, image_size); t: (B,) float in [0, 1] (or a scalar);
+        output: (B, out_channels, image_size, image_size).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        in_channels: int = 3,
+        out_channels: int | None = None,
+        ch: int = 128,
+        ch_mult: tuple[int, ...] = (1, 2, 2, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions: tuple[int, ...] = (16,),
+        dropout: float = 0.1,
+        groups: int = 32,
+        time_scale: float = 1000.0,
+    ):
+        super().__init__()
+        ch_mult = tuple(ch_mult)
+        levels = len(ch_mult)
+        if levels < 1 or image_size % 2 ** (levels - 1):
+            raise ValueError(f"UNet: image_size={image_size} must be divisible by 2**(len(ch_mult)-1)={2 ** (levels - 1)}"
+                             f" (ch_mult={ch_mult}); pad the images or use fewer levels")
+        widths = {ch} | {ch * m for m in ch_mult}
+        if any(w % groups for w in widths):
+            raise ValueError(f"UNet: groups={groups} must divide every width {sorted(widths)}; choose ch as a multiple of groups")
+        self.image_size, self.in_channels = image_size, in_channels
+        self.out_channels = out_channels or in_channels
+        self.ch, self.time_scale = ch, time_scale
+        temb_dim = 4 * ch
+        self.temb = nn.Sequential(nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skips, c, res = [ch], ch, image_size
+        for i, m in enumerate(ch_mult):
+            for _ in range(num_res_blocks):
+                self.down.append(ResBlock(c, ch * m, temb_dim, dropout, groups))
+                c = ch * m
+                if res in attn_resolutions:
+                    self.down.append(AttnBlock(c, groups))
+                skips.append(c)
+            if i != levels - 1:
+                self.down.append(Downsample(c))
+                res //= 2
+                skips.append(c)
+
+        self.mid = nn.ModuleList([ResBlock(c, c, temb_dim, dropout, groups), AttnBlock(c, groups),
+                                  ResBlock(c, c, temb_dim, dropout, groups)])
+
+        self.up = nn.ModuleList()
+        for i, m in reversed(list(enumerate(ch_mult))):
+            for _ in range(num_res_blocks + 1):
+                self.up.append(ResBlock(c + skips.pop(), ch * m, temb_dim, dropout, groups))
+                c = ch * m
+                if res in attn_resolutions:
+                    self.up.append(AttnBlock(c, groups))
+            if i != 0:
+                self.up.append(Upsample(c))
+                res *= 2
+
+        self.norm_out = nn.GroupNorm(groups, c)
+        self.conv_out = _zero(nn.Conv2d(c, self.out_channels, 3, padding=1))
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if z_t.ndim != 4 or tuple(z_t.shape[1:]) != expected:
+            raise ValueError(f"UNet: z_t has shape {tuple(z_t.shape)}, expected (B, {', '.join(map(str, expected))})")
+        t = torch.as_tensor(t, device=z_t.device)
+        if t.ndim == 0:
+            t = t.expand(z_t.shape[0])
+        if t.shape != (z_t.shape[0],):
+            raise ValueError(f"UNet: t has shape {tuple(t.shape)}, expected ({z_t.shape[0]},) or a scalar")
+        temb = self.temb(timestep_embedding(t * self.time_scale, self.ch).to(z_t.dtype))
+
+        h = self.conv_in(z_t)
+        hs = [h]
+        for layer in self.down:
+            if isinstance(layer, ResBlock):
+                h = layer(h, temb)
+            else:
+                h = layer(h)
+            if not isinstance(layer, AttnBlock):
+                hs.append(h)
+            else:
+                hs[-1] = h
+        for layer in self.mid:
+            h = layer(h, temb) if isinstance(layer, ResBlock) else layer(h)
+        for layer in self.up:
+            if isinstance(layer, ResBlock):
+                h = layer(torch.cat([h, hs.pop()], dim=1), temb)
+            else:
+                h = layer(h)
+        return self.conv_out(F.silu(self.norm_out(h)))

@@ -1,0 +1,76 @@
+"""torch.distributed set-up for runs launched by ``torchrun`` (NCCL on GPU, gloo on CPU)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "init_distributed", "is_distributed", "all_gather_objects", "all_reduce_mean", "barrier"]
+
+BACKENDS = {"cuda": "nccl", "cpu": "gloo"}
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: ``rank`` of ``world_size`` processes, on ``device``."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def init_distributed(device: str | torch.device | None = None) -> DistInfo:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    Args:
+        device: ``"cuda"``, ``"cpu"`` or None (CUDA when available). On CUDA each process uses
+            GPU ``LOCAL_RANK``.
+
+    Returns:
+        The :class:`DistInfo` of this process (rank 0 of 1 without torchrun).
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type not in BACKENDS:
+        raise ValueError(f"device {device}: expected one of {sorted(BACKENDS)}")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank if world_size > 1 else (device.index or 0))
+        torch.cuda.set_device(device)
+    if world_size > 1 and not is_distributed():
+        dist.init_process_group(BACKENDS[device.type], device_id=device if device.type == "cuda" else None)
+    return DistInfo(rank, world_size, local_rank, device)
+
+
+def all_gather_objects(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` (just ``[obj]`` when not distributed)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= dist.get_world_size()
+    return x
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

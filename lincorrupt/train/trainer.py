@@ -1,0 +1,363 @@
+"""A corruption-agnostic training loop: ``Trainer(model, corruption, dataset, TrainConfig()).fit()``.
+
+One step (DDPM, Ho et al. 2020, Algorithm 1, with the recipe of its CIFAR-10 run):
+
+1. take this rank's slice of the global batch of step s (:class:`StepBatchSampler`), map to [-1, 1];
+2. draw t ~ U(0, 1), eps ~ N(0, I) and the flips for the *global* batch from a generator seeded
+   by (seed, s), keep this rank's slice: any world size trains on the same global batch;
+3. ``loss = diffusion_loss(model, corruption, x, t=t, noise=eps)``, the network under autocast;
+4. backward (DDP averages the gradients), clip the global norm, optimiser step, warm-up
+   schedule step, EMA update.
+
+Because every random draw of step s is a function of (seed, s) and the RNG states, model, EMA,
+optimiser, scheduler and grad scaler are checkpointed, a resumed run continues exactly as if
+never stopped. SIGTERM/SIGINT finish the current step, save and return.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from lincorrupt.data.images import to_model_range, to_unit_range
+from lincorrupt.train.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from lincorrupt.train.data_order import StepBatchSampler, derive_seed
+from lincorrupt.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, is_distributed
+from lincorrupt.train.ema import EMA
+
+__all__ = ["TrainConfig", "Trainer", "OPTIMIZERS", "PRECISIONS", "autocast_dtype"]
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+# precision -> autocast dtype on CUDA (None: float32). CPU always trains in float32.
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` ("auto", "fp32", "bf16", "fp16") on ``device``."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: expected 'auto' or one of {sorted(PRECISIONS)}")
+    return PRECISIONS[precision] if device.type == "cuda" else None
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation recipe; defaults are DDPM's CIFAR-10 run (Ho et al. 2020, appendix B)."""
+
+    steps: int = 800_000            # DDPM trained CIFAR-10 for 800k steps
+    batch_size: int = 128           # global batch, split over the processes
+    lr: float = 2e-4                # DDPM CIFAR-10
+    warmup_steps: int = 5000        # linear warm-up, DDPM
+    grad_clip: float = 1.0          # global-norm clipping, DDPM
+    ema_decay: float = 0.9999       # DDPM
+    optimizer: str = "adam"         # DDPM used Adam; "adamw" with weight_decay > 0 also works
+    weight_decay: float = 0.0
+    hflip: bool = True              # random horizontal flips, DDPM CIFAR-10
+    prediction: str = "eps"         # eps-prediction with the unweighted loss (the blurring paper)
+    precision: str = "auto"         # bf16 autocast on CUDA where supported, else fp16; fp32 on CPU
+    channels_last: bool = False     # NHWC convolutions: faster on recent GPUs with autocast
+    seed: int = 0
+    num_workers: int = 2
+    log_every: int = 100            # steps between JSONL records / progress-bar updates
+    sample_every: int = 10_000      # steps between sample grids (0: never)
+    ckpt_every: int = 5_000         # steps between checkpoints (one is always written at the end)
+    sample_steps: int = 250         # sampler steps for the preview grids (cheap preview, not the FID protocol)
+    grid_size: int = 64
+    progress: bool = True
+    out_dir: str = "runs/blurring"
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r}: expected one of {sorted(OPTIMIZERS)}")
+        if self.precision != "auto" and self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: expected 'auto' or one of {sorted(PRECISIONS)}")
+        for name in ("steps", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class Warmup:
+    """Learning-rate factor ``min(1, (step + 1) / warmup_steps)`` (a class so it checkpoints)."""
+
+    def __init__(self, warmup_steps: int):
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step: int) -> float:
+        return min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
+
+
+class _Autocast(nn.Module):
+    """Runs only the network under autocast and returns float32, so the corruption stays exact."""
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype | None, channels_last: bool):
+        super().__init__()
+        self.net, self.dtype, self.channels_last = net, dtype, channels_last
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            z_t = z_t.contiguous(memory_format=torch.channels_last)
+        if self.dtype is None:
+            return self.net(z_t, t)
+        with torch.autocast(z_t.device.type, dtype=self.dtype):
+            return self.net(z_t, t).float()
+
+
+def _default_loss(model, corruption, x, **kw):
+    import lincorrupt as lc
+    return lc.diffusion_loss(model, corruption, x, **kw)
+
+
+def _default_sample(model, corruption, n, **kw):
+    import lincorrupt as lc
+    return lc.sample(model, corruption, n, **kw)
+
+
+class Trainer:
+    """Trains ``model`` to denoise ``corruption`` on ``dataset`` (uint8 images of ``corruption.shape``).
+
+    Args:
+        model: network ``model(z_t, t) -> prediction`` (e.g. :class:`lincorrupt.nn.UNet`).
+        corruption: a ``DiagonalizableCorruption`` (moved to the device here).
+        dataset: Dataset of uint8 (C, H, W) tensors (see :mod:`lincorrupt.data`).
+        config: the recipe.
+        dist: process placement from :func:`init_distributed` (single CPU process by default).
+        extra: plain data stored in every checkpoint (e.g. the network's constructor arguments).
+        loss_fn, sample_fn: default to ``lincorrupt.diffusion_loss`` / ``lincorrupt.sample``.
+    """
+
+    def __init__(self, model: nn.Module, corruption: nn.Module, dataset: Dataset, config: TrainConfig,
+                 dist: DistInfo | None = None, extra: dict[str, Any] | None = None,
+                 loss_fn: Callable = _default_loss, sample_fn: Callable = _default_sample):
+        self.cfg, self.dist = config, dist or DistInfo()
+        self.device = self.dist.device
+        self.corruption = corruption.to(self.device)
+        self.shape = tuple(corruption.shape)
+        self.dataset, self.extra = dataset, dict(extra or {})
+        self.loss_fn, self.sample_fn = loss_fn, sample_fn
+        self.out_dir = Path(config.out_dir)
+        memory_format = torch.channels_last if config.channels_last else torch.preserve_format
+        self.model = model.to(self.device, memory_format=memory_format)
+        self.ema = EMA(self.model, config.ema_decay)
+        self.dtype = autocast_dtype(config.precision, self.device)
+        net = self.model
+        if self.dist.world_size > 1:
+            net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.net = _Autocast(net, self.dtype, config.channels_last)
+        opt_cls = OPTIMIZERS[config.optimizer]
+        self.optimizer = opt_cls(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, Warmup(config.warmup_steps))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.step = 0
+        self.losses: list[float] = []  # per-step losses of this process's run (flushed at log steps)
+        self._pending: list[torch.Tensor] = []
+        self._stop = False
+        self._gen = torch.Generator(self.device)
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs (collective when distributed: gathers every rank's RNG)."""
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "corruption": type(self.corruption).__name__, "shape": list(self.shape), "step": self.step,
+            "model": self.model.state_dict(), "ema": self.ema.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": all_gather_objects(rng),
+            "world_size": self.dist.world_size, "config": asdict(self.cfg), "extra": self.extra,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], path: str = "") -> None:
+        check_compatible(state, type(self.corruption).__name__, self.shape, path)
+        self.model.load_state_dict(state["model"])
+        self.ema.module.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        rngs = state["rng"]
+        if len(rngs) == self.dist.world_size:  # else: dropout streams restart (all other draws are step-seeded)
+            rng = rngs[self.dist.rank]
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write a checkpoint (rank 0 writes; every rank must call this)."""
+        path = Path(path or self.out_dir / "checkpoint.pt")
+        state = self.state_dict()
+        if self.dist.is_main:
+            save_checkpoint(state, path)
+        return path
+
+    def resume(self, path: str | Path) -> None:
+        """Restore from a checkpoint written by :meth:`save`."""
+        self.load_state_dict(load_checkpoint(path, map_location=self.device), str(path))
+
+    # ----------------------------------------------------------------- step
+    def batches(self):
+        """Infinite iterator over this rank's uint8 batches, starting at ``self.step``."""
+        sampler = StepBatchSampler(len(self.dataset), self.cfg.batch_size, self.dist.rank, self.dist.world_size,
+                                   seed=self.cfg.seed, start_step=self.step)
+        loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers,
+                            pin_memory=self.device.type == "cuda", persistent_workers=self.cfg.num_workers > 0,
+                            # its own generator: creating the iterator must not consume the global RNG (dropout)
+                            generator=torch.Generator().manual_seed(derive_seed(self.cfg.seed, self.step, self.dist.rank)))
+        return iter(loader)
+
+    def draw(self, step: int, local: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """t (B,), noise (B, *shape), flip (B,) for this rank's slice of the global batch of ``step``."""
+        g, B = self._gen.manual_seed(derive_seed(self.cfg.seed, step)), self.cfg.batch_size
+        t = torch.rand(B, generator=g, device=self.device)
+        noise = torch.randn((B, *self.shape), generator=g, device=self.device)
+        flip = torch.rand(B, generator=g, device=self.device) < 0.5
+        sl = slice(self.dist.rank * local, (self.dist.rank + 1) * local)
+        return t[sl], noise[sl], flip[sl]
+
+    def train_step(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """One optimisation step on this rank's uint8 batch; returns the (detached) local loss."""
+        x = to_model_range(x_uint8.to(self.device, non_blocking=True))
+        t, noise, flip = self.draw(self.step, x.shape[0])
+        if self.cfg.hflip:
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        loss = self.loss_fn(self.net, self.corruption, x, prediction=self.cfg.prediction, t=t, noise=noise)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.ema.update(self.model)
+        self.step += 1
+        self.last_grad_norm = grad_norm
+        return loss.detach()
+
+    # ----------------------------------------------------------------- loop
+    def fit(self) -> str:
+        """Train until ``config.steps``; returns ``"done"`` or ``"interrupted"`` (SIGTERM/SIGINT, checkpoint saved)."""
+        cfg, main = self.cfg, self.dist.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.train()
+        logger = _Logger(self.out_dir, enabled=main)
+        batches = self.batches()
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (main and cfg.progress), dynamic_ncols=True)
+        status, tick, tick_step = "done", time.perf_counter(), self.step
+        with _stop_on_signals(self):
+            while self.step < cfg.steps:
+                self._pending.append(self.train_step(next(batches)))
+                step, stop = self.step, self._agree_stop()
+                if step % cfg.log_every == 0 or step == cfg.steps or stop:
+                    now = time.perf_counter()
+                    ips = (step - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
+                    loss = self._flush()
+                    logger.log({"step": step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                                "grad_norm": float(self.last_grad_norm), "images_per_s": ips})
+                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.1f}")
+                    tick, tick_step = now, step
+                bar.update(1)
+                if cfg.sample_every and step % cfg.sample_every == 0 and main:
+                    self.sample_grid(self.out_dir / f"samples_{step:07d}.png")
+                if stop:
+                    status = "interrupted"
+                    break
+                if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step != cfg.steps:
+                    self.save()
+        self.save()
+        bar.close()
+        logger.close()
+        self._flush()
+        return status
+
+    def _agree_stop(self) -> bool:
+        if not is_distributed():
+            return self._stop
+        flag = torch.tensor([float(self._stop)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _flush(self) -> float:
+        """Move pending losses to ``self.losses``; return their mean over steps and ranks."""
+        if not self._pending:
+            return float("nan")
+        stacked = torch.stack(self._pending).float()
+        self._pending = []
+        self.losses += stacked.cpu().tolist()
+        return float(all_reduce_mean(stacked.mean()))
+
+    def sampling_model(self) -> nn.Module:
+        """The EMA network, under the training precision's autocast, for sampling."""
+        return _Autocast(self.ema.module, self.dtype, self.cfg.channels_last)
+
+    @torch.no_grad()
+    def sample_grid(self, path: str | Path, n: int | None = None, steps: int | None = None, seed: int = 0) -> torch.Tensor:
+        """Sample ``n`` images with the EMA model and save them as a grid; returns them in [-1, 1]."""
+        from torchvision.utils import save_image
+        n, steps = n or self.cfg.grid_size, steps or self.cfg.sample_steps
+        g = torch.Generator(self.device).manual_seed(seed)
+        x = self.sample_fn(self.sampling_model(), self.corruption, n, steps=steps, prediction=self.cfg.prediction, generator=g,
+                           device=self.device, progress=False)
+        save_image(to_unit_range(x.float().cpu()), path, nrow=int(math.ceil(math.sqrt(n))))
+        return x
+
+
+class _Logger:
+    """JSONL metrics (``metrics.jsonl``), mirrored to TensorBoard when it is installed."""
+
+    def __init__(self, out_dir: Path, enabled: bool):
+        self.enabled, self.file, self.tb = enabled, None, None
+        if not enabled:
+            return
+        self.file = open(out_dir / "metrics.jsonl", "a")
+        with contextlib.suppress(ImportError):
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(out_dir / "tb"))
+
+    def log(self, record: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({**record, "time": time.time()}) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step":
+                    self.tb.add_scalar(f"train/{k}", v, record["step"])
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.tb:
+            self.tb.close()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(trainer: Trainer):
+    """SIGTERM/SIGINT set a flag; the loop finishes its step, saves and returns (main thread only)."""
+    def handler(signum, frame):
+        trainer._stop = True
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:  # not in the main thread: no handlers
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
