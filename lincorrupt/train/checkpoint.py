@@ -93,14 +93,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                              f"({type(e).__name__}: {_first_line(e)}); "
                               f"the previous good one, if any, is {path.name}.prev") from None
     except Exception as e:  # pickle.UnpicklingError from weights_only: arbitrary objects inside
         raise CheckpointError(f"checkpoint {path} holds objects that are not plain tensors/primitives "
-                              f"and is refused (weights_only loading): {str(e).splitlines()[0][:200]}") from None
+                              f"and is refused (weights_only loading): {_first_line(e)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a lincorrupt checkpoint (expected a dict with format={FORMAT!r})")
     return state
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:200] if lines else type(e).__name__
 
 
 def check_compatible(state: dict[str, Any], corruption: str, shape: tuple[int, ...], path: str | os.PathLike = "") -> None:

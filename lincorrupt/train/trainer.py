@@ -229,13 +229,17 @@ class Trainer:
         sl = slice(self.dist.rank * local, (self.dist.rank + 1) * local)
         return t[sl], noise[sl], flip[sl]
 
-    def train_step(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        """One optimisation step on this rank's uint8 batch; returns the (detached) local loss."""
+    def loss(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """Steps 1-3: the local loss of this rank's uint8 batch at ``self.step`` (mean over the local batch)."""
         x = to_model_range(x_uint8.to(self.device, non_blocking=True))
         t, noise, flip = self.draw(self.step, x.shape[0])
         if self.cfg.hflip:
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        loss = self.loss_fn(self.net, self.corruption, x, prediction=self.cfg.prediction, t=t, noise=noise)
+        return self.loss_fn(self.net, self.corruption, x, prediction=self.cfg.prediction, t=t, noise=noise)
+
+    def train_step(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """One optimisation step on this rank's uint8 batch; returns the (detached) local loss."""
+        loss = self.loss(x_uint8)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)

@@ -1,0 +1,77 @@
+"""The DDPM UNet: size of the published CIFAR-10 model, wiring, time conditioning, input checks."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lincorrupt.nn import UNet
+from lincorrupt.nn.unet import timestep_embedding
+
+TINY = dict(image_size=16, in_channels=3, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), groups=8)
+
+
+def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Replace every parameter (including DDPM's zero-initialised ones) by random values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
+def test_default_is_the_ddpm_cifar10_model():
+    n = sum(p.numel() for p in UNet().parameters())
+    assert round(n / 1e6, 1) == 35.7  # Ho et al. 2020, Table/appendix B: 35.7M parameters
+
+
+def test_timestep_embedding_matches_ddpm_reference():
+    # diffusion_tf/nn.py get_timestep_embedding, transcribed in NumPy
+    t, dim = np.array([0.0, 1.0, 17.5, 999.0]), 32
+    half = dim // 2
+    w = np.exp(np.arange(half) * -(math.log(10000) / (half - 1)))
+    ref = np.concatenate([np.sin(t[:, None] * w), np.cos(t[:, None] * w)], axis=1)
+    np.testing.assert_allclose(timestep_embedding(torch.tensor(t), dim).numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [TINY, dict(TINY, ch_mult=(1, 2, 2), num_res_blocks=2, in_channels=1, out_channels=2)])
+def test_output_shape_and_every_parameter_is_used(kw):
+    model = randomise(UNet(**kw))
+    z = torch.randn(3, kw["in_channels"], 16, 16)
+    out = model(z, torch.rand(3))
+    assert out.shape == (3, kw.get("out_channels") or kw["in_channels"], 16, 16)
+    out.square().mean().backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not unused
+
+
+def test_zero_initialised_output_then_time_conditioning():
+    model = UNet(**TINY, dropout=0.0).eval()
+    z = torch.randn(2, 3, 16, 16)
+    assert torch.count_nonzero(model(z, torch.rand(2))) == 0  # DDPM's init_scale=0 on the last conv
+    randomise(model)
+    same_z = z[:1].expand(2, -1, -1, -1)
+    out = model(same_z, torch.tensor([0.1, 0.9]))
+    assert not torch.allclose(out[0], out[1], atol=1e-4)
+    torch.testing.assert_close(model(z, torch.tensor(0.3)), model(z, torch.full((2,), 0.3)))
+
+
+def test_channels_last_gives_the_same_output():
+    model = randomise(UNet(**TINY, dropout=0.0)).eval()
+    z, t = torch.randn(2, 3, 16, 16), torch.rand(2)
+    ref = model(z, t)
+    model = model.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(model(z.contiguous(memory_format=torch.channels_last), t), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_input_is_named():
+    model = UNet(**TINY)
+    with pytest.raises(ValueError, match=r"z_t has shape \(2, 1, 16, 16\), expected \(B, 3, 16, 16\)"):
+        model(torch.randn(2, 1, 16, 16), torch.rand(2))
+    with pytest.raises(ValueError, match=r"t has shape \(3,\), expected \(2,\)"):
+        model(torch.randn(2, 3, 16, 16), torch.rand(3))
+    with pytest.raises(ValueError, match="image_size=28 must be divisible by"):
+        UNet(**dict(TINY, image_size=28, ch_mult=(1, 2, 2, 2)))
+    with pytest.raises(ValueError, match="groups=32 must divide"):
+        UNet(**dict(TINY, groups=32))
