@@ -1,0 +1,91 @@
+"""Image datasets: the layouts we recognise, and wrong input named where it enters."""
+
+import struct
+
+import matplotlib.cbook
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lincorrupt.data import TensorImages, load_images, to_model_range, to_unit_range
+
+
+def photo_patches(n: int, size: int) -> list[np.ndarray]:
+    """n real-photo crops (matplotlib's Grace Hopper sample) resized to size x size, RGB uint8."""
+    img = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        y, x = rng.integers(0, img.height - 64), rng.integers(0, img.width - 64)
+        out.append(np.asarray(img.crop((x, y, x + 64, y + 64)).resize((size, size), Image.BILINEAR)))
+    return out
+
+
+def write_folder(root, patches, split="train", mode="RGB"):
+    for i, p in enumerate(patches):
+        d = root / split / f"class{i % 2}" if split else root / f"class{i % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(p).convert(mode).save(d / f"{i:03d}.png")
+
+
+@pytest.mark.parametrize("split", ["train", None])
+def test_class_folders_load_exact_pixels(tmp_path, split):
+    patches = photo_patches(6, 16)
+    write_folder(tmp_path, patches, split)
+    ds = load_images(tmp_path, (3, 16, 16))
+    assert len(ds) == 6
+    x = ds[0]
+    assert x.dtype == torch.uint8 and x.shape == (3, 16, 16)
+    np.testing.assert_array_equal(x.permute(1, 2, 0).numpy(), patches[0])  # files sorted: class0/000.png first
+
+
+def test_torchvision_fashion_mnist_layout(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    for split in ("train", "t10k"):  # the idx format of LeCun's MNIST files
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, 5, 28, 28) + images.tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, 5) + bytes(5))
+    ds = load_images(tmp_path, (1, 28, 28))
+    assert len(ds) == 5 and torch.equal(ds[3], torch.from_numpy(images[3])[None])
+    with pytest.raises(ValueError, match=r"are 28x28 with 1 channel\(s\), expected 32x32 with 3 channel\(s\)"):
+        load_images(tmp_path, (3, 32, 32))
+
+
+def test_missing_root_and_unrecognised_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data root .*nowhere does not exist"):
+        load_images(tmp_path / "nowhere", (3, 16, 16))
+    (tmp_path / "loose.png").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="holds no recognised dataset"):
+        load_images(tmp_path, (3, 16, 16))
+    with pytest.raises(ValueError, match="download='mnist'"):
+        load_images(tmp_path, (3, 16, 16), download="mnist")
+
+
+def test_wrong_size_is_named_with_the_file(tmp_path):
+    patches = photo_patches(4, 16)
+    patches[2] = photo_patches(1, 20)[0]
+    write_folder(tmp_path, patches)
+    with pytest.raises(ValueError, match=r"002.png are 20x20 with 3 channel\(s\), expected 16x16 with 3 channel\(s\)"):
+        load_images(tmp_path, (3, 16, 16))
+
+
+def test_wrong_channels_are_named(tmp_path):
+    write_folder(tmp_path, photo_patches(3, 16), mode="L")
+    with pytest.raises(ValueError, match=r"16x16 with 1 channel\(s\), expected 16x16 with 3 channel\(s\)"):
+        load_images(tmp_path, (3, 16, 16))
+    assert load_images(tmp_path, (1, 16, 16))[0].shape == (1, 16, 16)
+
+
+def test_tensor_images_checks_dtype_and_shape():
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        TensorImages(torch.zeros(2, 3, 8, 8), (3, 8, 8))
+    with pytest.raises(ValueError, match="expected 8x8"):
+        TensorImages(torch.zeros(2, 3, 9, 8, dtype=torch.uint8), (3, 8, 8))
+
+
+def test_ranges():
+    x = torch.tensor([0, 255, 128], dtype=torch.uint8)
+    torch.testing.assert_close(to_model_range(x), torch.tensor([-1.0, 1.0, 128 / 127.5 - 1]))
+    torch.testing.assert_close(to_unit_range(torch.tensor([-2.0, -1.0, 0.0, 1.0])), torch.tensor([0.0, 0.0, 0.5, 1.0]))
