@@ -14,8 +14,10 @@ Figures:
 
 - ``forward_fashion_mnist.png``: one test image through the forward process of DDPM, IHDM and
   blurring diffusion at t = 0, 0.1, ..., 1 (one noise draw shared by the three rows).
-- ``snr_per_frequency.png``: log SNR_i(t) of every DCT frequency of a 32x32 image for the
-  three corruptions at their default (CIFAR-10) settings.
+- ``snr_per_frequency.png``: log SNR_i(t) of 40 DCT frequencies (low to high) of the same
+  image size for the three corruptions at their default (CIFAR-10) settings.
+- ``tutorial_colour_fade.png``: the tutorial's corruption on a tinted Fashion-MNIST image, the
+  mean of q(z_t | x) and a sample.
 """
 
 from __future__ import annotations
@@ -80,8 +82,11 @@ def corruptions(shape: tuple[int, int, int]) -> dict[str, lc.DiagonalizableCorru
     }
 
 
-def draw_forward(x: torch.Tensor, path: Path, seed: int = 0) -> None:
-    """Forward process of each corruption for one image ``x`` of shape (C, H, W)."""
+def draw_forward(x: torch.Tensor, path: Path, rows: dict, seed: int = 0, noise_free: tuple[str, ...] = ()) -> None:
+    """Forward process of each corruption in ``rows`` for one image ``x`` of shape (C, H, W).
+
+    Rows named in ``noise_free`` show the mean of q(z_t | x), ``V alpha_t V^T x``, instead of a sample.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,12 +94,11 @@ def draw_forward(x: torch.Tensor, path: Path, seed: int = 0) -> None:
 
     shape = tuple(x.shape)
     noise = torch.randn((1, *shape), generator=torch.Generator().manual_seed(seed))
-    rows = corruptions(shape)
     fig, axes = plt.subplots(len(rows), len(TIMES), figsize=(0.78 * len(TIMES) + 1.2, 0.85 * len(rows) + 0.3),
                              squeeze=False)
     for r, (name, c) in enumerate(rows.items()):
         for j, t in enumerate(TIMES):
-            z, _ = c.diffuse(x[None], torch.tensor([t]), noise=noise)
+            z, _ = c.diffuse(x[None], torch.tensor([t]), noise=noise * (name not in noise_free))
             img = ((z[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
             ax = axes[r, j]
             ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1,
@@ -109,13 +113,14 @@ def draw_forward(x: torch.Tensor, path: Path, seed: int = 0) -> None:
     plt.close(fig)
 
 
-def draw_snr(path: Path, shape: tuple[int, int, int] = (3, 32, 32)) -> None:
-    """log SNR_i(t) per DCT frequency (one channel; channels are identical)."""
+def draw_snr(path: Path, panels: dict) -> None:
+    """log SNR_i(t) per DCT frequency for each corruption in ``panels`` (channel 0; channels are identical)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    shape = next(iter(panels.values())).shape
     t = torch.linspace(0.0, 1.0, 201, dtype=torch.float64)
     lam = lc.DCTBasis(shape[-2], shape[-1]).frequencies_squared()
     freq = lam.sqrt().flatten()
@@ -123,12 +128,10 @@ def draw_snr(path: Path, shape: tuple[int, int, int] = (3, 32, 32)) -> None:
     pick = order[torch.linspace(0, freq.numel() - 1, 40).round().long()]  # 40 frequencies, low to high
     cmap = plt.get_cmap("viridis")
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.1), sharey=True)
-    for ax, (name, c) in zip(axes, corruptions(shape).items()):
+    for ax, (name, c) in zip(axes, panels.items()):
         with torch.no_grad():
-            alpha, sigma = c.alpha_sigma(t.float())
-        alpha = torch.broadcast_to(alpha, (t.numel(), *shape))[:, 0].flatten(1).double()
-        sigma = torch.broadcast_to(sigma, (t.numel(), *shape))[:, 0].flatten(1).double()
-        logsnr = 2 * (alpha.abs().log() - sigma.log())
+            logsnr = c.log_snr(t)  # log space: IHDM's alpha_t underflows at high frequencies
+        logsnr = torch.broadcast_to(logsnr, (t.numel(), *shape))[:, 0].flatten(1)
         if torch.allclose(logsnr, logsnr[:, :1]):
             ax.plot(t, logsnr[:, 0], color="black", lw=1.5)
         else:
@@ -151,10 +154,24 @@ def draw_all(out: Path, images: torch.Tensor | None = None, tag: str = "fashion_
     torch.manual_seed(0)
     if images is None:
         images = fashion_mnist_test_images(1)
-    paths = [out / f"forward_{tag}.png", out / "snr_per_frequency.png"]
-    draw_forward(images[0], paths[0])
-    draw_snr(paths[1])
+    paths = [out / f"forward_{tag}.png", out / "snr_per_frequency.png", out / "tutorial_colour_fade.png"]
+    cs = corruptions(tuple(images.shape[1:]))  # constructed once: each runs its validity check
+    draw_forward(images[0], paths[0], cs)
+    draw_snr(paths[1], cs)
+    draw_tutorial(paths[2])
     return paths
+
+
+def draw_tutorial(path: Path) -> None:
+    """The tutorial's corruption (docs/tutorial_code/colour_fade.py) on a tinted Fashion-MNIST image."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("colour_fade", Path(__file__).parent / "tutorial_code" / "colour_fade.py")
+    tutorial = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tutorial)
+    x = tutorial.colourful_fashion_mnist(n=8)[7]
+    c = tutorial.ColourFadeDiffusion(shape=(3, 28, 28))
+    draw_forward(x, path, {"mean of q(z_t | x)": c, "z_t ~ q(z_t | x)": c}, noise_free=("mean of q(z_t | x)",))
 
 
 def copy_demo(demo_dir: Path, dest: Path = DEMO_DIR) -> None:
