@@ -62,3 +62,15 @@ def test_tutorial_basis_is_orthogonal():
     v_t = basis.to_basis(eye).reshape(60, 60)
     assert torch.allclose(v_t @ v_t.T, torch.eye(60, dtype=torch.float64), atol=1e-12)
     assert torch.allclose(basis.from_basis(basis.to_basis(eye)), eye, atol=1e-12)
+
+
+@needs_fashion_mnist
+def test_getting_started_first_sample_runs(tmp_path, monkeypatch):
+    """The ten lines of Getting started, run as shown; they write first_samples.png."""
+    import runpy
+
+    monkeypatch.chdir(tmp_path)
+    namespace = runpy.run_path(str(CODE / "first_sample.py"))
+    samples = namespace["samples"]
+    assert samples.shape == (16, 1, 28, 28) and bool(torch.isfinite(samples).all())
+    assert (tmp_path / "first_samples.png").stat().st_size > 0
