@@ -74,6 +74,9 @@ def dct_matrix(n: int, dtype: torch.dtype = torch.float64, device=None) -> Tenso
 #: On CPU, images with at least this many pixels use pocketfft's O(n log n) DCT instead of
 #: two dense matrix products; the crossover was measured by ``benchmarks/bench_basis.py``.
 CPU_FFT_MIN_PIXELS = 64 * 64
+#: Images with at most this many pixels are transformed by one (HW x HW) Kronecker matrix: one
+#: large GEMM beats two batches of tiny ones (patches, toy data; measured as above).
+KRON_MAX_PIXELS = 64
 
 
 class _PocketfftDCT(torch.autograd.Function):
@@ -131,7 +134,7 @@ class DCTBasis(Basis):
         self._cast = {}
         return super()._apply(fn, recurse)
 
-    def _matrices(self, x: Tensor) -> tuple[Tensor, Tensor, torch.dtype]:
+    def _matrices(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, torch.dtype]:
         if x.ndim < 2 or tuple(x.shape[-2:]) != (self.height, self.width):
             raise ValueError(
                 f"DCTBasis({self.height}, {self.width}) expects (..., {self.height}, "
@@ -140,24 +143,29 @@ class DCTBasis(Basis):
         dtype = _compute_dtype(x.dtype)
         key = (dtype, x.device)
         if key not in self._cast:
-            self._cast[key] = (self.d_h.to(x.device, dtype), self.d_w.to(x.device, dtype))
-        d_h, d_w = self._cast[key]
-        return d_h, d_w, dtype
+            small = self.height * self.width <= KRON_MAX_PIXELS  # (D_H kron D_W) vec(x) = vec(D_H x D_W^T)
+            kron = torch.kron(self.d_h, self.d_w).to(x.device, dtype) if small else None
+            self._cast[key] = (self.d_h.to(x.device, dtype), self.d_w.to(x.device, dtype), kron)
+        return (*self._cast[key], dtype)
 
     def _use_pocketfft(self, x: Tensor) -> bool:
         return x.device.type == "cpu" and self.height * self.width >= CPU_FFT_MIN_PIXELS
 
     def to_basis(self, x: Tensor) -> Tensor:
-        d_h, d_w, dtype = self._matrices(x)
+        d_h, d_w, kron, dtype = self._matrices(x)
         if self._use_pocketfft(x):
             return _PocketfftDCT.apply(x.to(dtype), False).to(x.dtype)
+        if kron is not None:
+            return (x.to(dtype).flatten(-2) @ kron.mT).view(x.shape).to(x.dtype)
         # (..., H, W) @ D_W^T transforms rows; D_H @ (...) transforms columns.
         return torch.matmul(d_h, torch.matmul(x.to(dtype), d_w.mT)).to(x.dtype)
 
     def from_basis(self, u: Tensor) -> Tensor:
-        d_h, d_w, dtype = self._matrices(u)
+        d_h, d_w, kron, dtype = self._matrices(u)
         if self._use_pocketfft(u):
             return _PocketfftDCT.apply(u.to(dtype), True).to(u.dtype)
+        if kron is not None:
+            return (u.to(dtype).flatten(-2) @ kron).view(u.shape).to(u.dtype)
         return torch.matmul(d_h.mT, torch.matmul(u.to(dtype), d_w)).to(u.dtype)
 
     def frequencies_squared(self) -> Tensor:

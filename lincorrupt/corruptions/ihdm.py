@@ -52,7 +52,7 @@ class IHDM(DiagonalizableCorruption):
         super().__init__(shape, basis, prior if prior is not None else GaussianPrior())
         self.sigma, self.data_range = float(sigma), float(data_range)
         self.sigma_blur_min, self.sigma_blur_max, self.num_steps = float(sigma_blur_min), float(sigma_blur_max), num_steps
-        self.register_buffer("frequencies_squared", basis.frequencies_squared().to(torch.float32))
+        self.register_buffer("frequencies_squared", basis.frequencies_squared())  # float64: exp(-lambda tau) is sensitive
 
     def log_alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         tau = log_spaced_blur_tau(t.view(-1, 1, 1, 1), self.sigma_blur_min, self.sigma_blur_max, self.num_steps)

@@ -1,0 +1,119 @@
+"""Bases: orthonormality, exact round trips, and the DCT against scipy's orthonormal DCT-II."""
+
+import numpy as np
+import pytest
+import scipy.fft
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lincorrupt as lc
+from lincorrupt import basis as basis_module
+
+
+def dense_matrix(basis, event_shape):
+    """V as a dense (n, n) matrix, column j = from_basis(e_j), in float64."""
+    n = int(np.prod(event_shape))
+    eye = torch.eye(n, dtype=torch.float64).reshape(n, *event_shape)
+    return basis.from_basis(eye).reshape(n, n).T
+
+
+def random_orthogonal(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))
+
+
+sizes = st.integers(1, 12)
+
+
+@given(h=sizes, w=sizes)
+def test_dct_basis_is_orthonormal(h, w):
+    v = dense_matrix(lc.DCTBasis(h, w), (h, w))
+    torch.testing.assert_close(v.T @ v, torch.eye(h * w, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+@given(h=sizes, w=sizes, batch=st.lists(st.integers(1, 3), max_size=3), seed=st.integers(0, 2**16))
+def test_dct_equals_scipy_orthonormal_dct2(h, w, batch, seed):
+    x = torch.randn(*batch, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    expected = scipy.fft.dctn(x.numpy(), type=2, axes=(-2, -1), norm="ortho")
+    basis = lc.DCTBasis(h, w)
+    np.testing.assert_allclose(basis.to_basis(x).numpy(), expected, atol=1e-12)
+    np.testing.assert_allclose(basis.from_basis(torch.from_numpy(expected)).numpy(), x.numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("fft_min, kron_max", [(1, 0), (10**9, 0), (10**9, 10**9)],
+                         ids=["pocketfft", "matmul", "kronecker"])
+def test_every_dct_path_agrees_with_scipy_and_carries_gradients(monkeypatch, fft_min, kron_max):
+    monkeypatch.setattr(basis_module, "CPU_FFT_MIN_PIXELS", fft_min)
+    monkeypatch.setattr(basis_module, "KRON_MAX_PIXELS", kron_max)
+    basis = lc.DCTBasis(5, 7)
+    x = torch.randn(3, 2, 5, 7, dtype=torch.float64, requires_grad=True)
+    u = basis.to_basis(x)
+    np.testing.assert_allclose(u.detach().numpy(), scipy.fft.dctn(x.detach().numpy(), axes=(-2, -1), norm="ortho"),
+                               atol=1e-12)
+    # d<g, V^T x>/dx = V g: the adjoint of an orthogonal map is its inverse.
+    g = torch.randn_like(u)
+    (grad,) = torch.autograd.grad((u * g).sum(), x)
+    expected = scipy.fft.idctn(g.numpy(), axes=(-2, -1), norm="ortho")
+    np.testing.assert_allclose(grad.numpy(), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("make", [lambda: lc.IdentityBasis(), lambda: lc.DCTBasis(8, 6),
+                                  lambda: lc.DCTBasis(16, 12), lambda: lc.DCTBasis(80, 64),
+                                  lambda: lc.MatrixBasis(random_orthogonal(48, 0), event_shape=(8, 6))],
+                         ids=["identity", "dct-kron", "dct", "dct-large", "matrix"])
+def test_round_trip_preserves_shape_dtype_and_values(make, dtype):
+    basis = make()
+    shape = (2, 3, basis.height, basis.width) if isinstance(basis, lc.DCTBasis) else (2, 3, 8, 6)
+    x = torch.randn(shape).to(dtype)
+    u = basis.to_basis(x)
+    back = basis.from_basis(u)
+    assert u.shape == x.shape and u.dtype == dtype and back.dtype == dtype
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 3e-2, torch.float16: 3e-3}[dtype]
+    torch.testing.assert_close(back.float(), x.float(), atol=tol * 4, rtol=tol)
+    # an orthogonal map preserves norms
+    torch.testing.assert_close(u.double().norm(), x.double().norm(), atol=0, rtol=tol * 4)
+
+
+@given(n=st.integers(1, 10), seed=st.integers(0, 1000))
+def test_matrix_basis_is_the_given_matrix(n, seed):
+    q = random_orthogonal(n, seed)
+    basis = lc.MatrixBasis(q)
+    torch.testing.assert_close(dense_matrix(basis, (n,)), q)
+    x = torch.randn(4, n, dtype=torch.float64)
+    torch.testing.assert_close(basis.to_basis(x), x @ q)  # rows: (Q^T x)^T
+
+
+def test_identity_basis_is_identity():
+    x = torch.randn(2, 3, 4)
+    assert torch.equal(lc.IdentityBasis().to_basis(x), x)
+
+
+def test_frequencies_are_the_heat_equation_eigenvalues():
+    # The continuous Laplacian's Neumann eigenfunctions cos(pi k (y + 1/2) / H) sampled at the
+    # pixel centres are the DCT-II basis vectors, with eigenvalue (pi k / H)^2 + (pi l / W)^2.
+    h, w = 5, 7
+    basis = lc.DCTBasis(h, w)
+    lam = basis.frequencies_squared()
+    k, l = 3, 2
+    y = torch.arange(h, dtype=torch.float64)[:, None] + 0.5
+    x = torch.arange(w, dtype=torch.float64)[None, :] + 0.5
+    mode = torch.cos(np.pi * k * y / h) * torch.cos(np.pi * l * x / w)
+    u = basis.to_basis(mode)
+    assert u.abs().argmax() == k * w + l  # a single DCT coordinate
+    assert lam[k, l].item() == pytest.approx((np.pi * k / h) ** 2 + (np.pi * l / w) ** 2)
+
+
+def test_bad_bases_are_refused():
+    with pytest.raises(ValueError, match="orthogonal"):
+        lc.MatrixBasis(torch.ones(3, 3))
+    with pytest.raises(ValueError, match="square"):
+        lc.MatrixBasis(torch.ones(3, 2))
+    with pytest.raises(ValueError, match="event_shape"):
+        lc.MatrixBasis(torch.eye(6), event_shape=(2, 2))
+    with pytest.raises(ValueError, match=r"expects \(\.\.\., 4, 6\)"):
+        lc.DCTBasis(4, 6).to_basis(torch.zeros(2, 6, 4))
+    with pytest.raises(TypeError, match="floating-point"):
+        lc.DCTBasis(4, 6).to_basis(torch.zeros(2, 4, 6, dtype=torch.int64))

@@ -1,0 +1,329 @@
+"""The generic process: every formula against an independent reference.
+
+References are written out here in their textbook form (VDM, Ho et al. 2020), or computed
+from the joint Gaussian, in float64, never taken from lincorrupt's own output.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lincorrupt as lc
+from conftest import CORRUPTIONS, SHAPE
+
+f64 = torch.float64
+times = st.floats(0.0, 1.0, allow_nan=False)
+
+
+def sorted_times(*values, gap=1e-3):
+    values = sorted(values)
+    for a, b in zip(values, values[1:]):
+        if b - a < gap:
+            return None
+    return [torch.tensor([v], dtype=f64) for v in values]
+
+
+def full(c, t):
+    alpha, sigma = c.alpha_sigma(t)
+    return alpha.expand(t.shape[0], *SHAPE), sigma.expand(t.shape[0], *SHAPE)
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+@given(s=times, t=times, seed=st.integers(0, 1000))
+def test_transition_and_posterior_equal_the_vdm_closed_forms(name, s, t, seed):
+    pair = sorted_times(s, t)
+    if pair is None:
+        return
+    s, t = pair
+    c = CORRUPTIONS[name]()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, *SHAPE, generator=g, dtype=f64)
+    z_t = torch.randn(1, *SHAPE, generator=g, dtype=f64)
+    a_s, s_s = full(c, s)
+    a_t, s_t = full(c, t)
+    # DESIGN.md sec. 1, naive form
+    alpha_ts = a_t / a_s
+    var_ts = s_t**2 - alpha_ts**2 * s_s**2
+    post_var = 1 / (1 / s_s**2 + alpha_ts**2 / var_ts)
+    u_t, u_x = c.basis.to_basis(z_t), c.basis.to_basis(x)
+    post_mean = post_var * (alpha_ts / var_ts * u_t + a_s / s_s**2 * u_x)
+
+    tr = c.transition(s, t)
+    post = c.posterior(z_t, x, s, t)
+    # where the naive form is usable: no underflow, no cancellation
+    ok = torch.isfinite(post_mean) & (a_t > 1e-150) & (var_ts > 1e-12 * s_t**2)
+    torch.testing.assert_close(tr.alpha.expand_as(alpha_ts)[ok], alpha_ts[ok], rtol=1e-9, atol=1e-300)
+    torch.testing.assert_close(tr.var.expand_as(var_ts)[ok], var_ts[ok], rtol=1e-7, atol=1e-14)
+    torch.testing.assert_close(post.var[ok], post_var[ok], rtol=1e-7, atol=1e-14)
+    torch.testing.assert_close(post.mean[ok], post_mean[ok], rtol=1e-7, atol=1e-9)
+
+
+def test_identity_basis_scalar_schedule_equals_vdm():
+    """DDPM-cosine in VDM's variance-preserving parameterisation: alpha^2 = sigmoid(-gamma)."""
+    c = lc.DDPM(SHAPE, schedule="cosine")
+    t = torch.tensor([0.2, 0.5, 0.9], dtype=f64)
+    limit_max = math.atan(math.exp(-5.0))
+    limit_min = math.atan(math.exp(5.0)) - limit_max
+    logsnr = -2 * np.log(np.tan(limit_min * t.numpy() + limit_max))
+    alpha, sigma = c.alpha_sigma(t)
+    np.testing.assert_allclose(alpha.flatten().numpy() ** 2, 1 / (1 + np.exp(-logsnr)), rtol=1e-12)
+    np.testing.assert_allclose(sigma.flatten().numpy() ** 2, 1 / (1 + np.exp(logsnr)), rtol=1e-12)
+
+
+def test_ddpm_linear_is_exact_on_the_discrete_grid_and_gives_ho_posterior():
+    T = 1000
+    c = lc.DDPM(SHAPE, schedule="linear", num_steps=T)
+    betas = np.linspace(1e-4, 0.02, T)
+    alphabar = np.cumprod(1 - betas)  # alphabar[i - 1] is Ho's alphabar_i
+    i = np.array([1, 2, 10, 500, 999, 1000])
+    alpha, sigma = c.alpha_sigma(torch.tensor(i / T, dtype=f64))
+    np.testing.assert_allclose(alpha.flatten().numpy() ** 2, alphabar[i - 1], rtol=1e-10)
+    np.testing.assert_allclose(sigma.flatten().numpy() ** 2, 1 - alphabar[i - 1], rtol=1e-10)
+
+    g = torch.Generator().manual_seed(0)
+    for step in [1, 2, 37, 500, 1000]:
+        x0 = torch.randn(1, *SHAPE, generator=g, dtype=f64)
+        xt = torch.randn(1, *SHAPE, generator=g, dtype=f64)
+        post = c.posterior(xt, x0, torch.tensor([(step - 1) / T], dtype=f64), torch.tensor([step / T], dtype=f64))
+        ab_t = alphabar[step - 1]
+        ab_prev = alphabar[step - 2] if step > 1 else 1.0
+        beta = betas[step - 1]
+        # Ho et al. (2020), eq. 7
+        mean = (np.sqrt(ab_prev) * beta / (1 - ab_t)) * x0 + (np.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab_t)) * xt
+        beta_tilde = (1 - ab_prev) / (1 - ab_t) * beta
+        torch.testing.assert_close(post.mean, mean, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(post.var, torch.full_like(post.var, beta_tilde), rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+@given(r=times, s=times, t=times)
+def test_chapman_kolmogorov(name, r, s, t):
+    triple = sorted_times(r, s, t)
+    if triple is None:
+        return
+    r, s, t = triple
+    c = CORRUPTIONS[name]()
+    sr, ts, tr = c.transition(r, s), c.transition(s, t), c.transition(r, t)
+    torch.testing.assert_close(ts.alpha * sr.alpha, tr.alpha, rtol=1e-9, atol=1e-300)
+    torch.testing.assert_close(ts.alpha**2 * sr.var + ts.var, tr.var, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+@given(s=times, t=times, seed=st.integers(0, 1000))
+def test_posterior_is_the_conditional_of_the_joint_gaussian(name, s, t, seed):
+    pair = sorted_times(s, t, gap=1e-2)
+    if pair is None:
+        return
+    s, t = pair
+    c = CORRUPTIONS[name]()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, *SHAPE, generator=g, dtype=f64)
+    z_t = torch.randn(1, *SHAPE, generator=g, dtype=f64)
+    # Joint of (u_s, u_t) given x, per coordinate: u_t = alpha_{t|s} u_s + noise, so
+    # Cov(u_s, u_t) = (alpha_t / alpha_s) sigma_s^2. Condition with the block formula.
+    a_s, s_s = full(c, s)
+    a_t, s_t = full(c, t)
+    u_x, u_t = c.basis.to_basis(x), c.basis.to_basis(z_t)
+    post = c.posterior(z_t, x, s, t)
+    for idx in np.ndindex(*SHAPE):
+        i = (0, *idx)
+        if a_s[i] < 1e-150:
+            continue
+        cov = np.array([[s_s[i] ** 2, a_t[i] / a_s[i] * s_s[i] ** 2],
+                        [a_t[i] / a_s[i] * s_s[i] ** 2, s_t[i] ** 2]])
+        mu = np.array([a_s[i] * u_x[i], a_t[i] * u_x[i]])
+        gain = cov[0, 1] / cov[1, 1]
+        np.testing.assert_allclose(post.mean[i].item(), mu[0] + gain * (u_t[i].item() - mu[1]), rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(post.var[i].item(), cov[0, 0] - gain * cov[1, 0], rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_diffuse_has_the_marginal_moments(name):
+    c = CORRUPTIONS[name]()
+    n = 20000
+    x = torch.randn(1, *SHAPE, dtype=f64).expand(n, *SHAPE)
+    t = torch.full((n,), 0.3, dtype=f64)
+    z, noise = c.diffuse(x, t, generator=torch.Generator().manual_seed(1))
+    u = c.basis.to_basis(z)
+    alpha, sigma = full(c, t[:1])
+    mean_err = (u.mean(0) - alpha[0] * c.basis.to_basis(x[:1])[0]).abs()
+    assert (mean_err < 5 * sigma[0] / math.sqrt(n)).all()
+    torch.testing.assert_close(u.std(0), sigma[0], rtol=0.05, atol=0)
+    # with given noise it is deterministic: z = V(alpha V^T x + sigma V^T eps)
+    z2, same = c.diffuse(x[:4], t[:4], noise=noise[:4])
+    assert same is noise[:4] or torch.equal(same, noise[:4])
+    torch.testing.assert_close(z2, z[:4])
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+@given(t=st.floats(0.01, 0.99))
+def test_log_snr_derivative_matches_finite_differences(name, t):
+    c = CORRUPTIONS[name]()
+    if name == "ddpm-linear":  # piecewise linear: compare away from the kinks at i / T
+        t = (math.floor(t * 1000) + 0.5) / 1000
+    h = 1e-6
+    tt = torch.tensor([t], dtype=f64)
+    fd = (c.log_snr(tt + h) - c.log_snr(tt - h)) / (2 * h)
+    torch.testing.assert_close(c.d_log_snr_dt(tt), fd, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- the three instances
+def test_blurring_without_blur_is_cosine_ddpm():
+    t = torch.linspace(0, 1, 101, dtype=f64)
+    blur = lc.BlurringDiffusion(SHAPE, sigma_blur_max=0.0)
+    ddpm = lc.DDPM(SHAPE, schedule="cosine")
+    for a, b in zip(blur.alpha_sigma(t), ddpm.alpha_sigma(t)):
+        torch.testing.assert_close(a.expand(101, *SHAPE), b.expand(101, *SHAPE), rtol=1e-12, atol=1e-15)
+
+
+def test_blurring_matches_the_paper_pseudocode():
+    """Hoogeboom & Salimans (2023), the pseudo-code of appendix A, transcribed with numpy."""
+    h, w, blur_max, min_scale = 4, 6, 20.0, 1e-3
+    c = lc.BlurringDiffusion((2, h, w), sigma_blur_max=blur_max, min_scale=min_scale)
+    for t in [0.0, 0.1, 0.5, 0.77, 1.0]:
+        limit_max = np.arctan(np.exp(-0.5 * 10))
+        limit_min = np.arctan(np.exp(-0.5 * -10)) - limit_max
+        logsnr = -2 * np.log(np.tan(limit_min * t + limit_max))
+        a, sigma = np.sqrt(1 / (1 + np.exp(-logsnr))), np.sqrt(1 / (1 + np.exp(logsnr)))
+        sigma_blur = blur_max * np.sin(t * np.pi / 2) ** 2
+        freqs = (np.pi * np.arange(h) / h)[:, None] ** 2 + (np.pi * np.arange(w) / w)[None, :] ** 2
+        d = (1 - min_scale) * np.exp(-freqs * sigma_blur**2 / 2) + min_scale
+        alpha, sig = c.alpha_sigma(torch.tensor([t], dtype=f64))
+        np.testing.assert_allclose(alpha[0, 0].numpy(), a * d, rtol=1e-6)
+        np.testing.assert_allclose(sig.flatten().numpy(), sigma, rtol=1e-10)
+
+
+def test_blurring_alpha_is_non_increasing_in_t():
+    c = lc.BlurringDiffusion(SHAPE)
+    alpha, _ = c.alpha_sigma(torch.linspace(0, 1, 501, dtype=f64))
+    assert (alpha[1:] <= alpha[:-1]).all()
+
+
+def test_ihdm_levels_match_the_paper_configuration():
+    K = 200
+    c = lc.IHDM((3, 8, 8), sigma=0.01, sigma_blur_max=24.0, num_steps=K)
+    sigma_b = np.exp(np.linspace(np.log(0.5), np.log(24.0), K))  # levels k = 1..K
+    freqs = (np.pi * np.arange(8) / 8)[:, None] ** 2 + (np.pi * np.arange(8) / 8)[None, :] ** 2
+    for k in [1, 2, 100, 200]:
+        alpha, sigma = c.alpha_sigma(torch.tensor([k / K], dtype=f64))
+        np.testing.assert_allclose(alpha[0, 0].numpy(), np.exp(-freqs * sigma_b[k - 1] ** 2 / 2), rtol=1e-5, atol=1e-300)
+        np.testing.assert_allclose(sigma.flatten().numpy(), 0.02)  # 0.01 on [0, 1] = 0.02 on [-1, 1]
+    alpha0, _ = c.alpha_sigma(torch.zeros(1, dtype=f64))
+    assert torch.all(alpha0 == 1)  # level 0: the clean image
+
+
+# ---------------------------------------------------------------- validity
+@given(blur=st.floats(0, 60), min_scale=st.floats(0, 0.9), lo=st.floats(-20, 0), span=st.floats(0.5, 30))
+def test_blurring_is_valid_over_its_parameter_space(blur, min_scale, lo, span):
+    lc.BlurringDiffusion(SHAPE, sigma_blur_max=blur, min_scale=min_scale, logsnr_min=lo, logsnr_max=lo + span)
+
+
+@given(sigma=st.floats(1e-4, 1.0), smin=st.floats(0.05, 5), ratio=st.floats(1, 100), k=st.integers(1, 1000))
+def test_ihdm_is_valid_over_its_parameter_space(sigma, smin, ratio, k):
+    lc.IHDM(SHAPE, sigma=sigma, sigma_blur_min=smin, sigma_blur_max=smin * ratio, num_steps=k)
+
+
+@given(start=st.floats(1e-5, 1e-2), span=st.floats(0, 0.5), steps=st.integers(1, 2000))
+def test_ddpm_is_valid_over_its_parameter_space(start, span, steps):
+    lc.DDPM(SHAPE, schedule="linear", num_steps=steps, beta_start=start, beta_end=start + span)
+
+
+class SharpeningDiffusion(lc.DiagonalizableCorruption):
+    """Invalid on purpose: coordinate (0, 1, 2) regains signal after t = 1/2."""
+
+    def __init__(self):
+        super().__init__(SHAPE, lc.IdentityBasis())
+
+    def alpha_sigma(self, t):
+        t = t.view(-1, 1, 1, 1)
+        alpha = torch.cos(t * math.pi / 2).expand(-1, *SHAPE).clone()
+        alpha[:, 0, 1, 2] = torch.where(t.flatten() > 0.5, 1.0 - t.flatten() / 2, alpha[:, 0, 1, 2])
+        return alpha, torch.sin(t * math.pi / 2).clamp(min=1e-3).expand(-1, *SHAPE)
+
+
+def test_an_invalid_corruption_is_refused_naming_coordinate_and_times():
+    with pytest.raises(lc.InvalidCorruptionError, match=r"coordinate \(0, 1, 2\) between t=0\.5"):
+        SharpeningDiffusion()
+
+
+def test_a_corruption_without_a_schedule_is_refused():
+    class NoSchedule(lc.DiagonalizableCorruption):
+        def __init__(self):
+            super().__init__(SHAPE, lc.IdentityBasis())
+
+    with pytest.raises(TypeError, match="must implement alpha_sigma"):
+        NoSchedule()
+
+
+# ---------------------------------------------------------------- predictions and loss
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+@given(t=st.floats(0.02, 0.98), seed=st.integers(0, 1000))
+def test_prediction_conversions_recover_x_and_eps_and_are_mutual_inverses(name, t, seed):
+    c = CORRUPTIONS[name]()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, *SHAPE, generator=g, dtype=f64)
+    tt = torch.full((3,), t, dtype=f64)
+    if name == "ihdm":
+        tt = tt * 0.1  # eps -> x divides by alpha_t, which underflows at strong blur
+    z, eps = c.diffuse(x, tt, generator=g)
+    torch.testing.assert_close(c.convert(eps, z, tt, "eps", "x"), x, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(c.convert(x, z, tt, "x", "eps"), eps, rtol=1e-6, atol=1e-6)
+    v = c.convert(eps, z, tt, "eps", "v")
+    for kind, value in (("x", x), ("eps", eps)):
+        torch.testing.assert_close(c.convert(v, z, tt, "v", kind), value, rtol=1e-6, atol=1e-6)
+
+
+def test_v_is_salimans_ho_velocity_for_variance_preserving_ddpm():
+    c = lc.DDPM(SHAPE, schedule="cosine")
+    x, eps = torch.randn(2, *SHAPE, dtype=f64), torch.randn(2, *SHAPE, dtype=f64)
+    t = torch.tensor([0.3, 0.8], dtype=f64)
+    z, _ = c.diffuse(x, t, noise=eps)
+    alpha, sigma = c.alpha_sigma(t)
+    torch.testing.assert_close(c.convert(eps, z, t, "eps", "v"), alpha * eps - sigma * x)
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+@pytest.mark.parametrize("prediction", ["eps", "x", "v"])
+def test_oracle_model_has_zero_loss(name, prediction):
+    c = CORRUPTIONS[name]()
+    x = torch.randn(4, *SHAPE, dtype=f64)
+    noise = torch.randn(4, *SHAPE, dtype=f64)
+    t = torch.tensor([0.1, 0.4, 0.6, 0.9], dtype=f64) * (0.1 if name == "ihdm" else 1)
+    alpha, sigma = c.alpha_sigma(t)
+
+    def oracle(z, tt):  # knows x and noise; written from the definitions, not from lincorrupt
+        u_x, u_eps = c.basis.to_basis(x), c.basis.to_basis(noise)
+        u = {"eps": u_eps, "x": u_x,
+             "v": (alpha * u_eps - sigma * u_x) / torch.sqrt(alpha**2 + sigma**2)}[prediction]
+        return c.basis.from_basis(u)
+
+    loss = lc.diffusion_loss(oracle, c, x, prediction=prediction, t=t, noise=noise)
+    assert loss.item() < 1e-20
+    wrong = lc.diffusion_loss(lambda z, tt: oracle(z, tt) + 0.1, c, x, prediction=prediction, t=t, noise=noise)
+    assert wrong.item() == pytest.approx(0.01, rel=1e-6)
+
+
+def test_elbo_weighting_is_minus_half_snr_derivative_in_x_units():
+    c = lc.DDPM(SHAPE, schedule="cosine")
+    t = torch.tensor([0.25, 0.5], dtype=f64)
+    h = 1e-6
+
+    def snr(tt):
+        a, s = c.alpha_sigma(tt)
+        return (a / s) ** 2
+
+    d_snr = (snr(t + h) - snr(t - h)) / (2 * h)
+    w_x = lc.elbo_weighting(c, t, lc.PREDICTIONS["x"])
+    torch.testing.assert_close(w_x, -0.5 * d_snr, rtol=1e-5, atol=0)
+    # eps error e is an x error (sigma / alpha) e
+    w_eps = lc.elbo_weighting(c, t, lc.PREDICTIONS["eps"])
+    torch.testing.assert_close(w_eps, -0.5 * d_snr / snr(t), rtol=1e-5, atol=0)
+    # the weighted loss of a model off by delta in x is the ELBO integrand -1/2 SNR' delta^2 (summed)
+    x = torch.randn(2, *SHAPE, dtype=f64)
+    loss = lc.diffusion_loss(lambda z, tt: c.convert(torch.zeros_like(z), z, tt, "eps", "x") * 0 + x + 0.1, c, x,
+                             prediction="x", weighting=lc.elbo_weighting, t=t, reduction="none")
+    torch.testing.assert_close(loss, (-0.5 * d_snr * 0.01).flatten(), rtol=1e-5, atol=0)
