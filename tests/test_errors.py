@@ -1,0 +1,163 @@
+"""Bad input gets a clear error where it enters; endpoints give finite values."""
+
+import math
+
+import pytest
+import torch
+
+import lincorrupt as lc
+from conftest import CORRUPTIONS, SHAPE
+
+
+def identity_model(z, t):
+    return z
+
+
+@pytest.fixture
+def c():
+    return lc.BlurringDiffusion(SHAPE)
+
+
+@pytest.fixture
+def x():
+    return torch.randn(3, *SHAPE)
+
+
+@pytest.mark.parametrize("t", [-0.1, 1.5, float("nan")])
+def test_time_outside_unit_interval(c, x, t):
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        c.diffuse(x, torch.full((3,), t))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        c.log_snr(torch.tensor([t]))
+
+
+def test_integer_or_wrongly_shaped_time(c, x):
+    with pytest.raises(TypeError, match="floating-point"):
+        c.diffuse(x, torch.ones(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        c.diffuse(x, torch.rand(4))
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        c.diffuse(x, torch.rand(3, 1))
+
+
+def test_s_not_before_t(c, x):
+    z, _ = c.diffuse(x, 0.5)
+    with pytest.raises(ValueError, match="need s < t"):
+        c.posterior(z, x, 0.5, 0.5)
+    with pytest.raises(ValueError, match="need s < t"):
+        c.transition(torch.tensor([0.2, 0.9]), torch.tensor([0.3, 0.4]))
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 6, 4), (3, 2, 4), (3, 1, 4, 6), (2, 4, 6)])
+def test_data_of_the_wrong_shape(c, shape):
+    with pytest.raises(ValueError, match=r"must have shape \(B, 2, 4, 6\)"):
+        c.diffuse(torch.randn(shape), 0.5)
+    with pytest.raises(ValueError, match=r"must have shape \(B, 2, 4, 6\)"):
+        lc.diffusion_loss(identity_model, c, torch.randn(shape))
+
+
+def test_integer_data(c):
+    with pytest.raises(TypeError, match="floating point"):
+        c.diffuse(torch.zeros(3, *SHAPE, dtype=torch.uint8), 0.5)
+
+
+def test_mismatched_noise(c, x):
+    with pytest.raises(ValueError, match="noise must have the shape of x"):
+        c.diffuse(x, 0.5, noise=torch.randn(2, *SHAPE))
+    with pytest.raises(TypeError, match="noise has dtype torch.float64 but x has torch.float32"):
+        c.diffuse(x, 0.5, noise=torch.randn(3, *SHAPE, dtype=torch.float64))
+
+
+def test_mismatched_devices(c):
+    x = torch.randn(3, *SHAPE, device="meta")
+    with pytest.raises(ValueError, match="x is on meta but BlurringDiffusion's buffers are on cpu"):
+        c.diffuse(x, 0.5)
+    with pytest.raises(ValueError, match="t is on cpu but the data are on meta"):
+        lc.BlurringDiffusion(SHAPE).to("meta").diffuse(x, torch.rand(3))
+
+
+def test_model_returning_the_wrong_shape(c, x):
+    bad = lambda z, t: z[:, :1]
+    with pytest.raises(ValueError, match=r"the model returned shape \(3, 1, 4, 6\) for input z_t of shape \(3, 2, 4, 6\)"):
+        lc.diffusion_loss(bad, c, x)
+    with pytest.raises(ValueError, match="the model returned shape"):
+        lc.sample(bad, c, 2, steps=3)
+    with pytest.raises(TypeError, match="must return a Tensor"):
+        lc.sample(lambda z, t: z.numpy(), c, 2, steps=3)
+
+
+def test_unknown_names(c, x):
+    with pytest.raises(ValueError, match=r"unknown prediction 'noise'; expected one of \['eps', 'v', 'x'\]"):
+        lc.diffusion_loss(identity_model, c, x, prediction="noise")
+    with pytest.raises(ValueError, match="unknown prediction"):
+        lc.sample(identity_model, c, 2, steps=3, prediction="epsilon")
+    with pytest.raises(ValueError, match="unknown sampling method 'euler'"):
+        lc.sample(identity_model, c, 2, steps=3, method="euler")
+    with pytest.raises(ValueError, match="unknown grid 'karras'"):
+        lc.sample(identity_model, c, 2, steps=3, grid="karras")
+    with pytest.raises(ValueError, match="unknown DDPM schedule 'quadratic'"):
+        lc.DDPM(SHAPE, schedule="quadratic")
+    with pytest.raises(ValueError, match="unknown reduction"):
+        lc.diffusion_loss(identity_model, c, x, reduction="avg")
+
+
+def test_bad_sampling_arguments(c):
+    with pytest.raises(ValueError, match="num_samples must be a positive int"):
+        lc.sample(identity_model, c, 0, steps=3)
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        lc.sample(identity_model, c, 2, steps=0)
+    with pytest.raises(ValueError, match="decrease strictly from at most 1 to exactly 0"):
+        lc.sample(identity_model, c, 2, grid=torch.tensor([1.0, 0.5, 0.6, 0.0]))
+    with pytest.raises(ValueError, match="decrease strictly from at most 1 to exactly 0"):
+        lc.sample(identity_model, c, 2, grid=torch.tensor([1.0, 0.5]))
+    with pytest.raises(ValueError, match="0 <= eta <= 1"):
+        lc.sample(identity_model, c, 2, steps=3, method="ddim", eta=2.0)
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match=r"shape \(C, H, W\)"):
+        lc.BlurringDiffusion((4, 6))
+    with pytest.raises(ValueError, match="sigma_blur_max >= 0"):
+        lc.BlurringDiffusion(SHAPE, sigma_blur_max=-1)
+    with pytest.raises(ValueError, match="sigma > 0"):
+        lc.IHDM(SHAPE, sigma=0)
+    with pytest.raises(ValueError, match="beta_start <= beta_end"):
+        lc.DDPM(SHAPE, beta_start=0.1, beta_end=0.01)
+    with pytest.raises(ValueError, match="cannot act on events"):
+        class Bad(lc.DiagonalizableCorruption):
+            def __init__(self):
+                super().__init__((2, 4, 6), lc.DCTBasis(6, 4))
+
+            def alpha_sigma(self, t):
+                raise AssertionError("not reached")
+
+        Bad()
+
+
+def test_a_schedule_with_the_wrong_shape_is_named():
+    class WrongShape(lc.DiagonalizableCorruption):
+        def __init__(self):
+            super().__init__(SHAPE, lc.IdentityBasis())
+
+        def alpha_sigma(self, t):
+            return torch.cos(t * math.pi / 2).view(-1, 1), torch.sin(t * math.pi / 2).view(-1, 1)
+
+    with pytest.raises(ValueError, match=r"WrongShape.alpha_sigma returned alpha of shape \(64, 1\)"):
+        WrongShape()
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_endpoints_are_finite_in_float32(name):
+    c = CORRUPTIONS[name]()
+    t = torch.tensor([0.0, 1.0])
+    for value in c.alpha_sigma(t):
+        assert torch.isfinite(value).all()
+    x = torch.randn(2, *SHAPE)
+    z, _ = c.diffuse(x, t)
+    assert torch.isfinite(z).all()
+    post = c.posterior(z[1:], x[1:], 0.0, 1.0)
+    assert torch.isfinite(post.mean).all() and torch.isfinite(post.var).all() and (post.var >= 0).all()
+    tr = c.transition(0.0, 1.0)
+    assert torch.isfinite(tr.alpha).all() and torch.isfinite(tr.var).all()
+    for prediction in ("eps", "x", "v"):
+        assert torch.isfinite(lc.diffusion_loss(identity_model, c, x, prediction=prediction, t=t))
