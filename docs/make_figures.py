@@ -174,24 +174,50 @@ def draw_tutorial(path: Path) -> None:
     draw_forward(x, path, {"mean of q(z_t | x)": c, "z_t ~ q(z_t | x)": c}, noise_free=("mean of q(z_t | x)",))
 
 
+DEMO_FILES = ("samples.png", "loss.png", "summary.md")
+
+
+def demo_recipe_hash() -> str:
+    """sha256 of examples/demo.py: the recipe the committed grids were made with."""
+    import hashlib
+
+    return hashlib.sha256((ROOT / "examples" / "demo.py").read_bytes()).hexdigest()
+
+
 def copy_demo(demo_dir: Path, dest: Path = DEMO_DIR) -> None:
-    """Copy the demo's sample grids (PNG) into ``dest`` with a provenance file."""
-    grids = sorted(demo_dir.glob("*.png"))
-    if not grids:
-        raise FileNotFoundError(f"no PNG in {demo_dir}: run `make demo` first")
+    """Copy the demo's sample grid, loss curve and summary into ``dest``, with their provenance.
+
+    tests/test_docs_figures.py fails when examples/demo.py no longer matches the recorded
+    hash, so the committed grids cannot silently outlive the recipe that made them.
+    """
+    missing = [f for f in DEMO_FILES if not (demo_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{demo_dir} lacks {missing}: run `make demo` first")
     dest.mkdir(parents=True, exist_ok=True)
-    for old in dest.glob("*.png"):
-        old.unlink()
-    for g in grids:
-        shutil.copy2(g, dest / g.name)
+    for name in DEMO_FILES:
+        if name.endswith(".png"):
+            _save_small_png(demo_dir / name, dest / name)
+        else:
+            shutil.copy2(demo_dir / name, dest / name)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    provenance = {"source": str(demo_dir), "files": [g.name for g in grids], "commit": commit,
-                  "copied": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                  "command": "make demo && .venv/bin/python docs/make_figures.py --demo out/demo"}
-    for extra in ("summary.json", "metrics.json", "README.txt"):
-        if (demo_dir / extra).is_file():
-            shutil.copy2(demo_dir / extra, dest / extra)
+    provenance = {
+        "files": list(DEMO_FILES),
+        "made_by": f"examples/demo.py --out {demo_dir}",
+        "copied_by": f".venv/bin/python docs/make_figures.py --demo {demo_dir}",
+        "git_head": commit,
+        "examples/demo.py sha256": demo_recipe_hash(),
+        "copied_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
     (dest / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+
+
+def _save_small_png(src: Path, dst: Path) -> None:
+    """Re-encode a PNG with an adaptive 256-colour palette: exact for greyscale grids, a fraction of the size."""
+    from PIL import Image
+
+    with Image.open(src) as img:
+        img = img.convert("RGB")
+        img.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)
 
 
 def main() -> None:
