@@ -18,8 +18,10 @@ from tqdm.auto import tqdm
 from .corruption import Coefficients, DiagonalizableCorruption, posterior_coefficients
 from .losses import check_model_output
 from .predictions import get_prediction
+from .samplers_fast import dpmpp_2m, logsnr_grid, ode
 
-__all__ = ["sample", "Denoiser", "ancestral", "ddim", "uniform_grid", "SAMPLERS", "GRIDS"]
+__all__ = ["sample", "Denoiser", "ancestral", "ddim", "dpmpp_2m", "ode", "uniform_grid", "logsnr_grid", "SAMPLERS",
+           "GRIDS"]
 
 
 class Denoiser:
@@ -91,9 +93,11 @@ def uniform_grid(corruption: DiagonalizableCorruption, steps: int, device=None) 
 
 
 #: name -> sampler; every sampler has the signature of :func:`ancestral` plus its own options.
-SAMPLERS: dict[str, Callable[..., Tensor]] = {"ancestral": ancestral, "ddim": ddim}
-#: name -> ``grid(corruption, steps, device) -> times``, decreasing from 1 to 0.
-GRIDS: dict[str, Callable[..., Tensor]] = {"uniform": uniform_grid}
+#: "dpm++2m" and "ode" are the deterministic few-step samplers of :mod:`lincorrupt.samplers_fast`.
+SAMPLERS: dict[str, Callable[..., Tensor]] = {"ancestral": ancestral, "ddim": ddim, "dpm++2m": dpmpp_2m, "ode": ode}
+#: name -> ``grid(corruption, steps, device) -> times``, decreasing from 1 to 0: "uniform" in t,
+#: "logsnr" equally spaced in the mean log-SNR (:func:`~lincorrupt.samplers_fast.logsnr_grid`).
+GRIDS: dict[str, Callable[..., Tensor]] = {"uniform": uniform_grid, "logsnr": logsnr_grid}
 
 
 def _check_times(times: Tensor) -> Tensor:
@@ -119,8 +123,10 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
         num_samples: N.
         steps: network evaluations = number of grid intervals (ignored if ``grid`` is a tensor).
         prediction: what the model outputs: "eps", "x" or "v".
-        method: a key of :data:`SAMPLERS` ("ancestral", "ddim").
-        grid: a key of :data:`GRIDS`, or a decreasing tensor of times from <= 1 to 0.
+        method: a key of :data:`SAMPLERS`: "ancestral", "ddim" (option ``eta``), "dpm++2m"
+            or "ode".
+        grid: a key of :data:`GRIDS` ("uniform" in t, "logsnr" in log-SNR), or a decreasing
+            tensor of times from <= 1 to 0.
         generator: random generator for the prior and the sampler's noise.
         device, dtype: where and in which precision to sample; device defaults to the
             corruption's.

@@ -1,0 +1,107 @@
+"""In the identity basis with Ho et al.'s linear schedule every lincorrupt sampler is its published
+algorithm: run step by step against diffusers' DDPMScheduler, DDIMScheduler and
+DPMSolverMultistepScheduler on identical inputs, timesteps, model outputs and noise.
+
+Time map: diffusers' timestep k (alphas_cumprod[k] = prod_{j <= k} (1 - beta_j), betas 0-indexed)
+is lincorrupt's t = (k + 1) / T; diffusers' final "alpha_cumprod = 1" is t = 0.
+"""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lincorrupt as lc
+
+diffusers = pytest.importorskip("diffusers")
+
+f64 = torch.float64
+T = 1000
+SHAPE = (2, 3, 5)
+PREDICTIONS = {"eps": "epsilon", "x": "sample", "v": "v_prediction"}
+
+
+def network(z, k):
+    """A fixed nonlinear 'network' of (z, diffusers timestep k), outputs of order one."""
+    k = torch.as_tensor(k, dtype=f64).reshape(-1, *[1] * len(SHAPE))
+    return torch.tanh(z) * torch.cos(k / 700.0) + 0.3 * torch.sin(2 * z + k / 300.0)
+
+
+def make_scheduler(cls, c, prediction, **config):
+    sched = cls(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                prediction_type=PREDICTIONS[prediction], **config)
+    ours = torch.exp(c.log_alphabar[1:])  # lincorrupt's alphabar at t = (k + 1) / T
+    np.testing.assert_allclose(sched.alphas_cumprod.double().numpy(), ours.numpy(), rtol=2e-6)  # same schedule
+    sched.alphas_cumprod = ours  # ... then compare the algorithms in float64
+    return sched
+
+
+def run_diffusers(sched, num_samples, seed, **step_kwargs):
+    """diffusers' sampling loop; returns the latents before every step and the final sample."""
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn((num_samples, *SHAPE), generator=g, dtype=f64)
+    trajectory = []
+    for k in sched.timesteps:
+        trajectory.append(latents)
+        latents = sched.step(network(latents, k), k, latents, generator=g, **step_kwargs).prev_sample
+    return trajectory, latents
+
+
+def run_lincorrupt(c, timesteps, num_samples, seed, method, prediction, **options):
+    """lincorrupt on the same times; returns the model inputs (one per step) and the sample."""
+    trajectory = []
+
+    def model(z, t):
+        trajectory.append(z)
+        return network(z, torch.round(t * T) - 1)
+
+    times = torch.cat([(timesteps.to(f64) + 1) / T, torch.zeros(1, dtype=f64)])
+    x = lc.sample(model, c, num_samples, grid=times, method=method, prediction=prediction,
+                  generator=torch.Generator().manual_seed(seed), dtype=f64, **options)
+    return trajectory, x
+
+
+def assert_same_path(ours, theirs, rtol, atol):
+    (traj_a, x_a), (traj_b, x_b) = ours, theirs
+    assert len(traj_a) == len(traj_b)
+    for step, (a, b) in enumerate(zip(traj_a, traj_b)):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"step {step}: {m}")
+    torch.testing.assert_close(x_a, x_b, rtol=rtol, atol=atol)
+
+
+steps_st = st.integers(min_value=1, max_value=40)
+prediction_st = st.sampled_from(sorted(PREDICTIONS))
+seed_st = st.integers(min_value=0, max_value=2**31 - 1)
+
+
+@given(steps=steps_st, prediction=prediction_st, seed=seed_st)
+def test_ancestral_is_ddpm_scheduler(steps, prediction, seed):
+    c = lc.DDPM(SHAPE, schedule="linear", num_steps=T)
+    sched = make_scheduler(diffusers.DDPMScheduler, c, prediction, clip_sample=False, variance_type="fixed_small")
+    sched.set_timesteps(steps)
+    theirs = run_diffusers(sched, 3, seed)
+    ours = run_lincorrupt(c, sched.timesteps, 3, seed, "ancestral", prediction)
+    assert_same_path(ours, theirs, rtol=1e-9, atol=1e-9)
+
+
+@given(steps=steps_st, prediction=prediction_st, seed=seed_st, eta=st.floats(0.0, 1.0))
+def test_ddim_is_ddim_scheduler(steps, prediction, seed, eta):
+    c = lc.DDPM(SHAPE, schedule="linear", num_steps=T)
+    sched = make_scheduler(diffusers.DDIMScheduler, c, prediction, clip_sample=False, set_alpha_to_one=True)
+    sched.set_timesteps(steps)
+    theirs = run_diffusers(sched, 3, seed, eta=eta)
+    ours = run_lincorrupt(c, sched.timesteps, 3, seed, "ddim", prediction, eta=eta)
+    assert_same_path(ours, theirs, rtol=1e-8, atol=1e-8)
+
+
+@given(steps=steps_st, prediction=prediction_st, seed=seed_st)
+def test_dpmpp_2m_is_dpm_solver_multistep_scheduler(steps, prediction, seed):
+    c = lc.DDPM(SHAPE, schedule="linear", num_steps=T)
+    sched = make_scheduler(diffusers.DPMSolverMultistepScheduler, c, prediction, algorithm_type="dpmsolver++",
+                           solver_order=2, solver_type="midpoint", final_sigmas_type="zero")
+    sched.set_timesteps(steps)
+    theirs = run_diffusers(sched, 3, seed)
+    ours = run_lincorrupt(c, sched.timesteps, 3, seed, "dpm++2m", prediction)
+    # diffusers stores its sigmas in float32 (set_timesteps), so agreement is to float32 precision
+    assert_same_path(ours, theirs, rtol=2e-5, atol=2e-5)
