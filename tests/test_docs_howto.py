@@ -61,3 +61,12 @@ def test_documented_command_parses(script, where, args, capsys):
     except SystemExit:
         pytest.fail(f"{where}\n{capsys.readouterr().err}")
     assert isinstance(cfg, script.Config)
+
+
+def test_sampler_guide_names_every_sampler_and_grid():
+    """A sampler or grid added to the registries must be described in the how-to."""
+    import lincorrupt as lc
+
+    text = (ROOT / "docs" / "how-to" / "samplers.md").read_text()
+    missing = [name for name in [*lc.SAMPLERS, *lc.GRIDS] if f'"{name}"' not in text]
+    assert not missing, f"docs/how-to/samplers.md does not describe {missing}"
