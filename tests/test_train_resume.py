@@ -92,3 +92,12 @@ def test_bad_config_is_named():
         TrainConfig(optimizer="sgd")
     with pytest.raises(ValueError, match="precision='fp8'"):
         TrainConfig(precision="fp8")
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    t = make_trainer(tmp_path, 4, ckpt_every=1, log_every=1)
+    loss_fn = t.loss_fn
+    t.loss_fn = lambda *a, **kw: loss_fn(*a, **kw) * (float("nan") if t.step == 2 else 1.0)
+    with pytest.raises(FloatingPointError, match="loss became nan by step 3"):
+        t.fit()
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 2

@@ -193,9 +193,9 @@ class Trainer:
         rngs = state["rng"]
         if len(rngs) == self.dist.world_size:  # else: dropout streams restart (all other draws are step-seeded)
             rng = rngs[self.dist.rank]
-            torch.set_rng_state(rng["cpu"])
+            torch.set_rng_state(rng["cpu"].cpu())  # RNG states are CPU byte tensors, whatever map_location did
             if "cuda" in rng and self.device.type == "cuda":
-                torch.cuda.set_rng_state(rng["cuda"], self.device)
+                torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write a checkpoint (rank 0 writes; every rank must call this)."""
@@ -303,7 +303,11 @@ class Trainer:
         stacked = torch.stack(self._pending).float()
         self._pending = []
         self.losses += stacked.cpu().tolist()
-        return float(all_reduce_mean(stacked.mean()))
+        loss = float(all_reduce_mean(stacked.mean()))
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the training loss became {loss} by step {self.step}; the last checkpoint in "
+                                     f"{self.out_dir} predates it: resume from it with a lower lr or more warm-up")
+        return loss
 
     def sampling_model(self) -> nn.Module:
         """The EMA network, under the training precision's autocast, for sampling."""
