@@ -29,7 +29,7 @@ samples.png, fid.json, summary.json.
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -177,7 +177,10 @@ def evaluate_fid(cfg: Config, trainer: Trainer, data, weights: Path) -> float:
     """FID of ``cfg.fid_samples`` EMA samples against the training images (reference statistics cached)."""
     dist, device = trainer.dist, trainer.device
     inception = load_inception(weights, dims=cfg.fid_dims, device=device)
-    cache = Path(cfg.fid_stats or Path(cfg.out_dir).parent / f"fid_ref_{Path(cfg.data_root).name}_{len(data)}_{cfg.fid_dims}.npz")
+    # the cache name pins what the statistics depend on: the data, the Inception weights, the feature size
+    key = hashlib.sha1(f"{Path(cfg.data_root).resolve()}|{len(data)}|{weights.resolve()}|{weights.stat().st_size}"
+                       f"|{cfg.fid_dims}".encode()).hexdigest()[:12]
+    cache = Path(cfg.fid_stats or Path(cfg.out_dir).parent / f"fid_ref_{Path(cfg.data_root).name}_{key}.npz")
     ref = dataset_stats(data, inception, batch_size=cfg.fid_batch, cache=cache, progress=cfg.progress) if dist.is_main else None
     ema = trainer.sampling_model()
 
