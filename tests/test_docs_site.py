@@ -35,7 +35,10 @@ def built_site(tmp_path_factory):
         pytest.skip(f"{FASHION_MNIST} is absent (apt-get install dataset-fashion-mnist): the docs' figures "
                     "are drawn from it; CI installs it and fails instead of skipping")
 
-    shared = tmp_path_factory.getbasetemp().parent  # common to all xdist workers of this run
+    basetemp = tmp_path_factory.getbasetemp()
+    # Under xdist each worker's basetemp sits in one folder per run, shared by the workers;
+    # without xdist basetemp itself is the per-run folder (its parent outlives the run).
+    shared = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
     site_dir, log_file = shared / "docs_site", shared / "docs_site.json"
     with FileLock(str(shared / "docs_site.lock")):
         if not log_file.exists():
