@@ -50,6 +50,10 @@ def test_tutorial_colour_fade_runs(capsys):
     c, x, losses, samples = tutorial.main()
     out = capsys.readouterr().out
     assert "refused: ColourReturns: SNR increases" in out
+    page = (DOCS / "tutorial.md").read_text()
+    for line in out.splitlines():  # the deterministic output the page quotes must be today's
+        if line.startswith(("refused:", "log-SNR at")):
+            assert line in page, f"docs/tutorial.md quotes an outdated output; the tutorial now prints:\n{line}"
     assert isinstance(c, tutorial.ColourFadeDiffusion) and x.shape[1:] == (3, 28, 28)
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-10:]) < sum(losses[:10]), "a few steps of training should lower the loss"
