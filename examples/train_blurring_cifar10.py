@@ -96,6 +96,7 @@ class Config(TrainConfig):
     dropout: float = 0.1
     groups: int = 32
     prediction: str = field(default="auto", metadata={"choices": ["auto", "eps", "x", "v"]})  # auto: the recipe's
+    sampler: str = field(default="ancestral", metadata={"choices": sorted(lc.SAMPLERS)})  # grids and FID
     out_dir: str = "runs/{corruption}"
     device: str = ""                     # "" = cuda when available, else cpu
     # modes
@@ -185,16 +186,16 @@ def evaluate_fid(cfg: Config, trainer: Trainer, data, weights: Path) -> float:
     ema = trainer.sampling_model()
 
     def draw(n: int, g: torch.Generator) -> torch.Tensor:
-        return lc.sample(ema, trainer.corruption, n, steps=cfg.fid_steps, prediction=cfg.prediction, generator=g,
-                         device=device)
+        return lc.sample(ema, trainer.corruption, n, steps=cfg.fid_steps, prediction=cfg.prediction,
+                         method=cfg.sampler, generator=g, device=device)
 
     stats: FIDStats = sample_stats(draw, cfg.fid_samples, inception, batch_size=cfg.fid_batch, seed=cfg.seed,
                                    rank=dist.rank, world_size=dist.world_size, device=device,
                                    progress=cfg.progress and dist.is_main)
     value = fid(ref, stats) if dist.is_main else float("nan")
     if dist.is_main:
-        record = {"fid": value, "num_samples": stats.n, "sampler_steps": cfg.fid_steps, "dims": cfg.fid_dims,
-                  "step": trainer.step, "reference": str(cache), "inception_weights": str(weights)}
+        record = {"fid": value, "num_samples": stats.n, "sampler": cfg.sampler, "sampler_steps": cfg.fid_steps,
+                  "dims": cfg.fid_dims, "step": trainer.step, "reference": str(cache), "inception_weights": str(weights)}
         (Path(cfg.out_dir) / "fid.json").write_text(json.dumps(record, indent=2) + "\n")
         print(f"FID ({stats.n} samples, {cfg.fid_steps} steps) = {value:.3f}")
     return value

@@ -81,7 +81,7 @@ def test_train_checkpoint_resume_sample_fid(script, data_root, tmp_path, incepti
 @pytest.mark.parametrize("corruption", ["ddpm", "ihdm"])
 def test_baselines_train_and_sample(script, data_root, tmp_path, corruption):
     out = script.main(TINY + ["--data-root", str(data_root), "--out-dir", str(tmp_path), "--steps", "1",
-                              "--corruption", corruption])
+                              "--corruption", corruption, "--sampler", "ddim"])
     assert out["status"] == "done" and out["prediction"] == {"ddpm": "eps", "ihdm": "x"}[corruption]
     assert load_checkpoint(tmp_path / "checkpoint.pt")["corruption"] == {"ddpm": "DDPM", "ihdm": "IHDM"}[corruption]
 
@@ -108,6 +108,8 @@ def test_bad_input_is_named(script, data_root, tmp_path, monkeypatch):
     assert not (tmp_path / "b").exists()
     with pytest.raises(SystemExit):
         script.main(base + ["--ch-mult", "1,x"])
+    with pytest.raises(SystemExit):
+        script.main(base + ["--sampler", "euler"])
 
 
 def run_script(args, **kw):

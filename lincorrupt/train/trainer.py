@@ -77,6 +77,7 @@ class TrainConfig:
     sample_every: int = 10_000      # steps between sample grids (0: never)
     ckpt_every: int = 5_000         # steps between checkpoints (one is always written at the end)
     sample_steps: int = 250         # sampler steps for the preview grids (cheap preview, not the FID protocol)
+    sampler: str = "ancestral"      # a key of lincorrupt.SAMPLERS; ancestral is the papers' sampler
     grid_size: int = 64
     progress: bool = True
     out_dir: str = "runs/blurring"
@@ -84,6 +85,9 @@ class TrainConfig:
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r}: expected one of {sorted(OPTIMIZERS)}")
+        import lincorrupt as lc
+        if self.sampler not in lc.SAMPLERS:
+            raise ValueError(f"sampler={self.sampler!r}: expected one of {sorted(lc.SAMPLERS)}")
         if self.precision != "auto" and self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}: expected 'auto' or one of {sorted(PRECISIONS)}")
         for name in ("steps", "batch_size", "log_every"):
@@ -319,8 +323,8 @@ class Trainer:
         from torchvision.utils import save_image
         n, steps = n or self.cfg.grid_size, steps or self.cfg.sample_steps
         g = torch.Generator(self.device).manual_seed(seed)
-        x = self.sample_fn(self.sampling_model(), self.corruption, n, steps=steps, prediction=self.cfg.prediction, generator=g,
-                           device=self.device, progress=False)
+        x = self.sample_fn(self.sampling_model(), self.corruption, n, steps=steps, prediction=self.cfg.prediction,
+                           method=self.cfg.sampler, generator=g, device=self.device, progress=False)
         save_image(to_unit_range(x.float().cpu()), path, nrow=int(math.ceil(math.sqrt(n))))
         return x
 
