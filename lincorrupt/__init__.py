@@ -10,6 +10,7 @@ from .basis import Basis, DCTBasis, IdentityBasis, MatrixBasis
 from .corruption import (Coefficients, DiagonalizableCorruption, Gaussian, InvalidCorruptionError,
                          Transition)
 from .corruptions import DDPM, IHDM, BlurringDiffusion
+from .likelihood import ELBO, bits_per_dim, elbo
 from .losses import diffusion_loss, elbo_weighting
 from .predictions import PREDICTIONS
 from .priors import EmpiricalPrior, GaussianPrior, Prior, StandardNormalPrior
@@ -24,4 +25,5 @@ __all__ = [
     "diffusion_loss", "elbo_weighting", "PREDICTIONS",
     "Prior", "StandardNormalPrior", "GaussianPrior", "EmpiricalPrior",
     "sample", "Denoiser", "SAMPLERS", "GRIDS",
+    "elbo", "bits_per_dim", "ELBO",
 ]

@@ -4,10 +4,15 @@ A prior is a small module with :meth:`Prior.sample`; it is set on a corruption
 (``corruption.prior = ...``) and moves with it under ``.to(device)``. The data-fitted priors
 store statistics of ``u_x = V^T x`` and apply the corruption's ``alpha_1``, ``sigma_1`` when
 sampling, so ``q(z_1) = N(alpha_1 u_x, sigma_1^2)`` is matched exactly for their data model.
+
+For likelihoods a prior also gives :meth:`Prior.log_prob` of ``u_1`` and :meth:`Prior.kl`, the
+ELBO's prior term ``KL(q(u_1 | x) || p(u_1))`` per datum: in closed form for the Gaussian
+priors, by Monte Carlo for the empirical mixture.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -24,18 +29,54 @@ def _endpoint(corruption: DiagonalizableCorruption, device, dtype):
     return c.alpha.to(dtype), c.sigma.to(dtype)
 
 
+def _gaussian_log_prob(u: Tensor, mean, var) -> Tensor:
+    """Sum over coordinates of ``log N(u | mean, var)``: (N, *shape) -> (N,)."""
+    per_coordinate = -0.5 * ((u - mean) ** 2 / var + torch.log(var * 2 * math.pi))
+    return per_coordinate.flatten(1).sum(1)
+
+
+def _gaussian_kl(q_mean: Tensor, q_var: Tensor, p_mean, p_var) -> Tensor:
+    """``KL(N(q_mean, q_var) || N(p_mean, p_var))`` summed over coordinates: (B, *shape) -> (B,)."""
+    p_var = torch.as_tensor(p_var, dtype=q_mean.dtype, device=q_mean.device)
+    kl = 0.5 * (torch.log(p_var / q_var) + (q_var + (q_mean - p_mean) ** 2) / p_var - 1)
+    return kl.expand(q_mean.shape).flatten(1).sum(1)
+
+
 def _check_data(corruption: DiagonalizableCorruption, x: Tensor) -> Tensor:
     corruption.check_data(x)
     return corruption.basis.to_basis(x.to(torch.promote_types(x.dtype, torch.float32)))
 
 
 class Prior(nn.Module):
-    """Base class: ``sample(corruption, num_samples, ...) -> u_1`` of shape (N, *shape)."""
+    """Base class: ``sample(corruption, num_samples, ...) -> u_1`` of shape (N, *shape).
+
+    For likelihoods, implement :meth:`log_prob`; :meth:`kl` then defaults to a one-draw
+    Monte Carlo estimate (override it where the KL has a closed form).
+    """
 
     def sample(self, corruption: DiagonalizableCorruption, num_samples: int,
                generator: torch.Generator | None = None, device=None,
                dtype: torch.dtype = torch.float32) -> Tensor:
         raise NotImplementedError
+
+    def log_prob(self, corruption: DiagonalizableCorruption, u_1: Tensor) -> Tensor:
+        """``log p(u_1)`` in nats, summed over coordinates: (N, *shape) -> (N,)."""
+        raise NotImplementedError(f"{type(self).__name__} has no log_prob; likelihoods need one")
+
+    def kl(self, corruption: DiagonalizableCorruption, u_x: Tensor,
+           generator: torch.Generator | None = None) -> Tensor:
+        """``KL(q(u_1 | x) || p(u_1))`` in nats per datum, ``q(u_1 | x) = N(alpha_1 u_x, sigma_1^2)``.
+
+        Args:
+            u_x: (B, *shape) basis coordinates of the data.
+            generator: for the Monte Carlo estimate ``log q(u_1 | x) - log p(u_1)``, ``u_1 ~ q``.
+        Returns:
+            (B,) nats.
+        """
+        alpha, sigma = _endpoint(corruption, u_x.device, u_x.dtype)
+        noise = torch.randn(u_x.shape, generator=generator, device=u_x.device, dtype=u_x.dtype)
+        u_1 = alpha * u_x + sigma * noise
+        return _gaussian_log_prob(u_1, alpha * u_x, (sigma**2).expand(u_x.shape)) - self.log_prob(corruption, u_1)
 
 
 class StandardNormalPrior(Prior):
@@ -43,6 +84,14 @@ class StandardNormalPrior(Prior):
 
     def sample(self, corruption, num_samples, generator=None, device=None, dtype=torch.float32):
         return torch.randn((num_samples, *corruption.shape), generator=generator, device=device, dtype=dtype)
+
+    def log_prob(self, corruption, u_1):
+        return _gaussian_log_prob(u_1, 0.0, torch.ones((), dtype=u_1.dtype, device=u_1.device))
+
+    def kl(self, corruption, u_x, generator=None):
+        """Closed form (VDM eq. 14's prior term): ``1/2 sum (alpha_1^2 u_x^2 + sigma_1^2 - 1 - log sigma_1^2)``."""
+        alpha, sigma = _endpoint(corruption, u_x.device, u_x.dtype)
+        return _gaussian_kl(alpha * u_x, (sigma**2).expand(u_x.shape), 0.0, 1.0)
 
 
 class GaussianPrior(Prior):
@@ -76,6 +125,21 @@ class GaussianPrior(Prior):
         noise = torch.randn((num_samples, *corruption.shape), generator=generator, device=device, dtype=dtype)
         return alpha * mean + torch.sqrt(alpha**2 * var + sigma**2) * noise
 
+    def _moments(self, corruption, device, dtype):
+        alpha, sigma = _endpoint(corruption, device, dtype)
+        mean = 0.0 if self.mean is None else self.mean.to(device, dtype)
+        var = 1.0 if self.var is None else self.var.to(device, dtype)
+        return alpha, sigma, alpha * mean, alpha**2 * var + sigma**2
+
+    def log_prob(self, corruption, u_1):
+        _, _, mean, var = self._moments(corruption, u_1.device, u_1.dtype)
+        return _gaussian_log_prob(u_1, mean, torch.as_tensor(var, dtype=u_1.dtype, device=u_1.device))
+
+    def kl(self, corruption, u_x, generator=None):
+        """Closed form: KL between ``N(alpha_1 u_x, sigma_1^2)`` and ``N(alpha_1 m, alpha_1^2 v + sigma_1^2)``."""
+        alpha, sigma, mean, var = self._moments(corruption, u_x.device, u_x.dtype)
+        return _gaussian_kl(alpha * u_x, (sigma**2).expand(u_x.shape), mean, var)
+
 
 class EmpiricalPrior(Prior):
     """``q(z_1)`` of the empirical data distribution: ``u_1 = alpha_1 u_x[j] + sigma_1 eps``.
@@ -105,3 +169,12 @@ class EmpiricalPrior(Prior):
         u_x = self.u_x.to(device, dtype)[index]
         noise = torch.randn((num_samples, *corruption.shape), generator=generator, device=device, dtype=dtype)
         return alpha * u_x + sigma * noise
+
+    def log_prob(self, corruption, u_1):
+        """``log (1/N) sum_j N(u_1 | alpha_1 u_x[j], sigma_1^2)``; memory O(N * batch * size)."""
+        alpha, sigma = _endpoint(corruption, u_1.device, u_1.dtype)
+        centres = alpha * self.u_x.to(u_1.device, u_1.dtype)  # (N, *shape)
+        var = (sigma[0] ** 2).expand(centres.shape[1:]).flatten()
+        diff = u_1.flatten(1)[:, None, :] - centres.flatten(1)[None]  # (B, N, D)
+        log_n = -0.5 * (diff**2 / var + torch.log(2 * math.pi * var)).sum(-1)
+        return torch.logsumexp(log_n, 1) - math.log(centres.shape[0])
