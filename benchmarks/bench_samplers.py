@@ -1,0 +1,364 @@
+"""Sampler error with an exact denoiser: no training, and no Monte Carlo floor.
+
+    .venv/bin/python benchmarks/bench_samplers.py               # NFE 5 ... 1000, 8x8 patches (~1 min)
+    .venv/bin/python benchmarks/bench_samplers.py --quick       # NFE 5 ... 100
+    .venv/bin/python benchmarks/bench_samplers.py --size 16     # 16x16 patches (slower)
+
+Data: a Gaussian N(m, S) fitted to grey-scale patches of the real CIFAR-10 training images
+(../shared/data/cifar10-jpeg.zip, read in place; a smooth synthetic covariance if it is absent).
+For Gaussian data the denoiser E[x | z_t] is affine and known in closed form, so every sampler
+is an affine map of the prior draw plus independent noise, and the mean and covariance of what
+it generates are computed *exactly*:
+
+- deterministic samplers (DDIM eta=0, dpm++2m, ode; diffusers' DDIM and DPM-Solver++) are run
+  on the prior mean and the mean plus each column of a square root of the prior covariance:
+  the differences are the columns of the output covariance's square root;
+- ancestral sampling (lincorrupt, diffusers' DDPMScheduler) propagates mean and covariance step
+  by step, its affine part from the same probe and its noise variance added.
+
+The error is KL(generated || data) in nats for the whole patch (D = size^2 dimensions).
+Corruptions: DDPM (linear betas, identity basis, side by side with diffusers' schedulers on the
+same timesteps), blurring diffusion and IHDM, with sigma_blur_max scaled by size / 32 so a patch
+is blurred as much as the paper's 32x32 image. Grids: "uniform" in t, "logsnr" (equal steps in
+mean log-SNR), and "diffusers" (the scheduler's own timesteps, identity case only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import lincorrupt as lc
+from lincorrupt.corruption import Coefficients, posterior_coefficients
+
+f64 = torch.float64
+ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.zip"
+T = 1000
+
+
+# ------------------------------------------------------------------------------- data
+def patches(size: int, num_images: int = 3000, seed: int = 0) -> tuple[np.ndarray, str]:
+    """(N, size^2) grey-scale patches in [-1, 1], four per image; synthetic if the zip is absent."""
+    rng = np.random.default_rng(seed)
+    if not ZIP.exists():
+        yy, xx = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+        pos = np.stack([yy.ravel(), xx.ravel()], 1)
+        cov = 0.2 * np.exp(-((pos[:, None] - pos[None]) ** 2).sum(-1) / 8.0)
+        x = rng.multivariate_normal(np.zeros(size * size), cov, 4 * num_images)
+        x += rng.choice([-0.5, 0.0, 0.5], len(x))[:, None]  # three brightness modes
+        return x, f"synthetic smooth Gaussian patches ({ZIP} not found)"
+    from PIL import Image
+
+    with zipfile.ZipFile(ZIP) as z:
+        names = [n for n in z.namelist() if n.startswith("train/") and n.endswith(".jpg")]
+        out = []
+        for name in rng.choice(names, num_images, replace=False):
+            img = np.asarray(Image.open(io.BytesIO(z.read(name))).convert("L"), dtype=np.float64) / 127.5 - 1
+            for _ in range(4):
+                i, j = rng.integers(0, img.shape[0] - size + 1, 2)
+                out.append(img[i:i + size, j:j + size].ravel())
+    return np.stack(out), f"{4 * num_images} grey {size}x{size} patches of CIFAR-10 train images"
+
+
+def fit_gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance with a 1e-4 ridge (a floor on every direction's variance, so KL stays finite)."""
+    return x.mean(0), np.cov(x.T) + 1e-4 * np.eye(x.shape[1])
+
+
+def fit_mixture(x: np.ndarray, k: int = 3):
+    """k Gaussians, one per brightness tercile of the patches: weights (k,), means (k, D), covs (k, D, D)."""
+    edges = np.quantile(x.mean(1), np.linspace(0, 1, k + 1))
+    groups = [x[(x.mean(1) >= lo) & (x.mean(1) <= hi)] for lo, hi in zip(edges[:-1], edges[1:])]
+    fits = [fit_gaussian(g) for g in groups]
+    weights = np.array([len(g) for g in groups], dtype=np.float64)
+    return weights / weights.sum(), np.stack([f[0] for f in fits]), np.stack([f[1] for f in fits])
+
+
+class Oracle:
+    """Gaussian data seen through a corruption, in its basis coordinates (u = x A, x = u A^T)."""
+
+    def __init__(self, corruption, mean, cov):
+        self.c, self.shape, self.D = corruption, corruption.shape, mean.size
+        eye = torch.eye(self.D, dtype=f64).view(self.D, *self.shape)
+        self.A = corruption.basis.to_basis(eye).reshape(self.D, self.D).numpy()  # row j: V^T e_j
+        self.m, self.cov = mean, cov
+        self.mu, self.C = mean @ self.A, self.A.T @ cov @ self.A
+
+    def coefficients(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        a, s = self.c.alpha_sigma(torch.tensor([t], dtype=f64))
+        return a.expand(1, *self.shape).reshape(self.D).numpy(), s.expand(1, *self.shape).reshape(self.D).numpy()
+
+    def denoiser(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """E[u_x | u_t] = G u_t + b with G = C a (a C a + s^2)^-1 (Gaussian conditioning)."""
+        a, s = self.coefficients(t)
+        K = a[:, None] * self.C * a[None] + np.diag(s**2)
+        G = np.linalg.solve(K, a[:, None] * self.C).T  # K symmetric: G = (K^-1 a C)^T
+        return G, self.mu - G @ (a * self.mu)
+
+    def model(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The exact x-prediction in data space (one time per call, as samplers call it)."""
+        G, b = self.denoiser(float(t[0]))
+        u = z.reshape(len(z), self.D).double().numpy() @ self.A
+        return torch.from_numpy((u @ G.T + b) @ self.A.T).reshape(z.shape).to(z.dtype)
+
+    def prior_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        prior = self.c.prior
+        if isinstance(prior, lc.GaussianPrior):
+            a, s = self.coefficients(1.0)
+            mean = 0 if prior.mean is None else prior.mean.double().reshape(self.D).numpy()
+            var = 1 if prior.var is None else prior.var.double().reshape(self.D).numpy()
+            return a * mean * np.ones(self.D), np.diag(a**2 * var + s**2)
+        return np.zeros(self.D), np.eye(self.D)  # standard normal
+
+    def kl(self, mean_u: np.ndarray, cov_u: np.ndarray) -> float:
+        """KL(N(mean, cov) || data) in nats, from basis-coordinate moments."""
+        mean, cov = mean_u @ self.A.T, self.A @ cov_u @ self.A.T
+        sign, logdet = np.linalg.slogdet(cov)
+        if sign <= 0:
+            return math.inf
+        diff = self.m - mean
+        inv = np.linalg.inv(self.cov)
+        return 0.5 * (np.trace(inv @ cov) + diff @ inv @ diff - self.D + np.linalg.slogdet(self.cov)[1] - logdet)
+
+
+def _probe_rows(mean, cov):
+    root = np.linalg.cholesky(cov + 1e-300 * np.eye(len(mean)))
+    return np.vstack([mean, mean + root.T])
+
+
+def _rows_moments(y):
+    f = y[1:] - y[0]
+    return y[0], f.T @ f
+
+
+# ------------------------------------------------------------------------------- lincorrupt
+def lincorrupt_moments(oracle: Oracle, method: str, times: torch.Tensor):
+    if method == "ancestral":
+        return ancestral_moments(oracle, times)
+    D = oracle.D
+    u = torch.from_numpy(_probe_rows(*oracle.prior_moments())).reshape(D + 1, *oracle.shape)
+    y = lc.SAMPLERS[method](lc.Denoiser(oracle.model, oracle.c, "x"), oracle.c, u, times)
+    return _rows_moments(y.reshape(D + 1, D).numpy())
+
+
+def ancestral_moments(oracle: Oracle, times: torch.Tensor):
+    """u_s = c_t u_t + c_x x_hat(u_t) + sqrt(var) n with lincorrupt's posterior coefficients."""
+    mean, P = oracle.prior_moments()
+    c = Coefficients(*oracle.c.log_alpha_sigma(times))
+    shape = (oracle.D,)
+    for k in range(len(times) - 1):
+        G, b = oracle.denoiser(float(times[k]))
+        if k == len(times) - 2:
+            return G @ mean + b, G @ P @ G.T
+        c_t = Coefficients(c.log_alpha[k:k + 1], c.log_sigma[k:k + 1])
+        c_s = Coefficients(c.log_alpha[k + 1:k + 2], c.log_sigma[k + 1:k + 2])
+        ct, cx, var = (v.expand(1, *oracle.shape).reshape(shape).numpy() for v in posterior_coefficients(c_s, c_t))
+        M = np.diag(ct) + cx[:, None] * G
+        mean, P = M @ mean + cx * b, M @ P @ M.T + np.diag(var)
+
+
+# ------------------------------------------------------------------------------- diffusers
+def diffusers_schedulers():
+    import diffusers
+
+    common = dict(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                  prediction_type="sample")
+    return {
+        "ancestral": lambda: diffusers.DDPMScheduler(clip_sample=False, variance_type="fixed_small", **common),
+        "ddim": lambda: diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=True, **common),
+        "dpm++2m": lambda: diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
+                                                                 final_sigmas_type="zero", **common),
+    }
+
+
+def diffusers_moments(oracle: Oracle, sched):
+    """Run the scheduler's loop on the probe rows. Deterministic schedulers (DDIM, DPM-Solver++,
+    which keeps a history of outputs) carry the rows through; for DDPM the rows are re-drawn from
+    the propagated moments every step, its noise regenerated and taken out of the step so that its
+    variance is added exactly."""
+    mean, P = oracle.prior_moments()
+    rows = torch.from_numpy(_probe_rows(mean, P))
+    stochastic = type(sched).__name__ == "DDPMScheduler"
+    for k in sched.timesteps:
+        G, b = oracle.denoiser((int(k) + 1) / T)  # diffusers' timestep k is lincorrupt's t = (k + 1) / T
+        out = torch.from_numpy(rows.numpy() @ G.T + b)
+        g = torch.Generator().manual_seed(0)
+        state = g.get_state()
+        rows = sched.step(out, k, rows, generator=g).prev_sample
+        if stochastic:
+            var = float(sched._get_variance(k)) if k > 0 else 0.0
+            rows = rows - var**0.5 * torch.randn(rows.shape, generator=torch.Generator().set_state(state), dtype=f64)
+            mean, P = _rows_moments(rows.numpy())
+            rows = torch.from_numpy(_probe_rows(mean, P + var * np.eye(oracle.D)))
+    return _rows_moments(rows.numpy())
+
+
+# ------------------------------------------------------------------------------- mixture
+class MixtureOracle:
+    """A Gaussian mixture through a corruption: E[u_x | u_t] = sum_k p(k | u_t) E_k[u_x | u_t]."""
+
+    def __init__(self, corruption, weights, means, covs):
+        self.c, self.shape, self.D = corruption, corruption.shape, means.shape[1]
+        self.parts = [Oracle(corruption, m, c) for m, c in zip(means, covs)]
+        self.log_w = np.log(weights)
+        self.weights, self.means, self.covs = weights, means, covs
+
+    def model(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, s = self.parts[0].coefficients(float(t[0]))
+        A = self.parts[0].A
+        u = z.reshape(len(z), self.D).double().numpy() @ A
+        log_p, expectations = [], []
+        for log_w, part in zip(self.log_w, self.parts):
+            K = a[:, None] * part.C * a[None] + np.diag(s**2)
+            L = np.linalg.cholesky(K)
+            r = u - a * part.mu
+            w = np.linalg.solve(L, r.T)  # L^-1 r
+            sol = np.linalg.solve(L.T, w)  # K^-1 r
+            log_p.append(log_w - 0.5 * (w**2).sum(0) - np.log(np.diag(L)).sum())
+            expectations.append(part.mu + (part.C @ (a[:, None] * sol)).T)
+        log_p = np.stack(log_p)
+        resp = np.exp(log_p - log_p.max(0))
+        resp /= resp.sum(0)
+        u_x = np.einsum("kb,kbd->bd", resp, np.stack(expectations))
+        return torch.from_numpy(u_x @ A.T).reshape(z.shape).to(z.dtype)
+
+
+def sliced_wasserstein(x: np.ndarray, y: np.ndarray, projections: np.ndarray) -> float:
+    """SW_2 between two equal-size samples: sqrt of the mean over unit directions of W_2^2 in 1-D."""
+    px, py = np.sort(x @ projections, 0), np.sort(y @ projections, 0)
+    return float(np.sqrt(((px - py) ** 2).mean()))
+
+
+def mixture_table(size: int, x_patches: np.ndarray, nfes: list[int], n: int = 2000) -> None:
+    weights, means, covs = fit_mixture(x_patches)
+    rng = np.random.default_rng(1)
+    projections = rng.standard_normal((size * size, 256))
+    projections /= np.linalg.norm(projections, axis=0)
+    floor = sliced_wasserstein(_mixture_samples(weights, means, covs, n, rng),
+                               _mixture_samples(weights, means, covs, n, rng), projections)
+    reference = _mixture_samples(weights, means, covs, n, rng)
+    print(f"\n# mixture of {len(weights)} Gaussians (brightness terciles of the patches): sliced Wasserstein-2 "
+          f"(256 directions) between {n} samples and {n} data draws; Monte Carlo floor (data vs data) {floor:.3g}")
+    header = f"| {'corruption':10} | {'sampler':9} | {'grid':9} | " + " | ".join(f"{k:>7}" for k in nfes) + " |"
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for name, c in corruptions(size, *fit_gaussian(x_patches)).items():
+        oracle = MixtureOracle(c, weights, means, covs)
+        if name == "ihdm":  # its t = 1 marginal keeps the mean colour, which is multimodal here
+            c.prior = lc.EmpiricalPrior.fit(c, torch.from_numpy(_mixture_samples(weights, means, covs, 5000, rng))
+                                            .reshape(5000, *c.shape))
+        for method in ("ancestral", "ddim", "dpm++2m", "ode"):
+            for grid in ("uniform", "logsnr"):
+                errs = []
+                for k in nfes:
+                    x = lc.sample(oracle.model, c, n, steps=k, prediction="x", method=method, grid=grid,
+                                  generator=torch.Generator().manual_seed(k), dtype=f64)
+                    errs.append(sliced_wasserstein(x.reshape(n, -1).numpy(), reference, projections))
+                print(f"| {name:10} | {method:9} | {grid:9} | " + " | ".join(f"{fmt(e):>7}" for e in errs) + " |")
+
+
+def _mixture_samples(weights, means, covs, n, rng):
+    k = rng.choice(len(weights), n, p=weights)
+    out = np.empty((n, means.shape[1]))
+    for j in range(len(weights)):
+        out[k == j] = rng.multivariate_normal(means[j], covs[j], int((k == j).sum()))
+    return out
+
+
+# ------------------------------------------------------------------------------- the run
+def corruptions(size: int, mean: np.ndarray, cov: np.ndarray) -> dict:
+    shape = (1, size, size)
+    ihdm = lc.IHDM(shape, sigma_blur_max=24.0 * size / 32)
+    u_var = np.diag(Oracle(ihdm, mean, cov).C).copy()
+    ihdm.prior = lc.GaussianPrior(torch.from_numpy(mean @ Oracle(ihdm, mean, cov).A).reshape(shape),
+                                  torch.from_numpy(u_var).reshape(shape))  # q(u_1) is ~diagonal: only the DC survives
+    return {"ddpm": lc.DDPM(shape, schedule="linear", num_steps=T),
+            "blurring": lc.BlurringDiffusion(shape, sigma_blur_max=20.0 * size / 32),
+            "ihdm": ihdm}
+
+
+def fmt(v: float) -> str:
+    return "inf" if not math.isfinite(v) else f"{v:.3g}"
+
+
+def nfe_to_reach(error_of, target: float, hi: int = 1000) -> int | None:
+    """Smallest NFE in [1, hi] whose error is <= target (bisection; errors decrease with NFE)."""
+    if error_of(hi) > target:
+        return None
+    lo = 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if error_of(mid) <= target else (mid + 1, hi)
+    return lo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="NFE 5 ... 100 only")
+    parser.add_argument("--size", type=int, default=8, help="patch size (D = size^2)")
+    parser.add_argument("--images", type=int, default=3000, help="CIFAR-10 images to fit the Gaussian to")
+    parser.add_argument("--no-mixture", action="store_true", help="skip the mixture / sliced-Wasserstein table")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    nfes = [5, 10, 20, 50, 100] if args.quick else [5, 10, 20, 50, 100, 250, 1000]
+    start = time.perf_counter()
+    x_patches, source = patches(args.size, args.images)
+    mean, cov = fit_gaussian(x_patches)
+    print(f"# bench_samplers: KL(generated || data) in nats per {args.size}x{args.size} patch "
+          f"(D={args.size**2}), exact moments; data: {source}")
+    header = (f"| {'corruption':10} | {'impl':10} | {'sampler':9} | {'grid':9} | "
+              + " | ".join(f"{n:>7}" for n in nfes) + " |")
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    results = {}
+    for name, c in corruptions(args.size, mean, cov).items():
+        oracle = Oracle(c, mean, cov)
+        for method in ("ancestral", "ddim", "dpm++2m", "ode"):
+            for grid in ("uniform", "logsnr"):
+                results[name, "lincorrupt", method, grid] = [
+                    oracle.kl(*lincorrupt_moments(oracle, method, lc.GRIDS[grid](c, n))) for n in nfes]
+        if name == "ddpm":  # side by side with diffusers on the scheduler's own timesteps
+            for method, make in diffusers_schedulers().items():
+                ours, theirs = [], []
+                for n in nfes:
+                    sched = make()
+                    sched.set_timesteps(n)
+                    times = torch.cat([(sched.timesteps.to(f64) + 1) / T, torch.zeros(1, dtype=f64)])
+                    ours.append(oracle.kl(*lincorrupt_moments(oracle, method, times)))
+                    theirs.append(oracle.kl(*diffusers_moments(oracle, sched)))
+                results[name, "lincorrupt", method, "diffusers"] = ours
+                results[name, "diffusers", method, "diffusers"] = theirs
+                results[name, "ratio", method, "diffusers"] = [a / b for a, b in zip(ours, theirs)]
+        for (cname, impl, method, grid), errs in results.items():
+            if cname == name:
+                print(f"| {name:10} | {impl:10} | {method:9} | {grid:9} | "
+                      + " | ".join(f"{fmt(e):>7}" for e in errs) + " |")
+    print()
+    # Targets: the NFE the best sampler needs to match ancestral sampling at 250 and 1000 steps.
+    for name in ("blurring", "ihdm", "ddpm"):
+        c = corruptions(args.size, mean, cov)[name]
+        oracle = Oracle(c, mean, cov)
+        err = lambda method, grid, n: oracle.kl(*lincorrupt_moments(oracle, method, lc.GRIDS[grid](c, n)))
+        for steps in (250, 1000):
+            target = err("ancestral", "uniform", steps)
+            needs = {f"{m}/{g}": nfe_to_reach(lambda n: err(m, g, n), target, hi=steps)
+                     for m in ("ddim", "dpm++2m", "ode") for g in ("uniform", "logsnr")}
+            found = {k: v for k, v in needs.items() if v is not None}
+            best = min(found, key=found.get) if found else "none"
+            print(f"{name}: ancestral/uniform at {steps} steps has KL {fmt(target)}; NFE needed to match it: "
+                  + ", ".join(f"{k} {v if v is not None else f'>{steps}'}" for k, v in needs.items())
+                  + f"; best {best}")
+    if not args.no_mixture:
+        mixture_table(args.size, x_patches, [5, 10, 20, 50, 100])
+    print(f"\n(total time {time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
