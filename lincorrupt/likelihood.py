@@ -144,9 +144,13 @@ def reconstruction_term(corruption: DiagonalizableCorruption, x: Tensor, noise: 
     y = basis.from_basis(basis.to_basis(z) * torch.exp(-c.log_alpha))  # z / alpha, data space
     var = _pixel_variance(corruption, torch.exp(2 * (c.log_sigma - c.log_alpha))[:1], x)
     values = torch.arange(NUM_PIXEL_VALUES, dtype=x.dtype, device=x.device) * 2 / (NUM_PIXEL_VALUES - 1) - 1
-    logits = -0.5 * (y[..., None] - values) ** 2 / torch.as_tensor(var, dtype=x.dtype)[..., None]
-    log_probs = torch.log_softmax(logits, -1).gather(-1, k.long()[..., None])[..., 0]
-    return -log_probs.flatten(1).sum(1)
+    inv_var = 1 / torch.as_tensor(var, dtype=x.dtype, device=x.device)[..., None]
+    chunk = max(1, 2**24 // (y[0].numel() * NUM_PIXEL_VALUES))  # logits of at most 16M entries at a time
+    nll = []
+    for y_b, k_b in zip(y.split(chunk), k.long().split(chunk)):
+        logits = -0.5 * (y_b[..., None] - values) ** 2 * inv_var
+        nll.append(-torch.log_softmax(logits, -1).gather(-1, k_b[..., None])[..., 0].flatten(1).sum(1))
+    return torch.cat(nll)
 
 
 @torch.no_grad()
