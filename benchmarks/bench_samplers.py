@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_samplers.py               # NFE 5 ... 1000, 8x8 patches (~1 min)
     .venv/bin/python benchmarks/bench_samplers.py --quick       # NFE 5 ... 100
     .venv/bin/python benchmarks/bench_samplers.py --size 16     # 16x16 patches (slower)
+    .venv/bin/python benchmarks/bench_samplers.py --plot samplers.png   # also draw KL vs NFE
 
 Data: a Gaussian N(m, S) fitted to grey-scale patches of the real CIFAR-10 training images
 (../shared/data/cifar10-jpeg.zip, read in place; a smooth synthetic covariance if it is absent).
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import warnings
 import math
 import time
 import zipfile
@@ -299,14 +301,42 @@ def nfe_to_reach(error_of, target: float, hi: int = 1000) -> int | None:
     return lo
 
 
+def plot(results: dict, nfes: list[int], path: Path) -> None:
+    """KL against NFE, one panel per corruption; diffusers dashed in the identity panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({k[0] for k in results}, key=["ddpm", "blurring", "ihdm"].index)
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), sharey=True)
+    colours = {"ancestral": "C0", "ddim": "C1", "dpm++2m": "C2", "ode": "C3"}
+    styles = {"uniform": ":", "logsnr": "-", "diffusers": "--"}
+    for ax, name in zip(axes, names):
+        for (cname, impl, method, grid), errs in results.items():
+            if cname != name or impl == "ratio" or (grid == "diffusers" and impl == "lincorrupt"):
+                continue
+            label = f"diffusers {method}" if impl == "diffusers" else f"{method} / {grid}"
+            ax.plot(nfes, errs, styles[grid], color=colours[method], marker="o", ms=3, label=label)
+        ax.set(xscale="log", yscale="log", xlabel="network evaluations (NFE)", title=name)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("KL(generated || data), nats per patch")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="NFE 5 ... 100 only")
     parser.add_argument("--size", type=int, default=8, help="patch size (D = size^2)")
     parser.add_argument("--images", type=int, default=3000, help="CIFAR-10 images to fit the Gaussian to")
     parser.add_argument("--no-mixture", action="store_true", help="skip the mixture / sliced-Wasserstein table")
+    parser.add_argument("--plot", type=Path, help="write a PNG of KL against NFE per corruption")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")  # diffusers' and numpy's deprecation chatter
     nfes = [5, 10, 20, 50, 100] if args.quick else [5, 10, 20, 50, 100, 250, 1000]
     start = time.perf_counter()
     x_patches, source = patches(args.size, args.images)
@@ -317,7 +347,7 @@ def main() -> None:
               + " | ".join(f"{n:>7}" for n in nfes) + " |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    results = {}
+    results, notes = {}, set()
     for name, c in corruptions(args.size, mean, cov).items():
         oracle = Oracle(c, mean, cov)
         for method in ("ancestral", "ddim", "dpm++2m", "ode"):
@@ -333,13 +363,22 @@ def main() -> None:
                     times = torch.cat([(sched.timesteps.to(f64) + 1) / T, torch.zeros(1, dtype=f64)])
                     ours.append(oracle.kl(*lincorrupt_moments(oracle, method, times)))
                     theirs.append(oracle.kl(*diffusers_moments(oracle, sched)))
+                    if len(set(sched.timesteps.tolist())) < n:
+                        notes.add(f"diffusers' {type(sched).__name__} at {n} steps repeats a timestep "
+                                  f"(linspace spacing rounded to integers); a zero log-SNR step divides by h = 0 "
+                                  f"there, lincorrupt's per-coordinate guard treats it as a first-order step")
                 results[name, "lincorrupt", method, "diffusers"] = ours
                 results[name, "diffusers", method, "diffusers"] = theirs
                 results[name, "ratio", method, "diffusers"] = [a / b for a, b in zip(ours, theirs)]
         for (cname, impl, method, grid), errs in results.items():
             if cname == name:
-                print(f"| {name:10} | {impl:10} | {method:9} | {grid:9} | "
-                      + " | ".join(f"{fmt(e):>7}" for e in errs) + " |")
+                cells = [fmt(e) if impl != "ratio" else f"{e:.4f}" if math.isfinite(e) and e > 0 else "n/a"
+                         for e in errs]
+                print(f"| {name:10} | {impl:10} | {method:9} | {grid:9} | " + " | ".join(f"{v:>7}" for v in cells) + " |")
+    for note in sorted(notes):
+        print(f"note: {note}")
+    if args.plot:
+        plot(results, nfes, args.plot)
     print()
     # Targets: the NFE the best sampler needs to match ancestral sampling at 250 and 1000 steps.
     for name in ("blurring", "ihdm", "ddpm"):
