@@ -71,6 +71,7 @@ class Gaussian(NamedTuple):
     var: Tensor
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        """One draw ``mean + sqrt(var) * noise``, of the shape of ``mean``."""
         noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.var.sqrt() * noise
 

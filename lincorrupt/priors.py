@@ -57,6 +57,15 @@ class Prior(nn.Module):
     def sample(self, corruption: DiagonalizableCorruption, num_samples: int,
                generator: torch.Generator | None = None, device=None,
                dtype: torch.dtype = torch.float32) -> Tensor:
+        """Draw ``u_1``, the sampler's start in basis coordinates.
+
+        Args:
+            corruption: gives the shape and ``alpha_1``, ``sigma_1``.
+            num_samples: N.
+            generator, device, dtype: where and how to draw.
+        Returns:
+            (N, *corruption.shape) tensor.
+        """
         raise NotImplementedError
 
     def log_prob(self, corruption: DiagonalizableCorruption, u_1: Tensor) -> Tensor:

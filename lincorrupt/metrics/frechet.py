@@ -115,6 +115,7 @@ class FIDStats:
         return cls(feats.mean(0), np.cov(feats, rowvar=False), len(feats))
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write the statistics to ``path`` (.npz) atomically: a temporary file, then a rename."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")

@@ -187,6 +187,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any], path: str = "") -> None:
+        """Restore a checkpoint's state (refused if it was written for another corruption or shape)."""
         check_compatible(state, type(self.corruption).__name__, self.shape, path)
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(state["ema"])
