@@ -47,23 +47,7 @@ def data_root(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def inception_weights(tmp_path_factory):
-    from pytorch_fid import inception as pf
-    torch.manual_seed(0)
-    net = pf._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-    net.Mixed_5b, net.Mixed_5c = pf.FIDInceptionA(192, pool_features=32), pf.FIDInceptionA(256, pool_features=64)
-    net.Mixed_5d = pf.FIDInceptionA(288, pool_features=64)
-    net.Mixed_6b = pf.FIDInceptionC(768, channels_7x7=128)
-    net.Mixed_6c, net.Mixed_6d = pf.FIDInceptionC(768, channels_7x7=160), pf.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6e = pf.FIDInceptionC(768, channels_7x7=192)
-    net.Mixed_7b, net.Mixed_7c = pf.FIDInceptionE_1(1280), pf.FIDInceptionE_2(2048)
-    path = tmp_path_factory.mktemp("inception") / WEIGHTS_FILE
-    torch.save(net.state_dict(), path)
-    return path
-
-
-def test_train_checkpoint_resume_sample_fid(script, data_root, tmp_path, inception_weights):
+def test_train_checkpoint_resume_sample_fid(script, data_root, tmp_path, random_weights):
     args = TINY + ["--data-root", str(data_root), "--out-dir", str(tmp_path / "run")]
     first = script.main(args + ["--steps", "2"])
     assert first["status"] == "done" and first["step"] == 2 and (tmp_path / "run" / "samples.png").is_file()
@@ -72,7 +56,7 @@ def test_train_checkpoint_resume_sample_fid(script, data_root, tmp_path, incepti
     straight = script.main(TINY + ["--data-root", str(data_root), "--out-dir", str(tmp_path / "straight"), "--steps", "4"])
     assert first["losses"] + resumed["losses"] == straight["losses"]  # exact resume through the script
     fid = script.main(args + ["--sample-only", "--fid", "--fid-samples", "6", "--fid-batch", "3", "--fid-steps", "3",
-                              "--fid-dims", "64", "--inception-weights", str(inception_weights)])
+                              "--fid-dims", "64", "--inception-weights", str(random_weights)])
     record = json.loads((tmp_path / "run" / "fid.json").read_text())
     assert record["fid"] == fid["fid"] and np.isfinite(fid["fid"]) and record["num_samples"] == 6
     assert record["step"] == 4 and json.loads((tmp_path / "run" / "summary.json").read_text())["step"] == 4
