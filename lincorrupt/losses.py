@@ -77,12 +77,16 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
     corruption.check_data(x)
     if t is None:
         t = torch.rand(x.shape[0], generator=generator, device=x.device)
-    z_t, noise = corruption.diffuse(x, t, noise=noise, generator=generator)
+    if noise is None:
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    corruption._check_like(noise, x, "noise")
     t = corruption._check_time(t, "t", x.shape[0], x.device)
-    output = check_model_output(model(z_t, t), z_t)
     c = corruption.coefficients(t)
     basis = corruption.basis
-    target = pred.target(c, basis.to_basis(x), basis.to_basis(noise))
+    u_x, u_eps = basis.to_basis(x), basis.to_basis(noise)
+    z_t = basis.from_basis(c.alpha * u_x + c.sigma * u_eps).to(x.dtype)  # the diffuse step, sharing u_x, u_eps
+    output = check_model_output(model(z_t, t), z_t)
+    target = pred.target(c, u_x, u_eps)
     per_coordinate = (basis.to_basis(output) - target.to(output.dtype)) ** 2
     if weighting is not None:
         per_coordinate = per_coordinate * weighting(corruption, t, pred).to(per_coordinate.dtype)
