@@ -27,10 +27,15 @@ def sorted_times(*values, gap=1e-3):
     return [torch.tensor([v], dtype=f64) for v in values]
 
 
-def data_and_z(seed):
-    """A clean x and an arbitrary z_t, (1, *SHAPE) float64 each."""
+def posterior_case(name, s, t, seed, gap=1e-3):
+    """A corruption, ordered times s < t, a clean x, an arbitrary z_t and (alpha, sigma) at s and t."""
+    pair = sorted_times(s, t, gap=gap)
+    assume(pair is not None)
+    s, t = pair
+    c = CORRUPTIONS[name]()
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(1, *SHAPE, generator=g, dtype=f64), torch.randn(1, *SHAPE, generator=g, dtype=f64)
+    x, z_t = torch.randn(1, *SHAPE, generator=g, dtype=f64), torch.randn(1, *SHAPE, generator=g, dtype=f64)
+    return c, s, t, x, z_t, full(c, s), full(c, t)
 
 
 def full(c, t):
@@ -41,13 +46,7 @@ def full(c, t):
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))
 @given(s=times, t=times, seed=st.integers(0, 1000))
 def test_transition_and_posterior_equal_the_vdm_closed_forms(name, s, t, seed):
-    pair = sorted_times(s, t)
-    assume(pair is not None)
-    s, t = pair
-    c = CORRUPTIONS[name]()
-    x, z_t = data_and_z(seed)
-    a_s, s_s = full(c, s)
-    a_t, s_t = full(c, t)
+    c, s, t, x, z_t, (a_s, s_s), (a_t, s_t) = posterior_case(name, s, t, seed)
     # DESIGN.md sec. 1, naive form
     alpha_ts = a_t / a_s
     var_ts = s_t**2 - alpha_ts**2 * s_s**2
@@ -117,15 +116,9 @@ def test_chapman_kolmogorov(name, r, s, t):
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))
 @given(s=times, t=times, seed=st.integers(0, 1000))
 def test_posterior_is_the_conditional_of_the_joint_gaussian(name, s, t, seed):
-    pair = sorted_times(s, t, gap=1e-2)
-    assume(pair is not None)
-    s, t = pair
-    c = CORRUPTIONS[name]()
-    x, z_t = data_and_z(seed)
+    c, s, t, x, z_t, (a_s, s_s), (a_t, s_t) = posterior_case(name, s, t, seed, gap=1e-2)
     # Joint of (u_s, u_t) given x, per coordinate: u_t = alpha_{t|s} u_s + noise, so
     # Cov(u_s, u_t) = (alpha_t / alpha_s) sigma_s^2. Condition with the block formula.
-    a_s, s_s = full(c, s)
-    a_t, s_t = full(c, t)
     u_x, u_t = c.basis.to_basis(x), c.basis.to_basis(z_t)
     post = c.posterior(z_t, x, s, t)
     for idx in np.ndindex(*SHAPE):
