@@ -1,7 +1,9 @@
-"""Evaluation: FID with pytorch-fid's Inception (weights from a local file, never downloaded)."""
+"""Evaluation: FID with pytorch-fid's Inception (weights from a local file, never downloaded); Fréchet distance,
+KID and precision/recall of any feature matrices."""
 
 from lincorrupt.metrics.frechet import (ENV_VAR, WEIGHTS_FILE, FIDStats, activations, dataset_stats, fid,
                                     inception_weights_path, load_inception, sample_stats)
+from lincorrupt.metrics.quality import frechet_distance, kid, precision_recall
 
 __all__ = ["ENV_VAR", "WEIGHTS_FILE", "FIDStats", "activations", "dataset_stats", "fid", "inception_weights_path",
-           "load_inception", "sample_stats"]
+           "load_inception", "sample_stats", "frechet_distance", "kid", "precision_recall"]
