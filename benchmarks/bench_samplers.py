@@ -11,7 +11,7 @@ For Gaussian data the denoiser E[x | z_t] is affine and known in closed form, so
 is an affine map of the prior draw plus independent noise, and the mean and covariance of what
 it generates are computed *exactly*:
 
-- deterministic samplers (DDIM eta=0, dpm++2m, ode; diffusers' DDIM and DPM-Solver++) are run
+- deterministic samplers (DDIM eta=0, dpm++2m, dpm++3m, ode; diffusers' DDIM and DPM-Solver++) are run
   on the prior mean and the mean plus each column of a square root of the prior covariance:
   the differences are the columns of the output covariance's square root;
 - ancestral sampling (lincorrupt, diffusers' DDPMScheduler) propagates mean and covariance step
@@ -21,7 +21,11 @@ The error is KL(generated || data) in nats for the whole patch (D = size^2 dimen
 Corruptions: DDPM (linear betas, identity basis, side by side with diffusers' schedulers on the
 same timesteps), blurring diffusion and IHDM, with sigma_blur_max scaled by size / 32 so a patch
 is blurred as much as the paper's 32x32 image. Grids: "uniform" in t, "logsnr" (equal steps in
-mean log-SNR), and "diffusers" (the scheduler's own timesteps, identity case only).
+mean log-SNR), "info" (equal largest per-coordinate information steps) and "diffusers" (the
+scheduler's own timesteps, identity case only).
+
+The last table is the NFE at which each deterministic sampler and grid first reaches the error of
+ancestral sampling with 250 and 1000 steps on the uniform grid (bisection over NFE).
 """
 
 from __future__ import annotations
@@ -177,6 +181,8 @@ def diffusers_schedulers():
         "ddim": lambda: diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=True, **common),
         "dpm++2m": lambda: diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
                                                                  final_sigmas_type="zero", **common),
+        "dpm++3m": lambda: diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=3,
+                                                                 final_sigmas_type="zero", **common),
     }
 
 
@@ -256,8 +262,8 @@ def mixture_table(size: int, x_patches: np.ndarray, nfes: list[int], n: int = 20
         if name == "ihdm":  # its t = 1 marginal keeps the mean colour, which is multimodal here
             c.prior = lc.EmpiricalPrior.fit(c, torch.from_numpy(_mixture_samples(weights, means, covs, 5000, rng))
                                             .reshape(5000, *c.shape))
-        for method in ("ancestral", "ddim", "dpm++2m", "ode"):
-            for grid in ("uniform", "logsnr"):
+        for method in SAMPLERS:
+            for grid in GRIDS:
                 errs = []
                 for k in nfes:
                     x = lc.sample(oracle.model, c, n, steps=k, prediction="x", method=method, grid=grid,
@@ -275,6 +281,11 @@ def _mixture_samples(weights, means, covs, n, rng):
 
 
 # ------------------------------------------------------------------------------- the run
+SAMPLERS = ("ancestral", "ddim", "dpm++2m", "dpm++3m", "ode")
+GRIDS = ("uniform", "logsnr", "info")
+DETERMINISTIC = ("ddim", "dpm++2m", "dpm++3m", "ode")
+
+
 def corruptions(size: int, mean: np.ndarray, cov: np.ndarray) -> dict:
     shape = (1, size, size)
     ihdm = lc.IHDM(shape, sigma_blur_max=24.0 * size / 32)
@@ -310,8 +321,8 @@ def plot(results: dict, nfes: list[int], path: Path) -> None:
 
     names = sorted({k[0] for k in results}, key=["ddpm", "blurring", "ihdm"].index)
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), sharey=True)
-    colours = {"ancestral": "C0", "ddim": "C1", "dpm++2m": "C2", "ode": "C3"}
-    styles = {"uniform": ":", "logsnr": "-", "diffusers": "--"}
+    colours = {"ancestral": "C0", "ddim": "C1", "dpm++2m": "C2", "dpm++3m": "C4", "ode": "C3"}
+    styles = {"uniform": ":", "logsnr": "-", "info": "-.", "diffusers": "--"}
     for ax, name in zip(axes, names):
         for (cname, impl, method, grid), errs in results.items():
             if cname != name or impl == "ratio" or (grid == "diffusers" and impl == "lincorrupt"):
@@ -350,8 +361,8 @@ def main() -> None:
     results, notes = {}, set()
     for name, c in corruptions(args.size, mean, cov).items():
         oracle = Oracle(c, mean, cov)
-        for method in ("ancestral", "ddim", "dpm++2m", "ode"):
-            for grid in ("uniform", "logsnr"):
+        for method in SAMPLERS:
+            for grid in GRIDS:
                 results[name, "lincorrupt", method, grid] = [
                     oracle.kl(*lincorrupt_moments(oracle, method, lc.GRIDS[grid](c, n))) for n in nfes]
         if name == "ddpm":  # side by side with diffusers on the scheduler's own timesteps
@@ -380,20 +391,35 @@ def main() -> None:
     if args.plot:
         plot(results, nfes, args.plot)
     print()
-    # Targets: the NFE the best sampler needs to match ancestral sampling at 250 and 1000 steps.
-    for name in ("blurring", "ihdm", "ddpm"):
+    # Targets: the NFE each deterministic sampler/grid needs to match ancestral sampling at 250 and 1000 steps.
+    pairs = [(m, g) for m in DETERMINISTIC for g in GRIDS]
+    print("NFE at which each sampler/grid matches ancestral sampling on the uniform grid with 250 / 1000 steps "
+          "(KL of that ancestral run in the header; >N: not reached within N)")
+    header = f"| {'sampler/grid':17} | " + " | ".join(f"{name} 250 / 1000" for name in ("blurring", "ddpm", "ihdm")) + " |"
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    cells, targets = {}, {}
+    for name in ("blurring", "ddpm", "ihdm"):
         c = corruptions(args.size, mean, cov)[name]
         oracle = Oracle(c, mean, cov)
         err = lambda method, grid, n: oracle.kl(*lincorrupt_moments(oracle, method, lc.GRIDS[grid](c, n)))
         for steps in (250, 1000):
-            target = err("ancestral", "uniform", steps)
-            needs = {f"{m}/{g}": nfe_to_reach(lambda n: err(m, g, n), target, hi=steps)
-                     for m in ("ddim", "dpm++2m", "ode") for g in ("uniform", "logsnr")}
-            found = {k: v for k, v in needs.items() if v is not None}
-            best = min(found, key=found.get) if found else "none"
-            print(f"{name}: ancestral/uniform at {steps} steps has KL {fmt(target)}; NFE needed to match it: "
-                  + ", ".join(f"{k} {v if v is not None else f'>{steps}'}" for k, v in needs.items())
-                  + f"; best {best}")
+            targets[name, steps] = target = err("ancestral", "uniform", steps)
+            for m, g in pairs:
+                cells[m, g, name, steps] = nfe_to_reach(lambda n: err(m, g, n), target, hi=steps)
+    print(f"| {'(ancestral KL)':17} | " + " | ".join(
+        f"{fmt(targets[name, 250]):>7} / {fmt(targets[name, 1000]):<7}".center(len(f'{name} 250 / 1000'))
+        for name in ("blurring", "ddpm", "ihdm")) + " |")
+    for m, g in pairs:
+        row = []
+        for name in ("blurring", "ddpm", "ihdm"):
+            a, b = (cells[m, g, name, s] for s in (250, 1000))
+            row.append(f"{a if a else '>250':>4} / {b if b else '>1000':<5}".center(len(f"{name} 250 / 1000")))
+        print(f"| {m + '/' + g:17} | " + " | ".join(row) + " |")
+    for name in ("blurring", "ddpm", "ihdm"):
+        best = {s: min((cells[m, g, name, s] or math.inf, f"{m}/{g}") for m, g in pairs) for s in (250, 1000)}
+        print(f"{name}: best {best[250][1]} ({best[250][0]}) at the 250-step level, "
+              f"{best[1000][1]} ({best[1000][0]}) at the 1000-step level")
     if not args.no_mixture:
         mixture_table(args.size, x_patches, [5, 10, 20, 50, 100])
     print(f"\n(total time {time.perf_counter() - start:.0f} s)")

@@ -1,4 +1,4 @@
-"""Few-step samplers and the log-SNR time grid, per basis coordinate.
+"""Few-step samplers and the time grids that follow the corruption, per basis coordinate.
 
 In the basis every coordinate i is a scalar diffusion with its own half log-SNR
 ``lambda_t[i] = log(alpha_t[i] / sigma_t[i])``. The probability-flow ODE of coordinate i,
@@ -8,7 +8,7 @@ written with the data prediction ``x_hat``, has the exact solution (Lu et al. 20
 
 and the samplers here integrate it with per-coordinate step sizes ``h = lambda_s - lambda_t``:
 the first-order rule is DDIM (``u_s = (sigma_s / sigma_t) u_t - alpha_s expm1(-h) x_hat``),
-the second-order rules use two denoiser outputs. A coordinate whose log-SNR does not move
+the second- and third-order rules use two and three denoiser outputs. A coordinate whose log-SNR does not move
 (``h = 0``, e.g. IHDM's mean colour) stays where it is. Every sampler shares the signature of
 :func:`lincorrupt.sampling.ancestral`, evaluates the model ``len(times) - 1`` times and
 returns the last ``x_hat``.
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .corruption import DiagonalizableCorruption
     from .sampling import Denoiser
 
-__all__ = ["dpmpp_2m", "ode", "logsnr_grid", "mean_log_snr"]
+__all__ = ["dpmpp_2m", "dpmpp_3m", "ode", "logsnr_grid", "info_grid", "mean_log_snr"]
 
 
 def _grid_coefficients(corruption: DiagonalizableCorruption, times: Tensor) -> tuple[Coefficients, Tensor]:
@@ -90,6 +90,92 @@ def dpmpp_2m(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor,
         d = u_x if u_x_prev is None else u_x + _ratio(h, 2 * h_last) * (u_x - u_x_prev)
         u = _first_order(u, d, c_t, _at(c, k + 1), h)
         u_x_prev, h_last = u_x, h
+    return u
+
+
+#: Below this many steps the last solver step drops to second order, as DPM-Solver++ recommends
+#: for few steps (Lu et al. 2022b, sec. 5: "lower-order final steps"); diffusers' ``lower_order_final``.
+LOWER_ORDER_FINAL_BELOW = 15
+#: Where ``|h|`` is below this the exponential integrals of :func:`_exp_integrals` are summed as
+#: Taylor series: their closed forms cancel catastrophically for small steps.
+_SERIES_BELOW = 0.5
+
+
+def _exp_integrals(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``c_n(h) = integral_0^h e^(tau - h) tau^n / n! dtau`` for n = 0, 1, 2 (Lu et al. 2022b, eq. 9 expanded).
+
+    Closed forms ``c_0 = -expm1(-h)``, ``c_n = h^n / n! - c_(n-1)``; for ``|h| < _SERIES_BELOW``
+    the series ``c_n = sum_(k > n) (-1)^(k - n - 1) h^k / k!`` (20 terms: exact to float64 there),
+    as the closed forms cancel to a relative error of ``eps / h^2`` for small ``h``. ``c_n(0) = 0``, so a frozen coordinate (``h = 0``) does not move.
+    """
+    small = h.abs() < _SERIES_BELOW
+    hs = torch.where(small, h, 0.0)
+    terms = [hs]
+    for k in range(2, 21):
+        terms.append(terms[-1] * hs / k)  # terms[j] = h^(j+1) / (j+1)!
+    series = [sum((-1) ** (j - n) * terms[j] for j in range(n, len(terms))) for n in range(3)]
+    c0 = -torch.expm1(-h)
+    c1 = h + torch.expm1(-h)
+    c2 = h * h / 2 - c1
+    return tuple(torch.where(small, a, b) for a, b in zip(series, (c0, c1, c2)))
+
+
+def _third_order_step(u: Tensor, history: list[Tensor], lams: list[Tensor], c_t: Coefficients,
+                      c_s: Coefficients, h: Tensor) -> Tensor:
+    """One DPM-Solver++(3M) step from ``x_hat`` at the last three grid points (newest last).
+
+    The quadratic through ``(lambda_j, x_hat_j)`` gives, with divided differences
+    ``d1 = (m0 - m1) / h0``, ``d1' = (m1 - m2) / h1``, ``dd2 = (d1 - d1') / (h0 + h1)``, the
+    derivatives ``x_hat' = d1 + h0 dd2`` and ``x_hat'' = 2 dd2`` at ``lambda_t``; the exact
+    solution with ``x_hat`` replaced by its Taylor polynomial is then
+
+        u_s = (sigma_s / sigma_t) u_t + alpha_s (c_0(h) x_hat + c_1(h) x_hat' + c_2(h) x_hat'')
+
+    A ratio whose step ``h0``, ``h1`` or ``h0 + h1`` is zero is 0 (that coordinate drops an order).
+    """
+    m2, m1, m0 = history
+    h1, h0 = lams[1] - lams[0], lams[2] - lams[1]
+    d1, d1_last = _ratio(m0 - m1, h0), _ratio(m1 - m2, h1)
+    dd2 = _ratio(d1 - d1_last, h0 + h1)
+    _, c1, c2 = _exp_integrals(h)
+    return _first_order(u, m0, c_t, c_s, h) + c_s.alpha * (c1 * (d1 + h0 * dd2) + 2 * c2 * dd2)
+
+
+def dpmpp_3m(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor, times: Tensor,
+             generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+    """DPM-Solver++(3M) (Lu et al. 2022b, multistep third order), per coordinate with its own log-SNR steps.
+
+    With ``h = lambda_s - lambda_t`` per coordinate and ``x_hat`` of the last three evaluations:
+
+        1. x_hat_t = denoiser(u_t)                                       (one network evaluation)
+        2. first step: DDIM, u_s = (sigma_s / sigma_t) u_t - alpha_s expm1(-h) x_hat_t
+        3. second step: the DPM-Solver++(2M) step of :func:`dpmpp_2m`
+        4. then: the third-order multistep step of :func:`_third_order_step`,
+           u_s = (sigma_s / sigma_t) u_t + alpha_s (c_0 x_hat + c_1 x_hat' + c_2 x_hat'')
+        5. with fewer than ``LOWER_ORDER_FINAL_BELOW`` steps the last step is second order.
+
+    In the identity basis with a scalar schedule, steps 2, 3 and 5 are diffusers'
+    DPMSolverMultistepScheduler (``algorithm_type="dpmsolver++"``, ``solver_order=3``). Its
+    third-order step weights ``x_hat''`` by ``c_2 / 2``, which leaves a local error of order
+    ``h^3`` (a second-order method); step 4 uses the Taylor weight ``c_2`` and is third order.
+    The last evaluation's ``x_hat`` is returned. Shapes as in :func:`dpmpp_2m`.
+    """
+    c, lam = _grid_coefficients(corruption, times)
+    steps = len(times) - 1
+    history, lams = [], []  # x_hat and lambda of the last three evaluations, newest last
+    for k in tqdm(range(steps), disable=not progress, desc="dpm++3m"):
+        c_t, c_s = _at(c, k), _at(c, k + 1)
+        u_x, _ = denoise(u, times[k:k + 1], c_t)
+        if k == steps - 1:
+            return u_x
+        history, lams = [*history, u_x][-3:], [*lams, lam[k:k + 1]][-3:]
+        h = lam[k + 1:k + 2] - lam[k:k + 1]
+        order = min(len(history), 2 if k == steps - 2 and steps < LOWER_ORDER_FINAL_BELOW else 3)
+        if order == 3:
+            u = _third_order_step(u, history, lams, c_t, c_s, h)
+        else:
+            d = u_x if order == 1 else u_x + _ratio(h, 2 * (lams[-1] - lams[-2])) * (u_x - history[-2])
+            u = _first_order(u, d, c_t, c_s, h)
     return u
 
 
@@ -186,4 +272,59 @@ def logsnr_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -
     if not bool((times[1:] < times[:-1]).all()):
         raise ValueError(f"the log-SNR grid of {type(corruption).__name__} with {steps} steps is not strictly "
                          f"decreasing (the mean log-SNR is flat somewhere); use grid='uniform' or pass times")
+    return times
+
+
+#: Resolution of the fine time grid on which :func:`info_grid` measures each coordinate's
+#: information: uniform points plus geometric ones that resolve the start (IHDM's first blur level).
+_FINE_UNIFORM, _FINE_GEOMETRIC, _FINE_SMALLEST = 4096, 1024, 1e-7
+
+
+def _fine_times(t_end: float, device=None) -> Tensor:
+    """Increasing float64 times from ``t_end`` to 1, dense everywhere and geometric near ``t_end``."""
+    unit = torch.cat([torch.linspace(0.0, 1.0, _FINE_UNIFORM + 1, dtype=torch.float64, device=device),
+                      torch.logspace(math.log10(_FINE_SMALLEST), 0.0, _FINE_GEOMETRIC, dtype=torch.float64,
+                                     device=device)])
+    return t_end + (1.0 - t_end) * torch.unique(unit)
+
+
+def info_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -> Tensor:
+    """``steps + 1`` times from 1 to 0 on which no coordinate gains more information than in another interval (float64).
+
+    A unit-variance Gaussian datum seen through coordinate i at time t carries
+    ``I_i(t) = 1/2 log(1 + SNR_t[i]) = 1/2 softplus(log SNR_t[i])`` nats about itself (Cover &
+    Thomas, eq. 9.16). The grid is equally spaced in
+
+        ell(t) = integral_0^t max_i |d softplus(log SNR_t[i]) / dt| dt
+
+    so no coordinate's information changes by more than ``ell(1) / (2 steps)`` nats in any
+    interval (``max_i`` of a sum is at most the sum of the ``max_i``). Unlike the log-SNR, the
+    information stops moving once a coordinate is destroyed, so IHDM's high frequencies, whose
+    log-SNR keeps falling to -10^4, get steps only while they still hold signal. ``ell`` is summed
+    on a fine grid (:func:`_fine_times`) and inverted by linear interpolation; it ends at
+    ``T_EPS`` where the log-SNR is infinite at 0, as :func:`logsnr_grid` does. Deterministic.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    with torch.no_grad():
+        zero = torch.zeros(1, dtype=torch.float64, device=device)
+        t_end = 0.0 if bool(torch.isfinite(Coefficients(*corruption.log_alpha_sigma(zero)).logsnr).all()) else T_EPS
+        fine = _fine_times(t_end, device)
+        moves, last = [], None
+        for chunk in fine.split(512):  # (len, coordinates) at a time
+            info = torch.nn.functional.softplus(Coefficients(*corruption.log_alpha_sigma(chunk)).logsnr).flatten(1)
+            if last is not None:
+                info = torch.cat([last, info])
+            moves.append((info[1:] - info[:-1]).abs().amax(1))
+            last = info[-1:]
+        ell = torch.cat([zero, torch.cumsum(torch.cat(moves), 0)])
+        ell = ell + 1e-9 * float(ell[-1]) * (fine - t_end)  # strictly increasing where no coordinate moves
+        levels = torch.linspace(float(ell[-1]), 0.0, steps + 1, dtype=torch.float64, device=device)
+        k = torch.searchsorted(ell, levels).clamp(1, len(ell) - 1)
+        weight = (levels - ell[k - 1]) / (ell[k] - ell[k - 1])
+        times = fine[k - 1] + weight * (fine[k] - fine[k - 1])
+    times[0], times[-1] = 1.0, 0.0
+    if not bool((times[1:] < times[:-1]).all()):
+        raise ValueError(f"the information grid of {type(corruption).__name__} with {steps} steps is not strictly "
+                         f"decreasing (more steps than its fine grid resolves); use grid='logsnr' or pass times")
     return times

@@ -1,6 +1,7 @@
 """In the identity basis with Ho et al.'s linear schedule every lincorrupt sampler is its published
 algorithm: run step by step against diffusers' DDPMScheduler, DDIMScheduler and
-DPMSolverMultistepScheduler on identical inputs, timesteps, model outputs and noise.
+DPMSolverMultistepScheduler on identical inputs, timesteps, model outputs and noise (dpm++3m:
+up to the one term of diffusers' third-order step that is not the Taylor term).
 
 Time map: diffusers' timestep k (alphas_cumprod[k] = prod_{j <= k} (1 - beta_j), betas 0-indexed)
 is lincorrupt's t = (k + 1) / T; diffusers' final "alpha_cumprod = 1" is t = 0.
@@ -105,3 +106,49 @@ def test_dpmpp_2m_is_dpm_solver_multistep_scheduler(steps, prediction, seed):
     ours = run_lincorrupt(c, sched.timesteps, 3, seed, "dpm++2m", prediction)
     # diffusers stores its sigmas in float32 (set_timesteps), so agreement is to float32 precision
     assert_same_path(ours, theirs, rtol=2e-5, atol=2e-5)
+
+
+def third_order_step(steps, prediction, seed):
+    """lincorrupt's dpm++3m path, diffusers' first three steps (orders 1, 2, 3) from the same start,
+    and the x_hat'' term by which the third-order steps differ, computed from diffusers' state."""
+    c = lc.DDPM(SHAPE, schedule="linear", num_steps=T)
+    sched = make_scheduler(diffusers.DPMSolverMultistepScheduler, c, prediction, algorithm_type="dpmsolver++",
+                           solver_order=3, final_sigmas_type="zero")
+    sched.set_timesteps(steps)
+    ours, _ = run_lincorrupt(c, sched.timesteps, 3, seed, "dpm++3m", prediction)
+    latents = torch.randn((3, *SHAPE), generator=torch.Generator().manual_seed(seed), dtype=f64)
+    theirs = [latents]
+    for k in sched.timesteps[:3]:
+        latents = sched.step(network(latents, k), k, latents).prev_sample
+        theirs.append(latents)
+    lam = -sched.sigmas[:4].double().log()  # diffusers' sigma is sigma_t / alpha_t, so lambda = -log(sigma)
+    m2, m1, m0 = (m.double() for m in sched.model_outputs)  # its x_hat at the three evaluations
+    h1, h0, h = lam[1] - lam[0], lam[2] - lam[1], lam[3] - lam[2]
+    dd2 = ((m0 - m1) / h0 - (m1 - m2) / h1) / (h0 + h1)  # second divided difference: x_hat'' / 2
+    c2 = h**2 / 2 - h + 1 - torch.exp(-h)  # integral_0^h e^(tau - h) tau^2 / 2 dtau
+    alpha_s = (1 + sched.sigmas[3].double() ** 2) ** -0.5
+    return ours, theirs, alpha_s * c2 * dd2
+
+
+@given(steps=st.integers(min_value=1, max_value=40), prediction=prediction_st, seed=seed_st)
+def test_dpmpp_3m_is_dpm_solver_multistep_scheduler_of_order_3_with_the_taylor_weight(steps, prediction, seed):
+    """Up to four steps (orders 1, 2, 2) the whole path is diffusers'; from five steps on the
+    first third-order step is diffusers' step plus the half of the x_hat'' term it leaves out:
+    its D2 = h^2 dd2 is weighted by c_2(h) / h^2, the Taylor term needs 2 c_2(h) dd2."""
+    if steps <= 4:
+        c = lc.DDPM(SHAPE, schedule="linear", num_steps=T)
+        sched = make_scheduler(diffusers.DPMSolverMultistepScheduler, c, prediction, algorithm_type="dpmsolver++",
+                               solver_order=3, final_sigmas_type="zero")
+        sched.set_timesteps(steps)
+        ours = run_lincorrupt(c, sched.timesteps, 3, seed, "dpm++3m", prediction)
+        assert_same_path(ours, run_diffusers(sched, 3, seed), rtol=2e-5, atol=2e-5)
+        return
+    ours, theirs, term = third_order_step(steps, prediction, seed)
+    for step in range(3):
+        torch.testing.assert_close(ours[step], theirs[step], rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(ours[3], theirs[3] + term, rtol=2e-5, atol=2e-5)
+
+
+def test_the_third_order_term_that_differs_from_diffusers_is_not_lost_in_the_tolerance():
+    _, _, term = third_order_step(5, "eps", 0)
+    assert float(term.abs().max()) > 0.1

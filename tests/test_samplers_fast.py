@@ -1,6 +1,7 @@
-"""Fast samplers and time grids: the published step formulas written out, second-order
-convergence measured with exact moment propagation (Gaussian data, exact denoiser), the
-log-SNR grid against the cosine schedule's closed-form inverse, and clear errors."""
+"""Fast samplers and time grids: the published step formulas written out, second- and
+third-order convergence measured with exact moment propagation (Gaussian data, exact denoiser),
+the log-SNR grid against the cosine schedule's closed-form inverse, the information grid's
+equal steps, and clear errors."""
 
 import math
 
@@ -44,6 +45,39 @@ def test_dpmpp_2m_and_ode_are_second_order_and_ddim_first_order(name):
     assert 1.6 < ratios["ddim"] < 2.2, ratios
     assert ratios["dpm++2m"] > 2.5 and ratios["ode"] > 2.5, ratios
     assert moment_error(name, "dpm++2m", 80) < 0.02
+
+
+def fixed_end_times(steps, t_end=0.05, start=1e-4):
+    """``steps`` evaluations from t = 1 to ``t_end``, then 0: the output is x_hat at ``t_end`` for
+    every ``steps``, so successive refinements converge to one limit. Two short intervals of
+    ``start`` come first, uniform ones after: the multistep methods' lower-order start-up steps
+    are then exact enough that the global error shows the order of the multistep formula."""
+    return torch.cat([torch.tensor([1.0, 1.0 - start], dtype=f64), torch.linspace(1.0 - 2 * start, t_end, steps - 2,
+                                                                                 dtype=f64), torch.zeros(1, dtype=f64)])
+
+
+def self_convergence_ratio(name, method, steps):
+    """|y(N) - y(2N)| / |y(2N) - y(4N)| for the output moments y: 2^p for a method of order p."""
+    c, truth = make(name)
+    mean0, cov0 = truth.prior_moments()
+    u = torch.from_numpy(np.vstack([mean0, mean0 + np.linalg.cholesky(cov0).T])).reshape(D + 1, *SHAPE)
+    outputs = []
+    for n in (steps, 2 * steps, 4 * steps):
+        y = lc.SAMPLERS[method](lc.Denoiser(truth.model, c, "x"), c, u, fixed_end_times(n)).reshape(D + 1, D).numpy()
+        outputs.append(np.concatenate([y[0], ((y[1:] - y[0]).T @ (y[1:] - y[0])).ravel()]))
+    return np.linalg.norm(outputs[0] - outputs[1]) / np.linalg.norm(outputs[1] - outputs[2])
+
+
+@pytest.mark.parametrize("name", ["ddpm", "blurring"])
+def test_dpmpp_3m_is_third_order_and_dpmpp_2m_second_order(name):
+    """Doubling the steps divides the error by ~8 for dpm++3m (order 3), ~4 for dpm++2m.
+
+    The first two dpm++3m steps are of order 1 and 2 by design (an O(h^2) error of their own,
+    small where x_hat hardly moves): :func:`fixed_end_times` makes them short.
+    """
+    ratios = {m: self_convergence_ratio(name, m, 40) for m in ("dpm++2m", "dpm++3m")}
+    assert 3.3 < ratios["dpm++2m"] < 5.5, ratios
+    assert 6.5 < ratios["dpm++3m"] < 10, ratios
 
 
 def cosine_coefficients(t):
@@ -100,8 +134,51 @@ def test_first_dpmpp_2m_step_is_ddim_and_the_second_uses_two_outputs():
     assert (ours[2] - ddim[2]).abs().max() > 1e-4
 
 
+def test_dpmpp_3m_starts_as_dpmpp_2m_then_uses_three_outputs():
+    c = lc.BlurringDiffusion(SHAPE)
+    times = torch.tensor([0.9, 0.7, 0.5, 0.35, 0.2, 0.0], dtype=f64)
+    _, ours, _ = capture_inputs(c, "dpm++3m", times, x_model)
+    _, two, _ = capture_inputs(c, "dpm++2m", times, x_model)
+    assert len(ours) == 5
+    torch.testing.assert_close(ours[:3], two[:3], rtol=1e-12, atol=1e-12)  # DDIM, then the 2M step
+    assert (ours[3] - two[3]).abs().max() > 1e-4
+    # with fewer than 15 steps the last solver step is second order again: the same 2M formula
+    # from the same history gives the same input to the last evaluation
+    from lincorrupt.samplers_fast import _first_order, _grid_coefficients, _at, _ratio
+    coef, lam = _grid_coefficients(c, times)
+    u = [c.basis.to_basis(z) for z in ours]
+    x2, x3 = (lc.Denoiser(x_model, c, "x")(u[k], times[k:k + 1], _at(coef, k))[0] for k in (2, 3))
+    h, h_last = lam[4:5] - lam[3:4], lam[3:4] - lam[2:3]
+    expected = _first_order(u[3], x3 + _ratio(h, 2 * h_last) * (x3 - x2), _at(coef, 3), _at(coef, 4), h)
+    torch.testing.assert_close(ours[4], c.basis.from_basis(expected), rtol=1e-10, atol=1e-10)
+
+
+def test_exponential_integrals_are_exact_for_small_and_zero_steps():
+    from lincorrupt.samplers_fast import _SERIES_BELOW, _exp_integrals
+
+    h = torch.tensor([0.0, 1e-12, 1e-6, 0.9 * _SERIES_BELOW, 1.1 * _SERIES_BELOW, 0.7, 5.0], dtype=f64)
+    exact = [[float(v) for v in row] for row in _mpmath_exp_integrals(h.tolist())]
+    for n, c in enumerate(_exp_integrals(h)):
+        np.testing.assert_allclose(c.numpy(), exact[n], rtol=1e-12, atol=0)
+    for n, c in enumerate(_exp_integrals(h.float())):
+        np.testing.assert_allclose(c.numpy(), exact[n], rtol=2e-6, atol=0)
+
+
+def _mpmath_exp_integrals(hs):
+    """c_n(h) = integral_0^h e^(tau - h) tau^n / n! dtau in 50-digit arithmetic."""
+    import mpmath
+
+    mpmath.mp.dps = 50
+    rows = [[], [], []]
+    for h in hs:
+        h = mpmath.mpf(h)
+        for n in range(3):
+            rows[n].append(mpmath.quad(lambda tau: mpmath.exp(tau - h) * tau**n / mpmath.factorial(n), [0, h]))
+    return rows
+
+
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))
-@pytest.mark.parametrize("method", ["dpm++2m", "ode"])
+@pytest.mark.parametrize("method", ["dpm++2m", "dpm++3m", "ode"])
 @pytest.mark.parametrize("steps", [1, 2, 5])
 def test_every_corruption_and_grid_ends_at_the_denoised_estimate(name, method, steps):
     c = CORRUPTIONS[name]()
@@ -138,18 +215,50 @@ def test_logsnr_grid_decreases_from_one_to_zero_in_equal_log_snr_steps(name):
     torch.testing.assert_close(gaps, gaps[:1].expand_as(gaps), rtol=1e-6, atol=1e-8)
 
 
+def information_moves(c, times):
+    """Largest change of softplus(log SNR) over coordinates, per interval of ``times``."""
+    info = torch.nn.functional.softplus(c.coefficients(times).logsnr).flatten(1)
+    return (info[1:] - info[:-1]).abs().amax(1)
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_info_grid_bounds_every_coordinates_information_step(name):
+    c = CORRUPTIONS[name]()
+    steps = 24
+    times = lc.GRIDS["info"](c, steps)
+    assert times[0] == 1 and times[-1] == 0 and bool((times[1:] < times[:-1]).all())
+    dense = torch.linspace(1, 0, 200_001, dtype=f64)
+    if not bool(torch.isfinite(c.coefficients(dense[-1:]).logsnr).all()):  # noise-free start: the grid ends at T_EPS
+        dense = torch.linspace(1, lc.samplers_fast.T_EPS, 200_001, dtype=f64)
+    total = float(information_moves(c, dense).sum())  # ell(1), on a grid independent of the sampler's
+    moves = information_moves(c, times[:-1])
+    assert float(moves.max()) <= 1.01 * total / steps, (moves, total / steps)
+    assert float(moves.sum()) > 0.5 * total  # the steps are not wasted where nothing moves
+
+
+def test_info_grid_of_a_scalar_schedule_is_equal_information_steps():
+    c = lc.DDPM(SHAPE, schedule="cosine")
+    moves = information_moves(c, lc.GRIDS["info"](c, 12))
+    torch.testing.assert_close(moves, moves[:1].expand_as(moves), rtol=1e-3, atol=0)
+
+
 def test_bad_input_is_refused_where_it_enters():
     c = lc.BlurringDiffusion(SHAPE)
     model = lambda z, t: z
-    with pytest.raises(ValueError, match=r"dpm\+\+2m.*ode"):
-        lc.sample(model, c, 2, method="dpm++3m")
+    with pytest.raises(ValueError, match=r"dpm\+\+2m.*dpm\+\+3m.*ode"):
+        lc.sample(model, c, 2, method="unipc")
     with pytest.raises(ValueError, match="logsnr"):
         lc.sample(model, c, 2, grid="karras")
     with pytest.raises(ValueError, match="decrease"):
         lc.sample(model, c, 2, grid=torch.tensor([0.0, 0.5, 1.0]), method="dpm++2m")
     with pytest.raises(ValueError, match="eta"):
         lc.sample(model, c, 2, steps=3, method="ddim", eta=1.5)
+    for grid in lc.GRIDS:
+        with pytest.raises(ValueError, match="steps"):
+            lc.sample(model, c, 2, steps=0, grid=grid, method="dpm++3m")
     with pytest.raises(ValueError, match="steps"):
-        lc.sample(model, c, 2, steps=0, grid="logsnr")
+        lc.GRIDS["info"](c, 2.5)
+    with pytest.raises(ValueError, match="decrease"):
+        lc.sample(model, c, 2, grid=torch.tensor([1.0, 0.5, 0.5, 0.0]), method="dpm++3m")
     with pytest.raises(TypeError):
         lc.sample(model, c, 2, steps=3, method="dpm++2m", eta=0.5)
