@@ -37,15 +37,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 import lincorrupt as lc
-from lincorrupt.data import load_images
+from lincorrupt.data import load_images, to_model_range
 from lincorrupt.metrics import FIDStats, dataset_stats, fid, inception_weights_path, load_inception, sample_stats
 from lincorrupt.nn import UNet
 from lincorrupt.train import CheckpointError, TrainConfig, Trainer, find_checkpoint, init_distributed, load_checkpoint
 from lincorrupt.train.cli import parse_config
 from lincorrupt.train.data_order import derive_seed
+from lincorrupt.train.evaluation import QualityEvaluator, feature_space
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,13 @@ class Config(TrainConfig):
     fid_dims: int = 2048                 # Inception pool3 features (the standard FID)
     inception_weights: str = ""          # else $LINCORRUPT_INCEPTION_WEIGHTS, else torch hub's cache
     fid_stats: str = ""                  # reference statistics cache (.npz); default beside --data-root's run
+    # quality during training (every --eval-every steps; 0: never): FID/KID/precision/recall in metrics.jsonl
+    eval_samples: int = 1000             # samples per evaluation (KID is unbiased at this size; FID is not)
+    eval_steps: int = 20                 # sampler NFE: dpm++2m on the log-SNR grid needs tens, not hundreds
+    eval_sampler: str = field(default="dpm++2m", metadata={"choices": sorted(lc.SAMPLERS)})
+    eval_grid: str = field(default="logsnr", metadata={"choices": sorted(lc.GRIDS)})
+    eval_features: str = field(default="auto", metadata={"choices": ["auto", "fashion-mnist", "cifar10", "inception"]})
+    eval_data: str = ""                  # held-out images for the reference features (default: --data-root's test split)
 
     def __post_init__(self):
         super().__post_init__()
@@ -150,6 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
         corruption.prior = lc.EmpiricalPrior.fit(corruption, prior_images(data, min(cfg.prior_images, len(data)), cfg.seed))
     unet_kwargs = ckpt_state["extra"]["unet"] if ckpt_state else cfg.unet_kwargs()
     trainer = Trainer(UNet(**unet_kwargs), corruption, data, cfg, dist, extra={"unet": unet_kwargs})
+    if cfg.eval_every:
+        trainer.evaluator = quality_evaluator(cfg, shape, dist.device)
     if ckpt_state:
         trainer.load_state_dict(ckpt_state, str(ckpt_path))
         del ckpt_state
@@ -172,6 +184,16 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["losses"] = trainer.losses
     return summary
+
+
+def quality_evaluator(cfg: Config, shape: tuple[int, int, int], device) -> QualityEvaluator:
+    """The evaluator of ``--eval-every``: ``--eval-features`` of held-out images as the reference."""
+    features, label = feature_space(cfg.eval_features, shape, device, cfg.inception_weights or None, cfg.fid_dims)
+    held_out = load_images(cfg.eval_data or cfg.data_root, shape, train=False)  # the test split (or the folder)
+    batches = DataLoader(held_out, batch_size=500, num_workers=0)
+    reference = np.concatenate([features(to_model_range(x.to(device))) for x in batches])
+    return QualityEvaluator(features, reference, label, num_samples=cfg.eval_samples, steps=cfg.eval_steps,
+                            sampler=cfg.eval_sampler, grid=cfg.eval_grid, batch_size=cfg.fid_batch, seed=cfg.seed)
 
 
 def evaluate_fid(cfg: Config, trainer: Trainer, data, weights: Path) -> float:

@@ -62,6 +62,18 @@ def test_train_checkpoint_resume_sample_fid(script, data_root, tmp_path, random_
     assert record["step"] == 4 and json.loads((tmp_path / "run" / "summary.json").read_text())["step"] == 4
 
 
+def test_quality_during_training(script, data_root, tmp_path, random_weights):
+    """--eval-every logs FID/KID/precision/recall of the EMA samples (Inception with random weights, 64 features)."""
+    script.main(TINY + ["--data-root", str(data_root), "--out-dir", str(tmp_path), "--steps", "2", "--eval-every", "1",
+                        "--eval-samples", "5", "--eval-steps", "2", "--eval-features", "inception",
+                        "--inception-weights", str(random_weights), "--fid-dims", "64"])
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval" in r]
+    assert [r["step"] for r in evals] == [1, 2] and all(r["eval"] == "Inception (pytorch-fid)" for r in evals)
+    assert all(np.isfinite([r["fid"], r["kid"], r["precision"], r["recall"]]).all() for r in evals)
+    assert (tmp_path / "quality.png").is_file()
+
+
 @pytest.mark.parametrize("corruption", ["ddpm", "ihdm"])
 def test_baselines_train_and_sample(script, data_root, tmp_path, corruption):
     out = script.main(TINY + ["--data-root", str(data_root), "--out-dir", str(tmp_path), "--steps", "1",

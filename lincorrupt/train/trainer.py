@@ -78,6 +78,7 @@ class TrainConfig:
     ckpt_every: int = 5_000         # steps between checkpoints (one is always written at the end)
     sample_steps: int = 250         # sampler steps for the preview grids (cheap preview, not the FID protocol)
     sampler: str = "ancestral"      # a key of lincorrupt.SAMPLERS; ancestral is the papers' sampler
+    eval_every: int = 0             # steps between quality evaluations by the Trainer's evaluator (0: never)
     grid_size: int = 64
     progress: bool = True
     out_dir: str = "runs/blurring"
@@ -93,6 +94,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0: never), got {self.eval_every}")
 
 
 class Warmup:
@@ -142,17 +145,21 @@ class Trainer:
         dist: process placement from :func:`init_distributed` (single CPU process by default).
         extra: plain data stored in every checkpoint (e.g. the network's constructor arguments).
         loss_fn, sample_fn: default to ``lincorrupt.diffusion_loss`` / ``lincorrupt.sample``.
+        evaluator: called as ``evaluator(trainer) -> dict`` every ``config.eval_every`` steps (and at
+            the end) on every process, e.g. a :class:`lincorrupt.train.evaluation.QualityEvaluator`;
+            its record goes to ``metrics.jsonl``, and its FID/KID/precision/recall to ``quality.png``.
     """
 
     def __init__(self, model: nn.Module, corruption: nn.Module, dataset: Dataset, config: TrainConfig,
                  dist: DistInfo | None = None, extra: dict[str, Any] | None = None,
-                 loss_fn: Callable = _default_loss, sample_fn: Callable = _default_sample):
+                 loss_fn: Callable = _default_loss, sample_fn: Callable = _default_sample,
+                 evaluator: Callable[["Trainer"], dict[str, Any]] | None = None):
         self.cfg, self.dist = config, dist or DistInfo()
         self.device = self.dist.device
         self.corruption = corruption.to(self.device)
         self.shape = tuple(corruption.shape)
         self.dataset, self.extra = dataset, dict(extra or {})
-        self.loss_fn, self.sample_fn = loss_fn, sample_fn
+        self.loss_fn, self.sample_fn, self.evaluator = loss_fn, sample_fn, evaluator
         self.out_dir = Path(config.out_dir)
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)
@@ -283,6 +290,8 @@ class Trainer:
                 bar.update(1)
                 if cfg.sample_every and step % cfg.sample_every == 0 and main:
                     self.sample_grid(self.out_dir / f"samples_{step:07d}.png")
+                if self.evaluator and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                    self.evaluate(logger)
                 if stop:
                     status = "interrupted"
                     break
@@ -293,6 +302,15 @@ class Trainer:
         logger.close()
         self._flush()
         return status
+
+    def evaluate(self, logger: "_Logger | None" = None) -> dict[str, Any]:
+        """Run the evaluator on the EMA model now; log its record and redraw ``quality.png``."""
+        from lincorrupt.train.evaluation import plot_quality
+        record = {"step": self.step, **self.evaluator(self)}
+        if logger is not None and self.dist.is_main:
+            logger.log(record)
+            plot_quality(self.out_dir / "metrics.jsonl", self.out_dir / "quality.png")
+        return record
 
     def _agree_stop(self) -> bool:
         if not is_distributed():
@@ -342,14 +360,14 @@ class _Logger:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(out_dir / "tb"))
 
-    def log(self, record: dict[str, float]) -> None:
+    def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         self.file.write(json.dumps({**record, "time": time.time()}) + "\n")
         self.file.flush()
         if self.tb is not None:
             for k, v in record.items():
-                if k != "step":
+                if k != "step" and isinstance(v, (int, float)):
                     self.tb.add_scalar(f"train/{k}", v, record["step"])
 
     def close(self) -> None:

@@ -1,0 +1,125 @@
+"""Sample quality during training: FID, KID and precision/recall of the EMA model in a chosen feature space.
+
+``Trainer(..., evaluator=QualityEvaluator(...))`` with ``TrainConfig(eval_every=N)`` draws
+``num_samples`` images with a fast sampler every N steps, embeds them with ``features`` and
+compares them with the reference features of held-out images; the numbers go to
+``metrics.jsonl`` (records with an ``"eval"`` key) and a plot, ``quality.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from lincorrupt.metrics.quality import frechet_distance, kid, precision_recall
+from lincorrupt.train.distributed import all_gather_objects
+
+__all__ = ["QualityEvaluator", "feature_space", "quantize", "plot_quality"]
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """Samples in [-1, 1] rounded to the 256 values of an 8-bit image, as saving them would (clipped first)."""
+    return x.clamp(-1, 1).add(1).mul(127.5).round().div(127.5).sub(1)
+
+
+class QualityEvaluator:
+    """Quality of the trainer's EMA samples against reference features.
+
+    Args:
+        features: maps images (B, C, H, W) in [-1, 1] to a (B, D) feature array, e.g.
+            ``lambda x: extract_features(load_feature_net("fashion-mnist"), x)``.
+        reference: (N, D) features of held-out real images, from the same ``features``.
+        label: the feature space, named in the records (e.g. "Fashion-MNIST classifier").
+        num_samples: generated images per evaluation (over all processes).
+        steps, sampler, grid: how they are drawn (see :func:`lincorrupt.sample`).
+        batch_size: images sampled at once per process.
+        kid_subset_size: rows per KID subset (capped by the sample count).
+        seed: the same samples' noise at every evaluation, so changes come from the weights.
+    """
+
+    def __init__(self, features: Callable[[torch.Tensor], np.ndarray], reference: np.ndarray, label: str,
+                 num_samples: int = 1000, steps: int = 20, sampler: str = "dpm++2m", grid: str = "logsnr",
+                 batch_size: int = 250, kid_subset_size: int = 1000, seed: int = 0):
+        if num_samples < 4:
+            raise ValueError(f"num_samples must be >= 4 for the metrics, got {num_samples}")
+        self.features, self.reference, self.label = features, np.asarray(reference), label
+        self.num_samples, self.steps, self.sampler, self.grid = num_samples, steps, sampler, grid
+        self.batch_size, self.kid_subset_size, self.seed = batch_size, kid_subset_size, seed
+
+    def __call__(self, trainer) -> dict[str, float]:
+        """Sample, embed and compare; returns the record (on every process)."""
+        dist = trainer.dist
+        share = len(range(dist.rank, self.num_samples, dist.world_size))
+        g = torch.Generator(trainer.device).manual_seed(self.seed * 1_000_003 + dist.rank)
+        model, feats = trainer.sampling_model(), []
+        for start in range(0, share, self.batch_size):
+            n = min(self.batch_size, share - start)
+            x = trainer.sample_fn(model, trainer.corruption, n, steps=self.steps, prediction=trainer.cfg.prediction,
+                                  method=self.sampler, grid=self.grid, generator=g, device=trainer.device)
+            feats.append(self.features(quantize(x.float())))
+        fake = np.concatenate(all_gather_objects(np.concatenate(feats)))
+        precision, recall = precision_recall(self.reference[:len(fake)], fake)
+        kid_mean, kid_std = kid(self.reference, fake, subsets=50, subset_size=min(self.kid_subset_size, len(fake)))
+        return {"eval": self.label, "fid": frechet_distance(self.reference, fake), "kid": kid_mean, "kid_std": kid_std,
+                "precision": precision, "recall": recall, "eval_samples": len(fake),
+                "eval_sampler": f"{self.sampler}/{self.grid}/{self.steps}"}
+
+
+def plot_quality(metrics: str | Path, path: str | Path) -> None:
+    """Plot FID, KID and precision/recall against the step from the ``"eval"`` records of ``metrics.jsonl``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    records = [r for r in map(json.loads, Path(metrics).read_text().splitlines()) if "eval" in r]
+    if not records:
+        return
+    steps = [r["step"] for r in records]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    axes[0].plot(steps, [r["fid"] for r in records], "o-")
+    axes[0].set_ylabel("FID")
+    axes[1].errorbar(steps, [r["kid"] for r in records], [r["kid_std"] for r in records], fmt="o-")
+    axes[1].set_ylabel("KID")
+    axes[2].plot(steps, [r["precision"] for r in records], "o-", label="precision")
+    axes[2].plot(steps, [r["recall"] for r in records], "s-", label="recall")
+    axes[2].set_ylim(0, 1.02)
+    axes[2].legend()
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.suptitle(f"quality in {records[-1]['eval']} features ({records[-1]['eval_samples']} samples, "
+                 f"{records[-1]['eval_sampler']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def feature_space(name: str, shape: tuple[int, int, int], device: str | torch.device = "cpu",
+                  inception_weights: str | None = None, inception_dims: int = 2048) -> tuple[Callable[[torch.Tensor], np.ndarray], str]:
+    """A feature map for :class:`QualityEvaluator` and its label.
+
+    Args:
+        name: a shipped classifier ("fashion-mnist", "cifar10"; see
+            :func:`lincorrupt.metrics.load_feature_net`), "inception" (pytorch-fid's network,
+            weights from a local file), or "auto": the shipped classifier whose input is ``shape``.
+        shape: (C, H, W) of the images.
+        inception_weights, inception_dims: for "inception" (see :func:`lincorrupt.metrics.load_inception`).
+    """
+    from lincorrupt.data.images import to_unit_range
+    from lincorrupt.metrics import FEATURE_NETS, activations, extract_features, load_feature_net, load_inception
+    if name == "auto":
+        matches = [n for n, spec in FEATURE_NETS.items() if spec.shape == tuple(shape)]
+        if not matches:
+            raise ValueError(f"no shipped feature net takes {tuple(shape)} images (they take "
+                             f"{ {n: s.shape for n, s in FEATURE_NETS.items()} }): use inception")
+        name = matches[0]
+    if name == "inception":
+        inception = load_inception(inception_weights, dims=inception_dims, device=device)
+        return (lambda x: activations(to_unit_range(x), inception)), "Inception (pytorch-fid)"
+    if name in FEATURE_NETS and FEATURE_NETS[name].shape != tuple(shape):
+        raise ValueError(f"feature net {name!r} takes {FEATURE_NETS[name].shape} images, these are {tuple(shape)}")
+    net = load_feature_net(name, device)
+    label = {"fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}.get(name, name)
+    return (lambda x: extract_features(net, x)), f"{label} classifier"

@@ -1,0 +1,67 @@
+"""Quality during training: the Trainer's evaluator hook, its records and plot, and the 8-bit quantisation."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lincorrupt as lc
+from lincorrupt.data import TensorImages
+from lincorrupt.nn import UNet
+from lincorrupt.train import TrainConfig, Trainer
+from lincorrupt.train.evaluation import QualityEvaluator, feature_space, quantize
+
+SHAPE = (1, 8, 8)
+PROJECTION = torch.randn(64, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+def project(x: torch.Tensor) -> np.ndarray:
+    """A fixed random linear feature map, (B, 1, 8, 8) -> (B, 5): any feature network will do for the hook."""
+    return (x.double().flatten(1) @ PROJECTION).numpy()
+
+
+@given(st.lists(st.floats(-3, 3), min_size=1, max_size=20))
+def test_quantize_is_8_bit_rounding_of_the_clipped_image(values):
+    x = torch.tensor(values, dtype=torch.float64)
+    expected = np.round((np.clip(values, -1, 1) + 1) * 127.5) / 127.5 - 1  # numpy's round half to even, as torch
+    np.testing.assert_allclose(quantize(x).numpy(), expected, atol=1e-12)
+
+
+def test_trainer_logs_quality_every_eval_every_steps(tmp_path):
+    images = torch.randint(0, 256, (16, *SHAPE), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    reference = project(images.float() / 127.5 - 1)
+    evaluator = QualityEvaluator(project, reference, "random projection", num_samples=6, steps=2, batch_size=4,
+                                 kid_subset_size=5)
+    cfg = TrainConfig(steps=4, batch_size=4, warmup_steps=1, num_workers=0, log_every=2, sample_every=0, ckpt_every=0,
+                      prediction="v", progress=False, out_dir=str(tmp_path), eval_every=2)
+    net = UNet(image_size=8, in_channels=1, ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), groups=4)
+    trainer = Trainer(net, lc.BlurringDiffusion(SHAPE), TensorImages(images, SHAPE), cfg, evaluator=evaluator)
+    assert trainer.fit() == "done"
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    for r in evals:
+        assert r["eval"] == "random projection" and r["eval_samples"] == 6 and r["eval_sampler"] == "dpm++2m/logsnr/2"
+        assert r["fid"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and np.isfinite(r["kid"])
+    assert (tmp_path / "quality.png").stat().st_size > 0
+    assert all("loss" in r for r in records if "eval" not in r)  # training records keep their form
+
+
+def test_evaluator_needs_enough_samples():
+    with pytest.raises(ValueError, match="num_samples must be >= 4"):
+        QualityEvaluator(project, np.zeros((8, 5)), "x", num_samples=3)
+
+
+def test_eval_every_must_not_be_negative():
+    with pytest.raises(ValueError, match="eval_every must be >= 0"):
+        TrainConfig(eval_every=-1)
+
+
+def test_feature_space_refuses_mismatched_shapes():
+    with pytest.raises(ValueError, match="no shipped feature net takes"):
+        feature_space("auto", (3, 64, 64))
+    with pytest.raises(ValueError, match="takes \\(1, 28, 28\\) images"):
+        feature_space("fashion-mnist", (3, 32, 32))
