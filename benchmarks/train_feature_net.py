@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, choices=sorted(FEATURE_NETS))
     p.add_argument("--root", default=None, help="Fashion-MNIST idx folder (default: Debian's) or CIFAR-10 zip/folder")
-    p.add_argument("--epochs", type=int, default=None, help="default: 8 (Fashion-MNIST), 12 (CIFAR-10)")
+    p.add_argument("--epochs", type=int, default=None, help="default: 8 (Fashion-MNIST), 10 (CIFAR-10)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    epochs = args.epochs or {"fashion-mnist": 8, "cifar10": 12}[args.data]
+    epochs = args.epochs or {"fashion-mnist": 8, "cifar10": 10}[args.data]
     spec = FEATURE_NETS[args.data]
     x_train, y_train = load(args.data, args.root, True)
     x_test, y_test = load(args.data, args.root, False)
