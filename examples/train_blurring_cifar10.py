@@ -6,7 +6,7 @@ Defaults are the paper's CIFAR-10 setup: sigma_blur_max = 20, min_scale = 0.001,
     # one GPU; torchvision's CIFAR-10 (--download fetches it once, when online)
     python examples/train_blurring_cifar10.py --data-root data/cifar10 --download cifar10
     # a folder of class subfolders, e.g. the JPEG copy (train/<class>/*.jpg, test/...)
-    unzip ../shared/data/cifar10-jpeg.zip -d data/cifar10-jpeg
+    unzip cifar10-jpeg.zip -d data/cifar10-jpeg
     python examples/train_blurring_cifar10.py --data-root data/cifar10-jpeg
     # 8 GPUs on one machine (the global batch stays 128, split over the processes)
     torchrun --standalone --nproc_per_node 8 examples/train_blurring_cifar10.py --data-root data/cifar10-jpeg
