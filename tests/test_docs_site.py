@@ -178,3 +178,73 @@ def test_reference_covers_the_public_api(built_site):
     documented = {i.rsplit(".", 1)[-1] for i in ids}
     missing = sorted(name for name in lincorrupt.__all__ if name not in documented and not name.startswith("__"))
     assert not missing, f"exported by lincorrupt but absent from docs/reference/*.md: {missing}"
+
+
+class _Headings(HTMLParser):
+    """The text of every h1-h6 of a page, with its level (permalink anchors dropped)."""
+
+    def __init__(self):
+        super().__init__()
+        self.headings: list[tuple[int, str]] = []
+        self._level, self._text, self._skip = None, [], 0
+
+    def handle_starttag(self, tag, attrs):
+        if re.fullmatch(r"h[1-6]", tag):
+            self._level, self._text = int(tag[1]), []
+        elif self._level and tag == "a" and "headerlink" in (dict(attrs).get("class") or ""):
+            self._skip += 1
+
+    def handle_endtag(self, tag):
+        if tag == "a" and self._skip:
+            self._skip -= 1
+        elif self._level and tag == f"h{self._level}":
+            self.headings.append((self._level, " ".join("".join(self._text).split())))
+            self._level = None
+
+    def handle_data(self, data):
+        if self._level and not self._skip:
+            self._text.append(data)
+
+
+def _markdown_headings(text: str) -> list[tuple[int, str]]:
+    """ATX headings outside fenced code blocks, as (level, plain text)."""
+    found, fence = [], None
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        marker = re.match(r"(`{3,}|~{3,})", stripped)
+        if marker:
+            if fence is None:
+                fence = marker.group(1)[0]
+            elif stripped.startswith(fence * 3):
+                fence = None
+            continue
+        heading = re.match(r"(#{1,6})\s+(.*?)\s*#*\s*$", line)
+        if fence is None and heading:
+            plain = re.sub(r"\{[#.][^}]*\}$", "", heading.group(2))          # attribute lists {#anchor}
+            plain = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", plain)            # links -> their text
+            plain = re.sub(r"[`*_]", "", plain)
+            found.append((len(heading.group(1)), " ".join(plain.split())))
+    return found
+
+
+def test_every_markdown_heading_is_a_heading_of_the_built_page(built_site):
+    """A page cannot swallow its sections (e.g. behind an unclosed code fence) without this failing."""
+    site_dir, log, returncode = built_site
+    assert returncode == 0, log
+    lost = []
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        rel = page.relative_to(ROOT / "docs")
+        html = site_dir / rel.with_suffix(".html")
+        if not html.is_file():  # not a page: docs/README.md, snippets included by other pages
+            continue
+        parser = _Headings()
+        parser.feed(html.read_text())
+        built = [(level, text.replace("\u00b6", "").strip()) for level, text in parser.headings]
+        for level, text in _markdown_headings(page.read_text()):
+            if "$" in text:  # mathematics is rendered by KaTeX: compare the level only
+                ok = any(lv == level for lv, _ in built)
+            else:
+                ok = (level, text) in built
+            if not ok:
+                lost.append(f"{rel}: {'#' * level} {text}")
+    assert not lost, "Markdown headings missing from the built pages:\n" + "\n".join(lost)
