@@ -413,3 +413,15 @@ class _Table:
     def log_alpha_sigma(self, t):
         k = torch.round(t * (len(self.log_alpha) - 1)).long()
         return self.log_alpha[k], self.log_sigma[k]
+
+
+def test_vp_log_alpha_sigma_is_half_log_sigmoid_with_its_derivative():
+    """log alpha^2 = log sigmoid(l), log sigma^2 = log sigmoid(-l), against numpy's logaddexp,
+    over the whole range (underflowing tails and +-inf included), and d/dl = sigmoid(-+l) / 2 at l = 0."""
+    logsnr = torch.tensor([-np.inf, -800, -40, -3, -1e-3, 0, 1e-3, 2, 40, 800, np.inf], dtype=f64)
+    log_alpha, log_sigma = lc.schedules.vp_log_alpha_sigma(logsnr)
+    np.testing.assert_allclose(2 * log_alpha.numpy(), -np.logaddexp(0, -logsnr.numpy()), rtol=1e-15, atol=0)
+    np.testing.assert_allclose(2 * log_sigma.numpy(), -np.logaddexp(0, logsnr.numpy()), rtol=1e-15, atol=0)
+    zero, one = torch.zeros(1, dtype=f64), torch.ones(1, dtype=f64)
+    _, (d_alpha, d_sigma) = torch.func.jvp(lc.schedules.vp_log_alpha_sigma, (zero,), (one,))
+    assert d_alpha.item() == 0.25 and d_sigma.item() == -0.25
