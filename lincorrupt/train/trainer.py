@@ -37,9 +37,13 @@ from lincorrupt.train.data_order import StepBatchSampler, derive_seed
 from lincorrupt.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, is_distributed
 from lincorrupt.train.ema import EMA
 
-__all__ = ["TrainConfig", "Trainer", "OPTIMIZERS", "PRECISIONS", "autocast_dtype"]
+__all__ = ["TrainConfig", "Trainer", "OPTIMIZERS", "PRECISIONS", "autocast_dtype", "make_optimizer"]
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+#: Devices and parameter dtypes for which torch has fused Adam/AdamW kernels (one kernel per
+#: step instead of one per tensor, and no host read of the step count).
+FUSED_DEVICES = ("cuda", "cpu")
+FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # precision -> autocast dtype on CUDA (None: float32). CPU always trains in float32.
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -96,6 +100,32 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (0: never), got {self.eval_every}")
+
+
+def kernel_options(params: list[torch.Tensor]) -> dict[str, bool]:
+    """``{"fused": True}`` where every parameter is a dense floating tensor on a device with fused
+    Adam kernels (:data:`FUSED_DEVICES`, :data:`FUSED_DTYPES`), else ``{"foreach": True}``."""
+    fused = all(p.device.type in FUSED_DEVICES and p.dtype in FUSED_DTYPES and not p.is_sparse for p in params)
+    return {"fused": True, "foreach": False} if fused else {"fused": False, "foreach": True}
+
+
+def make_optimizer(config: "TrainConfig", model: nn.Module) -> torch.optim.Optimizer:
+    """The configured Adam/AdamW over ``model``'s parameters, fused where they allow it, else foreach."""
+    params = list(model.parameters())
+    return OPTIMIZERS[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay,
+                                        **kernel_options(params))
+
+
+def _keep_kernel_options(optimizer: torch.optim.Optimizer) -> None:
+    """After ``load_state_dict`` (whose saved groups carry the writer's kernel options): this
+    run's options again, with each step count on its parameter's device where the kernel is fused."""
+    for group in optimizer.param_groups:
+        group.update(kernel_options(group["params"]))
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "step" in state:
+                if group["fused"]:
+                    state["step"] = state["step"].to(p.device, torch.float32)
 
 
 class Warmup:
@@ -169,8 +199,7 @@ class Trainer:
         if self.dist.world_size > 1:
             net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.net = _Autocast(net, self.dtype, config.channels_last)
-        opt_cls = OPTIMIZERS[config.optimizer]
-        self.optimizer = opt_cls(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = make_optimizer(config, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, Warmup(config.warmup_steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step = 0
@@ -199,6 +228,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
+        _keep_kernel_options(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
