@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from .basis import Basis
 from .predictions import get_prediction
 from .priors import Prior, StandardNormalPrior
+from .validation import is_validating
 
 __all__ = ["Coefficients", "Transition", "Gaussian", "DiagonalizableCorruption", "InvalidCorruptionError"]
 
@@ -168,7 +169,10 @@ class DiagonalizableCorruption(nn.Module):
 
         Computed in ``t``'s dtype (at least float32); pass float64 times for float64 precision.
         """
-        t = self._check_time(t, "t", batch_size)
+        return self._coefficients(self._check_time(t, "t", batch_size))
+
+    def _coefficients(self, t: Tensor) -> Coefficients:
+        """:class:`Coefficients` at already checked times ``t`` (B,); the schedule's output shape is checked."""
         log_alpha, log_sigma = self.log_alpha_sigma(t)
         target = (t.shape[0], *self.shape)
         for name, value in (("alpha", log_alpha), ("sigma", log_sigma)):
@@ -193,14 +197,14 @@ class DiagonalizableCorruption(nn.Module):
         ``-1/2 d/dt SNR_t``.
         """
         t = self._check_time(t, "t")
-        _, tangent = torch.func.jvp(lambda t: self.coefficients(t).logsnr, (t,), (torch.ones_like(t),))
+        _, tangent = torch.func.jvp(lambda t: self._coefficients(t).logsnr, (t,), (torch.ones_like(t),))
         return tangent
 
     # ----------------------------------------------------------------- the process
     def transition(self, s: Tensor | float, t: Tensor | float) -> Transition:
         """``q(u_t | u_s)`` for ``0 <= s < t <= 1``: ``alpha_{t|s}``, ``sigma^2_{t|s}`` per coordinate."""
         s, t = self._check_pair(s, t)
-        return transition(self.coefficients(s), self.coefficients(t))
+        return transition(self._coefficients(s), self._coefficients(t))
 
     def diffuse(self, x: Tensor, t: Tensor | float, noise: Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -219,7 +223,7 @@ class DiagonalizableCorruption(nn.Module):
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         else:
             self._check_like(noise, x, "noise")
-        c = self.coefficients(self._check_time(t, "t", x.shape[0], x.device))
+        c = self._coefficients(self._check_time(t, "t", x.shape[0], x.device))
         u_t = c.alpha * self.basis.to_basis(x) + c.sigma * self.basis.to_basis(noise)
         return self.basis.from_basis(u_t).to(x.dtype), noise
 
@@ -236,7 +240,7 @@ class DiagonalizableCorruption(nn.Module):
         self.check_data(x)
         self._check_like(z_t, x, "z_t")
         s, t = self._check_pair(s, t, x.shape[0], x.device)
-        c_t, c_x, var = posterior_coefficients(self.coefficients(s), self.coefficients(t))
+        c_t, c_x, var = posterior_coefficients(self._coefficients(s), self._coefficients(t))
         mean = c_t * self.basis.to_basis(z_t) + c_x * self.basis.to_basis(x)
         return Gaussian(mean.to(x.dtype), var.expand(mean.shape).to(x.dtype))
 
@@ -255,7 +259,7 @@ class DiagonalizableCorruption(nn.Module):
         src, dst = get_prediction(source), get_prediction(target)
         self.check_data(z_t, "z_t")
         self._check_like(output, z_t, "output")
-        c = self.coefficients(self._check_time(t, "t", z_t.shape[0], z_t.device))
+        c = self._coefficients(self._check_time(t, "t", z_t.shape[0], z_t.device))
         u_t, out = self.basis.to_basis(z_t), self.basis.to_basis(output)
         u_x, u_eps = src.to_x(c, u_t, out), src.to_eps(c, u_t, out)
         return self.basis.from_basis(dst.target(c, u_x, u_eps)).to(z_t.dtype)
@@ -277,7 +281,7 @@ class DiagonalizableCorruption(nn.Module):
         times = torch.linspace(0, 1, num_times, dtype=torch.float64, device=device)
         last_t = last_half_logsnr = None
         for t in times.split(max(1, min(64, VALIDITY_CHUNK_ELEMENTS // math.prod(self.shape)))):
-            c = self.coefficients(t)
+            c = self._coefficients(t)
             self._check_finite(t, c)
             half_logsnr = c.log_alpha - c.log_sigma  # log SNR / 2: halving is exact, so it orders alike
             if last_half_logsnr is not None:
@@ -355,7 +359,8 @@ class DiagonalizableCorruption(nn.Module):
 
     def _check_time(self, t: Tensor | float, name: str, batch_size: int | None = None,
                     device: torch.device | None = None) -> Tensor:
-        """A (B,) floating tensor of times in [0, 1]; scalars are expanded to ``batch_size``."""
+        """A (B,) floating tensor of times in [0, 1]; scalars are expanded to ``batch_size``.
+        The range is checked while validation is on (:func:`lincorrupt.set_validate_args`)."""
         if not isinstance(t, Tensor):
             t = torch.tensor(float(t), device=device)
         if not t.is_floating_point():
@@ -367,7 +372,7 @@ class DiagonalizableCorruption(nn.Module):
         if t.ndim != 1 or (batch_size is not None and t.shape[0] != batch_size):
             expected = f"({batch_size},)" if batch_size is not None else "(B,)"
             raise ValueError(f"{name} must have shape {expected} or be a scalar, got {tuple(t.shape)}")
-        if not bool(((t >= 0) & (t <= 1)).all()):
+        if is_validating() and not bool(((t >= 0) & (t <= 1)).all()):
             bad = t[~((t >= 0) & (t <= 1))][0].item()
             raise ValueError(f"{name} must lie in [0, 1], got {bad}")
         return t.to(torch.promote_types(t.dtype, torch.float32))
@@ -379,7 +384,7 @@ class DiagonalizableCorruption(nn.Module):
                     batch_size = v.shape[0]
         s = self._check_time(s, "s", batch_size, device)
         t = self._check_time(t, "t", batch_size, device)
-        if not bool((s < t).all()):
+        if is_validating() and not bool((s < t).all()):
             k = int((s >= t).nonzero()[0])
             raise ValueError(f"need s < t, got s={s[k].item():.6g} >= t={t[k].item():.6g}")
         dtype = torch.promote_types(s.dtype, t.dtype)

@@ -11,7 +11,11 @@ One step (DDPM, Ho et al. 2020, Algorithm 1, with the recipe of its CIFAR-10 run
 
 Because every random draw of step s is a function of (seed, s) and the RNG states, model, EMA,
 optimiser, scheduler and grad scaler are checkpointed, a resumed run continues exactly as if
-never stopped. SIGTERM/SIGINT finish the current step, save and return.
+never stopped. SIGTERM/SIGINT finish the current step (under DDP: the steps up to the next log
+step, where the ranks agree on stopping), save and return.
+
+Arguments are validated on the first step only; after it a step reads nothing back to the host
+(no ``.item()``, no data-dependent check), except at log steps.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from lincorrupt.train.checkpoint import check_compatible, load_checkpoint, save_
 from lincorrupt.train.data_order import StepBatchSampler, derive_seed
 from lincorrupt.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, is_distributed
 from lincorrupt.train.ema import EMA
+from lincorrupt.validation import is_validating, validate_args
 
 __all__ = ["TrainConfig", "Trainer", "OPTIMIZERS", "PRECISIONS", "autocast_dtype", "make_optimizer"]
 
@@ -206,6 +211,7 @@ class Trainer:
         self.losses: list[float] = []  # per-step losses of this process's run (flushed at log steps)
         self._pending: list[torch.Tensor] = []
         self._stop = False
+        self._validated = False
         self._gen = torch.Generator(self.device)
 
     # ----------------------------------------------------------------- state
@@ -280,8 +286,14 @@ class Trainer:
         return self.loss_fn(self.net, self.corruption, x, prediction=self.cfg.prediction, t=t, noise=noise)
 
     def train_step(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        """One optimisation step on this rank's uint8 batch; returns the (detached) local loss."""
-        loss = self.loss(x_uint8)
+        """One optimisation step on this rank's uint8 batch; returns the (detached) local loss.
+
+        Arguments are validated (:func:`lincorrupt.set_validate_args`) on this Trainer's first
+        step only: the later steps read nothing back to the host.
+        """
+        with validate_args(is_validating() and not self._validated):
+            loss = self.loss(x_uint8)
+        self._validated = True
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -308,8 +320,10 @@ class Trainer:
         with _stop_on_signals(self):
             while self.step < cfg.steps:
                 self._pending.append(self.train_step(next(batches)))
-                step, stop = self.step, self._agree_stop()
-                if step % cfg.log_every == 0 or step == cfg.steps or stop:
+                step = self.step
+                log_step = step % cfg.log_every == 0 or step == cfg.steps
+                stop = self._agree_stop(log_step)
+                if log_step or stop:
                     now = time.perf_counter()
                     ips = (step - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
                     loss = self._flush()
@@ -342,9 +356,13 @@ class Trainer:
             plot_quality(self.out_dir / "metrics.jsonl", self.out_dir / "quality.png")
         return record
 
-    def _agree_stop(self) -> bool:
+    def _agree_stop(self, log_step: bool) -> bool:
+        """Whether to stop now: this process's flag, or under DDP every rank's, agreed on (a host
+        sync) at log steps only, so a signal stops a distributed run at the next log step."""
         if not is_distributed():
             return self._stop
+        if not log_step:
+            return False
         flag = torch.tensor([float(self._stop)], device=self.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
