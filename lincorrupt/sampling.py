@@ -26,7 +26,11 @@ __all__ = ["sample", "Denoiser", "ancestral", "ddim", "dpmpp_2m", "dpmpp_3m", "o
 
 
 class Denoiser:
-    """Wraps ``model(z_t, t)`` into ``(u_t, t, c) -> (u_x_hat, u_eps_hat)`` in basis coordinates.
+    """Wraps ``model(z_t, t)`` into ``(u_t, t, c) -> u_x_hat`` (and ``u_eps_hat``) in basis coordinates.
+
+    :meth:`x_hat` gives the data prediction alone, which is all that most samplers use; calling
+    the denoiser gives ``(u_x_hat, u_eps_hat)`` for samplers that need the noise prediction too
+    (DDIM). Neither converts to a form it does not return.
 
     Args:
         model: ``model(z_t, t) -> Tensor`` of z_t's shape.
@@ -38,11 +42,19 @@ class Denoiser:
                  prediction: str = "eps"):
         self.model, self.corruption, self.prediction = model, corruption, get_prediction(prediction)
 
-    def __call__(self, u_t: Tensor, t: Tensor, c: Coefficients) -> tuple[Tensor, Tensor]:
-        """``u_t``: (B, *shape); ``t``: (1,) time; ``c``: its coefficients. Returns ``(u_x_hat, u_eps_hat)``."""
+    def output(self, u_t: Tensor, t: Tensor) -> Tensor:
+        """The model's output at ``u_t`` (B, *shape) and time ``t`` (1,), in basis coordinates."""
         basis = self.corruption.basis
         z_t = basis.from_basis(u_t)
-        out = basis.to_basis(check_model_output(self.model(z_t, t.expand(u_t.shape[0]).to(u_t.dtype)), z_t))
+        return basis.to_basis(check_model_output(self.model(z_t, t.expand(u_t.shape[0]).to(u_t.dtype)), z_t))
+
+    def x_hat(self, u_t: Tensor, t: Tensor, c: Coefficients) -> Tensor:
+        """``u_x_hat`` at ``u_t`` (B, *shape), time ``t`` (1,) with coefficients ``c``."""
+        return self.prediction.to_x(c, u_t, self.output(u_t, t))
+
+    def __call__(self, u_t: Tensor, t: Tensor, c: Coefficients) -> tuple[Tensor, Tensor]:
+        """``(u_x_hat, u_eps_hat)`` at ``u_t`` (B, *shape), time ``t`` (1,) with coefficients ``c``."""
+        out = self.output(u_t, t)
         return self.prediction.to_x(c, u_t, out), self.prediction.to_eps(c, u_t, out)
 
 
@@ -59,7 +71,7 @@ def ancestral(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor
     """Ancestral sampling from ``p(u_s | u_t) = q(u_s | u_t, x = x_hat)`` per coordinate
     (Ho et al. 2020, Algorithm 2; Hoogeboom & Salimans 2023, sec. 3.3)."""
     for k, (t, s, c_t, c_s) in enumerate(_intervals(corruption, times, progress)):
-        u_x, _ = denoise(u, t, c_t)
+        u_x = denoise.x_hat(u, t, c_t)
         if k == len(times) - 2:
             return u_x
         coef_t, coef_x, var = posterior_coefficients(c_s, c_t)
