@@ -80,6 +80,7 @@ class TrainConfig:
     prediction: str = "eps"         # eps-prediction with the unweighted loss (the blurring paper)
     precision: str = "auto"         # bf16 autocast on CUDA where supported, else fp16; fp32 on CPU
     channels_last: bool = False     # NHWC convolutions: faster on recent GPUs with autocast
+    compile: bool = False           # torch.compile the network (under its autocast) for training; EMA and checkpoints stay eager
     seed: int = 0
     num_workers: int = 2
     log_every: int = 100            # steps between JSONL records / progress-bar updates
@@ -204,6 +205,8 @@ class Trainer:
         if self.dist.world_size > 1:
             net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.net = _Autocast(net, self.dtype, config.channels_last)
+        if config.compile:  # compiles a wrapper: self.model, the EMA and the saved state keep their plain names
+            self.net = torch.compile(self.net)
         self.optimizer = make_optimizer(config, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, Warmup(config.warmup_steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
