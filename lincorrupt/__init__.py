@@ -15,6 +15,7 @@ from .losses import diffusion_loss, elbo_weighting
 from .predictions import PREDICTIONS
 from .priors import EmpiricalPrior, GaussianPrior, Prior, StandardNormalPrior
 from .sampling import GRIDS, SAMPLERS, Denoiser, sample
+from .validation import set_validate_args, validate_args
 
 __version__ = "0.1.0"
 
@@ -26,4 +27,5 @@ __all__ = [
     "Prior", "StandardNormalPrior", "GaussianPrior", "EmpiricalPrior",
     "sample", "Denoiser", "SAMPLERS", "GRIDS",
     "elbo", "bits_per_dim", "ELBO",
+    "set_validate_args", "validate_args",
 ]

@@ -16,6 +16,7 @@ times ``t``, ``s`` are (B,) or scalars; per-coordinate coefficients broadcast to
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import torch
@@ -24,8 +25,14 @@ from torch import Tensor, nn
 from .basis import Basis
 from .predictions import get_prediction
 from .priors import Prior, StandardNormalPrior
+from .validation import is_validating
 
 __all__ = ["Coefficients", "Transition", "Gaussian", "DiagonalizableCorruption", "InvalidCorruptionError"]
+
+
+#: The validity check evaluates the schedule at this many coordinates' worth of times at once
+#: (8 MB per float64 tensor), so memory stays bounded at any image size.
+VALIDITY_CHUNK_ELEMENTS = 2**20
 
 
 class InvalidCorruptionError(ValueError):
@@ -162,7 +169,10 @@ class DiagonalizableCorruption(nn.Module):
 
         Computed in ``t``'s dtype (at least float32); pass float64 times for float64 precision.
         """
-        t = self._check_time(t, "t", batch_size)
+        return self._coefficients(self._check_time(t, "t", batch_size))
+
+    def _coefficients(self, t: Tensor) -> Coefficients:
+        """:class:`Coefficients` at already checked times ``t`` (B,); the schedule's output shape is checked."""
         log_alpha, log_sigma = self.log_alpha_sigma(t)
         target = (t.shape[0], *self.shape)
         for name, value in (("alpha", log_alpha), ("sigma", log_sigma)):
@@ -187,14 +197,14 @@ class DiagonalizableCorruption(nn.Module):
         ``-1/2 d/dt SNR_t``.
         """
         t = self._check_time(t, "t")
-        _, tangent = torch.func.jvp(lambda t: self.coefficients(t).logsnr, (t,), (torch.ones_like(t),))
+        _, tangent = torch.func.jvp(lambda t: self._coefficients(t).logsnr, (t,), (torch.ones_like(t),))
         return tangent
 
     # ----------------------------------------------------------------- the process
     def transition(self, s: Tensor | float, t: Tensor | float) -> Transition:
         """``q(u_t | u_s)`` for ``0 <= s < t <= 1``: ``alpha_{t|s}``, ``sigma^2_{t|s}`` per coordinate."""
         s, t = self._check_pair(s, t)
-        return transition(self.coefficients(s), self.coefficients(t))
+        return transition(self._coefficients(s), self._coefficients(t))
 
     def diffuse(self, x: Tensor, t: Tensor | float, noise: Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -213,7 +223,7 @@ class DiagonalizableCorruption(nn.Module):
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         else:
             self._check_like(noise, x, "noise")
-        c = self.coefficients(self._check_time(t, "t", x.shape[0], x.device))
+        c = self._coefficients(self._check_time(t, "t", x.shape[0], x.device))
         u_t = c.alpha * self.basis.to_basis(x) + c.sigma * self.basis.to_basis(noise)
         return self.basis.from_basis(u_t).to(x.dtype), noise
 
@@ -230,7 +240,7 @@ class DiagonalizableCorruption(nn.Module):
         self.check_data(x)
         self._check_like(z_t, x, "z_t")
         s, t = self._check_pair(s, t, x.shape[0], x.device)
-        c_t, c_x, var = posterior_coefficients(self.coefficients(s), self.coefficients(t))
+        c_t, c_x, var = posterior_coefficients(self._coefficients(s), self._coefficients(t))
         mean = c_t * self.basis.to_basis(z_t) + c_x * self.basis.to_basis(x)
         return Gaussian(mean.to(x.dtype), var.expand(mean.shape).to(x.dtype))
 
@@ -249,7 +259,7 @@ class DiagonalizableCorruption(nn.Module):
         src, dst = get_prediction(source), get_prediction(target)
         self.check_data(z_t, "z_t")
         self._check_like(output, z_t, "output")
-        c = self.coefficients(self._check_time(t, "t", z_t.shape[0], z_t.device))
+        c = self._coefficients(self._check_time(t, "t", z_t.shape[0], z_t.device))
         u_t, out = self.basis.to_basis(z_t), self.basis.to_basis(output)
         u_x, u_eps = src.to_x(c, u_t, out), src.to_eps(c, u_t, out)
         return self.basis.from_basis(dst.target(c, u_x, u_eps)).to(z_t.dtype)
@@ -262,35 +272,57 @@ class DiagonalizableCorruption(nn.Module):
         The process is Markov iff ``sigma^2_{t|s} >= 0`` for all ``s < t``, i.e. iff every
         coordinate's SNR is non-increasing in t. Checked on ``num_times`` equally spaced
         times in float64, together with finiteness of ``alpha`` and ``sigma`` and
-        ``sigma_t > 0`` for ``t > 0``.
+        ``sigma_t > 0`` for ``t > 0``. The schedule is evaluated once per time, in chunks of
+        at most 64 times and ``VALIDITY_CHUNK_ELEMENTS`` coordinates, and checked at the shape it returns
+        (e.g. (N, 1, H, W)), never expanded over channels; each test is a cheap reduction,
+        and only a failing one locates its coordinate.
         """
         device = next((b.device for b in self.buffers()), torch.device("cpu"))
         times = torch.linspace(0, 1, num_times, dtype=torch.float64, device=device)
-        previous = None
-        for start in range(0, num_times, 64):
-            t = times[start:start + 64]
-            c = self.coefficients(t)
-            for name, value in (("alpha", c.alpha), ("sigma", c.sigma)):
-                bad = ~torch.isfinite(value) | (value < 0)
-                if bad.any():
-                    self._refuse(f"{name}_t is not a finite non-negative number", t, bad, value)
+        last_t = last_half_logsnr = None
+        for t in times.split(max(1, min(64, VALIDITY_CHUNK_ELEMENTS // math.prod(self.shape)))):
+            c = self._coefficients(t)
+            self._check_finite(t, c)
+            half_logsnr = c.log_alpha - c.log_sigma  # log SNR / 2: halving is exact, so it orders alike
+            if last_half_logsnr is not None:
+                self._check_non_increasing(torch.cat([last_t, t[:1]]),
+                                           *torch.broadcast_tensors(last_half_logsnr, half_logsnr[:1]))
+            self._check_non_increasing(t, half_logsnr[:-1], half_logsnr[1:])
+            last_t, last_half_logsnr = t[-1:], half_logsnr[-1:]
+
+    def _check_finite(self, t: Tensor, c: Coefficients) -> None:
+        """Refuse non-finite ``alpha_t``, ``sigma_t`` (exp is never negative, and NaN is not
+        finite) and ``sigma_t = 0`` at ``t > 0``. ``exp`` is monotone and ``amax`` propagates
+        NaN, so one reduction per coefficient decides; the coordinate is located only on failure."""
+        for name, log_value in (("alpha", c.log_alpha), ("sigma", c.log_sigma)):
+            largest = log_value.amax()
+            if not bool(torch.isfinite(largest.exp())):
+                value = log_value.exp()
+                bad = ~torch.isfinite(value) | (log_value == largest)
+                self._refuse(f"{name}_t is not a finite non-negative number", t, bad, value)
+        if bool(c.log_sigma.amin() == -torch.inf):
             zero_sigma = (c.log_sigma == -torch.inf) & (t > 0).view(-1, *[1] * len(self.shape))
             if zero_sigma.any():
                 self._refuse("sigma_t = 0 at t > 0 (only t = 0 may be noise-free)", t, zero_sigma, c.sigma)
-            logsnr = c.logsnr.expand(t.shape[0], *self.shape)
-            if previous is not None:
-                logsnr = torch.cat([previous, logsnr])
-                t = torch.cat([times[start - 1:start], t])
-            tol = 1e-9 * (1 + logsnr[:-1].abs().nan_to_num(0, 0, 0))
-            rising = logsnr[1:] > logsnr[:-1] + tol
-            if rising.any():
-                k, *coord = (int(i) for i in rising.nonzero()[0])
-                raise InvalidCorruptionError(
-                    f"{type(self).__name__}: SNR increases in basis coordinate {tuple(coord)} between "
-                    f"t={t[k].item():.6g} and t={t[k + 1].item():.6g} (log-SNR {logsnr[k][tuple(coord)].item():.6g} -> "
-                    f"{logsnr[k + 1][tuple(coord)].item():.6g}); then sigma^2_(t|s) < 0 and q(z_t | x) is not a "
-                    f"Markov diffusion. The SNR of every coordinate must be non-increasing in t.")
-            previous = logsnr[-1:]
+
+    def _check_non_increasing(self, t: Tensor, before: Tensor, after: Tensor) -> None:
+        """Refuse where the log-SNR ``2 * before`` at ``t[k]`` rises to ``2 * after`` at ``t[k + 1]``
+        by more than ``1e-9 (1 + |log SNR|)``; ``before``, ``after`` are (K, ...), K = len(t) - 1.
+
+        Adding the non-negative tolerance can only lower the verdict, so where no coordinate
+        rises at all (one comparison) the tolerant test is skipped.
+        """
+        if not bool((after > before).any()):
+            return
+        before, after = 2 * before, 2 * after
+        rising = after > before + 1e-9 * (1 + before.abs().nan_to_num(0, 0, 0))
+        if rising.any():
+            k, *coord = (int(i) for i in rising.nonzero()[0])
+            raise InvalidCorruptionError(
+                f"{type(self).__name__}: SNR increases in basis coordinate {tuple(coord)} between "
+                f"t={t[k].item():.6g} and t={t[k + 1].item():.6g} (log-SNR {before[k][tuple(coord)].item():.6g} -> "
+                f"{after[k][tuple(coord)].item():.6g}); then sigma^2_(t|s) < 0 and q(z_t | x) is not a "
+                f"Markov diffusion. The SNR of every coordinate must be non-increasing in t.")
 
     def _refuse(self, what: str, t: Tensor, bad: Tensor, value: Tensor) -> None:
         k, *coord = (int(i) for i in bad.nonzero()[0])
@@ -327,7 +359,8 @@ class DiagonalizableCorruption(nn.Module):
 
     def _check_time(self, t: Tensor | float, name: str, batch_size: int | None = None,
                     device: torch.device | None = None) -> Tensor:
-        """A (B,) floating tensor of times in [0, 1]; scalars are expanded to ``batch_size``."""
+        """A (B,) floating tensor of times in [0, 1]; scalars are expanded to ``batch_size``.
+        The range is checked while validation is on (:func:`lincorrupt.set_validate_args`)."""
         if not isinstance(t, Tensor):
             t = torch.tensor(float(t), device=device)
         if not t.is_floating_point():
@@ -339,7 +372,7 @@ class DiagonalizableCorruption(nn.Module):
         if t.ndim != 1 or (batch_size is not None and t.shape[0] != batch_size):
             expected = f"({batch_size},)" if batch_size is not None else "(B,)"
             raise ValueError(f"{name} must have shape {expected} or be a scalar, got {tuple(t.shape)}")
-        if not bool(((t >= 0) & (t <= 1)).all()):
+        if is_validating() and not bool(((t >= 0) & (t <= 1)).all()):
             bad = t[~((t >= 0) & (t <= 1))][0].item()
             raise ValueError(f"{name} must lie in [0, 1], got {bad}")
         return t.to(torch.promote_types(t.dtype, torch.float32))
@@ -351,7 +384,7 @@ class DiagonalizableCorruption(nn.Module):
                     batch_size = v.shape[0]
         s = self._check_time(s, "s", batch_size, device)
         t = self._check_time(t, "t", batch_size, device)
-        if not bool((s < t).all()):
+        if is_validating() and not bool((s < t).all()):
             k = int((s >= t).nonzero()[0])
             raise ValueError(f"need s < t, got s={s[k].item():.6g} >= t={t[k].item():.6g}")
         dtype = torch.promote_types(s.dtype, t.dtype)

@@ -81,7 +81,7 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     corruption._check_like(noise, x, "noise")
     t = corruption._check_time(t, "t", x.shape[0], x.device)
-    c = corruption.coefficients(t)
+    c = corruption._coefficients(t)
     basis = corruption.basis
     u_x, u_eps = basis.to_basis(x), basis.to_basis(noise)
     z_t = basis.from_basis(c.alpha * u_x + c.sigma * u_eps).to(x.dtype)  # the diffuse step, sharing u_x, u_eps

@@ -83,7 +83,7 @@ def dpmpp_2m(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor,
     u_x_prev = h_last = None
     for k in tqdm(range(steps), disable=not progress, desc="dpm++2m"):
         c_t = _at(c, k)
-        u_x, _ = denoise(u, times[k:k + 1], c_t)
+        u_x = denoise.x_hat(u, times[k:k + 1], c_t)
         if k == steps - 1:
             return u_x
         h = lam[k + 1:k + 2] - lam[k:k + 1]
@@ -165,7 +165,7 @@ def dpmpp_3m(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor,
     history, lams = [], []  # x_hat and lambda of the last three evaluations, newest last
     for k in tqdm(range(steps), disable=not progress, desc="dpm++3m"):
         c_t, c_s = _at(c, k), _at(c, k + 1)
-        u_x, _ = denoise(u, times[k:k + 1], c_t)
+        u_x = denoise.x_hat(u, times[k:k + 1], c_t)
         if k == steps - 1:
             return u_x
         history, lams = [*history, u_x][-3:], [*lams, lam[k:k + 1]][-3:]
@@ -203,20 +203,20 @@ def ode(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor, time
     bar = tqdm(total=steps, disable=not progress, desc="ode")
     if steps % 2 == 0:  # one first-order step so that the rest pairs up and ends with one evaluation
         c_t = _at(c, 0)
-        u_x, _ = denoise(u, times[:1], c_t)
+        u_x = denoise.x_hat(u, times[:1], c_t)
         u = _first_order(u, u_x, c_t, _at(c, 1), lam[1:2] - lam[:1])
         k, _ = 1, bar.update()
     while k < steps - 1:
         c_t, c_m, c_s = _at(c, k), _at(c, k + 1), _at(c, k + 2)
         h_m, h = lam[k + 1:k + 2] - lam[k:k + 1], lam[k + 2:k + 3] - lam[k:k + 1]
-        u_x, _ = denoise(u, times[k:k + 1], c_t)
+        u_x = denoise.x_hat(u, times[k:k + 1], c_t)
         u_m = _first_order(u, u_x, c_t, c_m, h_m)
-        u_x_m, _ = denoise(u_m, times[k + 1:k + 2], c_m)
+        u_x_m = denoise.x_hat(u_m, times[k + 1:k + 2], c_m)
         d = u_x + _ratio(h, 2 * h_m) * (u_x_m - u_x)
         u = _first_order(u, d, c_t, c_s, h)
         k += 2
         bar.update(2)
-    u_x, _ = denoise(u, times[k:k + 1], _at(c, k))
+    u_x = denoise.x_hat(u, times[k:k + 1], _at(c, k))
     bar.update()
     bar.close()
     return u_x

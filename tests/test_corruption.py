@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import lincorrupt as lc
@@ -319,3 +319,109 @@ def test_elbo_weighting_is_minus_half_snr_derivative_in_x_units():
     loss = lc.diffusion_loss(lambda z, tt: c.convert(torch.zeros_like(z), z, tt, "eps", "x") * 0 + x + 0.1, c, x,
                              prediction="x", weighting=lc.elbo_weighting, t=t, reduction="none")
     torch.testing.assert_close(loss, (-0.5 * d_snr * 0.01).flatten(), rtol=1e-5, atol=0)
+
+
+# ---------------------------------------------------------------- validity against a reference
+def reference_refusal(c, num_times=1001, chunk=64):
+    """The Markov validity check written out naively: every coordinate expanded over channels,
+    64 times at a time, alpha and sigma exponentiated in full. Returns the error message or None."""
+    times = torch.linspace(0, 1, num_times, dtype=f64)
+    previous = None
+    for start in range(0, num_times, chunk):
+        t = times[start:start + chunk]
+        log_alpha, log_sigma = c.log_alpha_sigma(t)
+        for name, value in (("alpha", log_alpha.exp()), ("sigma", log_sigma.exp())):
+            bad = ~torch.isfinite(value) | (value < 0)
+            if bad.any():
+                k, *coord = (int(i) for i in bad.nonzero()[0])
+                return (f"{name}_t is not a finite non-negative number; at t={t[k].item():.6g}, "
+                        f"basis coordinate {tuple(coord)} the value is {value.expand(bad.shape)[(k, *coord)].item()}")
+        zero = (log_sigma == -math.inf) & (t > 0).view(-1, 1, 1, 1)
+        if zero.any():
+            return "sigma_t = 0 at t > 0"
+        logsnr = (2.0 * (log_alpha - log_sigma)).expand(t.shape[0], *c.shape)
+        if previous is not None:
+            logsnr, t = torch.cat([previous, logsnr]), torch.cat([times[start - 1:start], t])
+        rising = logsnr[1:] > logsnr[:-1] + 1e-9 * (1 + logsnr[:-1].abs().nan_to_num(0, 0, 0))
+        if rising.any():
+            k, *coord = (int(i) for i in rising.nonzero()[0])
+            return f"coordinate {tuple(coord)} between t={t[k].item():.6g} and t={t[k + 1].item():.6g}"
+        previous = logsnr[-1:]
+    return None
+
+
+class TabulatedCorruption(lc.DiagonalizableCorruption):
+    """(log alpha, log sigma) looked up on the 1001 times of the validity check."""
+
+    def __init__(self, log_alpha, log_sigma):
+        super().__init__(SHAPE, lc.IdentityBasis())
+        self.register_buffer("table_alpha", log_alpha)
+        self.register_buffer("table_sigma", log_sigma)
+
+    def log_alpha_sigma(self, t):
+        k = torch.round(t * (len(self.table_alpha) - 1)).long()
+        return self.table_alpha[k], self.table_sigma[k]
+
+
+FAULTS = {  # a fault at time index k, coordinate i of the flattened coefficient, of size `size`
+    "rise": lambda la, ls, k, i, size: la[k].view(-1).__setitem__(  # half log-SNR rises by `size`
+        i, (la[k - 1] - ls[k - 1] + ls[k]).expand_as(la[k]).reshape(-1)[i] + size),
+    "nan": lambda la, ls, k, i, size: la[k].view(-1).__setitem__(i, math.nan),
+    "alpha-overflow": lambda la, ls, k, i, size: la[k].view(-1).__setitem__(i, 700 + 20 * size),
+    "sigma-zero": lambda la, ls, k, i, size: ls[k].view(-1).__setitem__(i % ls[k].numel(), -math.inf),
+    "alpha-zero": lambda la, ls, k, i, size: la[k:].view(len(la) - k, -1)[:, i].fill_(-math.inf),
+    "none": lambda la, ls, k, i, size: None,
+}
+
+
+@settings(max_examples=100)
+@given(fault=st.sampled_from(sorted(FAULTS)), k=st.integers(0, 1000), i=st.integers(0, 47),
+       size=st.sampled_from([0.0, 1e-12, 1e-9, 3e-9, 1e-8, 1e-3, 1.0, 10.0]), per_channel=st.booleans(),
+       chunk=st.sampled_from([3, 7, 64, 1001]))
+def test_validity_check_refuses_exactly_what_the_naive_check_refuses(fault, k, i, size, per_channel, chunk):
+    """A decreasing log-SNR with one fault: refused (with the same message when the chunks match)
+    iff the naive check refuses it, whatever the chunking and whether channels share coefficients."""
+    from lincorrupt import corruption as module
+    t = torch.linspace(0, 1, 1001, dtype=f64).view(-1, 1, 1, 1)
+    coef = (1, *SHAPE[1:]) if not per_channel else SHAPE
+    slope = torch.linspace(1, 3, math.prod(coef), dtype=f64).view(1, *coef)
+    logsnr = 8 - 16 * t * slope
+    log_alpha, log_sigma = [v.clone() for v in lc.schedules.vp_log_alpha_sigma(logsnr)]
+    log_sigma = log_sigma[..., :1, :1].clone() if not per_channel else log_sigma  # (N, 1, 1, 1) or full
+    log_alpha[0] = 0.0
+    log_sigma[0] = -math.inf  # a noise-free start
+    k = max(k, 1) if fault == "rise" else k
+    FAULTS[fault](log_alpha, log_sigma, k, i % log_alpha[0].numel(), size)
+    expected = reference_refusal(_Table(log_alpha, log_sigma))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "VALIDITY_CHUNK_ELEMENTS", chunk * math.prod(SHAPE))
+        if expected is None:
+            TabulatedCorruption(log_alpha, log_sigma)
+            return
+        with pytest.raises(lc.InvalidCorruptionError) as refused:
+            TabulatedCorruption(log_alpha, log_sigma)
+    if chunk == 64:
+        assert expected in str(refused.value)
+
+
+class _Table:
+    """The same table without the base class (and so without its check), for the reference."""
+
+    def __init__(self, log_alpha, log_sigma):
+        self.shape, self.log_alpha, self.log_sigma = SHAPE, log_alpha, log_sigma
+
+    def log_alpha_sigma(self, t):
+        k = torch.round(t * (len(self.log_alpha) - 1)).long()
+        return self.log_alpha[k], self.log_sigma[k]
+
+
+def test_vp_log_alpha_sigma_is_half_log_sigmoid_with_its_derivative():
+    """log alpha^2 = log sigmoid(l), log sigma^2 = log sigmoid(-l), against numpy's logaddexp,
+    over the whole range (underflowing tails and +-inf included), and d/dl = sigmoid(-+l) / 2 at l = 0."""
+    logsnr = torch.tensor([-np.inf, -800, -40, -3, -1e-3, 0, 1e-3, 2, 40, 800, np.inf], dtype=f64)
+    log_alpha, log_sigma = lc.schedules.vp_log_alpha_sigma(logsnr)
+    np.testing.assert_allclose(2 * log_alpha.numpy(), -np.logaddexp(0, -logsnr.numpy()), rtol=1e-15, atol=0)
+    np.testing.assert_allclose(2 * log_sigma.numpy(), -np.logaddexp(0, logsnr.numpy()), rtol=1e-15, atol=0)
+    zero, one = torch.zeros(1, dtype=f64), torch.ones(1, dtype=f64)
+    _, (d_alpha, d_sigma) = torch.func.jvp(lc.schedules.vp_log_alpha_sigma, (zero,), (one,))
+    assert d_alpha.item() == 0.25 and d_sigma.item() == -0.25

@@ -75,3 +75,30 @@ def test_bad_input_is_named():
         UNet(**dict(TINY, image_size=28, ch_mult=(1, 2, 2, 2)))
     with pytest.raises(ValueError, match="groups=32 must divide"):
         UNet(**dict(TINY, groups=32))
+
+
+def previous_attention(block, x):
+    """The attention as first written: strided q, k, v views of (B, HW, C), softmax written out."""
+    B, C, H, W = x.shape
+    q, k, v = block.qkv(block.norm(x)).reshape(B, 3, C, H * W).transpose(-1, -2).unbind(1)
+    h = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(C), dim=-1) @ v
+    return x + block.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+
+
+def test_attention_hands_contiguous_heads_to_sdpa_and_the_output_is_unchanged(monkeypatch):
+    from lincorrupt.nn import unet
+    model = randomise(UNet(**TINY, dropout=0.0)).eval()
+    z, t = torch.randn(2, 3, 16, 16), torch.rand(2)
+    seen, sdpa = [], unet.F.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, *args, **kwargs):
+        seen.append((q, k, v))
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(unet.F, "scaled_dot_product_attention", recording_sdpa)
+    out = model(z, t)
+    assert len(seen) == sum(isinstance(m, unet.AttnBlock) for m in model.modules()) > 0  # all at 8x8
+    for q, k, v in seen:
+        assert all(a.is_contiguous() and a.ndim == 4 and a.shape[1] == 1 and a.shape[2] == 8 * 8 for a in (q, k, v))
+    monkeypatch.setattr(unet.AttnBlock, "forward", previous_attention)
+    torch.testing.assert_close(out, model(z, t), rtol=1e-5, atol=1e-5)

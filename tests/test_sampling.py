@@ -192,3 +192,26 @@ def test_sampling_is_reproducible_with_a_generator():
     a = lc.sample(model, c, 3, steps=10, generator=torch.Generator().manual_seed(7))
     b = lc.sample(model, c, 3, steps=10, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b) and a.dtype == torch.float32
+
+
+@pytest.mark.parametrize("method", sorted(lc.SAMPLERS))
+@pytest.mark.parametrize("prediction", ["x", "eps"])
+def test_a_sampler_converts_the_model_output_only_to_the_forms_it_uses(method, prediction, monkeypatch):
+    """Only DDIM steps with the noise prediction; the others use x_hat alone, so an x-model's
+    output is never converted to eps. Each sampler still evaluates the model once per interval."""
+    calls = {"to_x": 0, "to_eps": 0, "model": 0}
+    kind = type(lc.PREDICTIONS[prediction])
+    for name in ("to_x", "to_eps"):
+        def counted(self, c, u_t, out, _name=name, _original=getattr(kind, name)):
+            calls[_name] += 1
+            return _original(self, c, u_t, out)
+        monkeypatch.setattr(kind, name, counted)
+
+    def model(z, t):
+        calls["model"] += 1
+        return 0.5 * z
+
+    c, steps = lc.DDPM((2, 3, 4), schedule="cosine"), 6
+    lc.sample(model, c, 2, steps=steps, prediction=prediction, method=method)
+    assert calls["model"] == steps and calls["to_x"] == steps
+    assert calls["to_eps"] == (steps if method == "ddim" else 0)

@@ -11,6 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 __all__ = ["UNet", "timestep_embedding"]
@@ -60,19 +61,29 @@ class ResBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head self-attention over the H*W positions, residual."""
+    """Self-attention over the H*W positions (single-head in DDPM), residual.
 
-    def __init__(self, channels: int, groups: int):
+    q, k and v are each made contiguous as (B, heads, HW, C / heads), the layout for which
+    ``scaled_dot_product_attention`` takes its fused kernels (flash / memory-efficient on CUDA,
+    flash on CPU) instead of the unfused math path that strided views fall back to.
+    """
+
+    def __init__(self, channels: int, groups: int, heads: int = 1):
         super().__init__()
+        if channels % heads:
+            raise ValueError(f"AttnBlock: heads={heads} must divide channels={channels}")
+        self.heads = heads
         self.norm = nn.GroupNorm(groups, channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(-1, -2).unbind(1)  # each (B, HW, C)
-        h = F.scaled_dot_product_attention(q, k, v)  # (B, HW, C), softmax(q k^T / sqrt(C)) v
-        return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+        H, W = x.shape[-2:]
+        qkv = rearrange(self.qkv(self.norm(x)), "b (three heads c) h w -> three b heads (h w) c", three=3,
+                        heads=self.heads)
+        q, k, v = qkv.contiguous().unbind(0)  # each (B, heads, HW, C / heads), contiguous
+        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C / heads)) v
+        return x + self.proj(rearrange(h, "b heads (h w) c -> b (heads c) h w", h=H, w=W))
 
 
 class Downsample(nn.Module):

@@ -11,7 +11,11 @@ One step (DDPM, Ho et al. 2020, Algorithm 1, with the recipe of its CIFAR-10 run
 
 Because every random draw of step s is a function of (seed, s) and the RNG states, model, EMA,
 optimiser, scheduler and grad scaler are checkpointed, a resumed run continues exactly as if
-never stopped. SIGTERM/SIGINT finish the current step, save and return.
+never stopped. SIGTERM/SIGINT finish the current step (under DDP: the steps up to the next log
+step, where the ranks agree on stopping), save and return.
+
+Arguments are validated on the first step only; after it a step reads nothing back to the host
+(no ``.item()``, no data-dependent check), except at log steps.
 """
 
 from __future__ import annotations
@@ -36,10 +40,15 @@ from lincorrupt.train.checkpoint import check_compatible, load_checkpoint, save_
 from lincorrupt.train.data_order import StepBatchSampler, derive_seed
 from lincorrupt.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, is_distributed
 from lincorrupt.train.ema import EMA
+from lincorrupt.validation import is_validating, validate_args
 
-__all__ = ["TrainConfig", "Trainer", "OPTIMIZERS", "PRECISIONS", "autocast_dtype"]
+__all__ = ["TrainConfig", "Trainer", "OPTIMIZERS", "PRECISIONS", "autocast_dtype", "make_optimizer"]
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+#: Devices and parameter dtypes for which torch has fused Adam/AdamW kernels (one kernel per
+#: step instead of one per tensor, and no host read of the step count).
+FUSED_DEVICES = ("cuda", "cpu")
+FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # precision -> autocast dtype on CUDA (None: float32). CPU always trains in float32.
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -71,6 +80,7 @@ class TrainConfig:
     prediction: str = "eps"         # eps-prediction with the unweighted loss (the blurring paper)
     precision: str = "auto"         # bf16 autocast on CUDA where supported, else fp16; fp32 on CPU
     channels_last: bool = False     # NHWC convolutions: faster on recent GPUs with autocast
+    compile: bool = False           # torch.compile the network (under its autocast) for training; EMA and checkpoints stay eager
     seed: int = 0
     num_workers: int = 2
     log_every: int = 100            # steps between JSONL records / progress-bar updates
@@ -96,6 +106,32 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (0: never), got {self.eval_every}")
+
+
+def kernel_options(params: list[torch.Tensor]) -> dict[str, bool]:
+    """``{"fused": True}`` where every parameter is a dense floating tensor on a device with fused
+    Adam kernels (:data:`FUSED_DEVICES`, :data:`FUSED_DTYPES`), else ``{"foreach": True}``."""
+    fused = all(p.device.type in FUSED_DEVICES and p.dtype in FUSED_DTYPES and not p.is_sparse for p in params)
+    return {"fused": True, "foreach": False} if fused else {"fused": False, "foreach": True}
+
+
+def make_optimizer(config: "TrainConfig", model: nn.Module) -> torch.optim.Optimizer:
+    """The configured Adam/AdamW over ``model``'s parameters, fused where they allow it, else foreach."""
+    params = list(model.parameters())
+    return OPTIMIZERS[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay,
+                                        **kernel_options(params))
+
+
+def _keep_kernel_options(optimizer: torch.optim.Optimizer) -> None:
+    """After ``load_state_dict`` (whose saved groups carry the writer's kernel options): this
+    run's options again, with each step count on its parameter's device where the kernel is fused."""
+    for group in optimizer.param_groups:
+        group.update(kernel_options(group["params"]))
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "step" in state:
+                if group["fused"]:
+                    state["step"] = state["step"].to(p.device, torch.float32)
 
 
 class Warmup:
@@ -169,14 +205,16 @@ class Trainer:
         if self.dist.world_size > 1:
             net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.net = _Autocast(net, self.dtype, config.channels_last)
-        opt_cls = OPTIMIZERS[config.optimizer]
-        self.optimizer = opt_cls(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        if config.compile:  # compiles a wrapper: self.model, the EMA and the saved state keep their plain names
+            self.net = torch.compile(self.net)
+        self.optimizer = make_optimizer(config, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, Warmup(config.warmup_steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step = 0
         self.losses: list[float] = []  # per-step losses of this process's run (flushed at log steps)
         self._pending: list[torch.Tensor] = []
         self._stop = False
+        self._validated = False
         self._gen = torch.Generator(self.device)
 
     # ----------------------------------------------------------------- state
@@ -199,6 +237,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
+        _keep_kernel_options(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
@@ -250,8 +289,14 @@ class Trainer:
         return self.loss_fn(self.net, self.corruption, x, prediction=self.cfg.prediction, t=t, noise=noise)
 
     def train_step(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        """One optimisation step on this rank's uint8 batch; returns the (detached) local loss."""
-        loss = self.loss(x_uint8)
+        """One optimisation step on this rank's uint8 batch; returns the (detached) local loss.
+
+        Arguments are validated (:func:`lincorrupt.set_validate_args`) on this Trainer's first
+        step only: the later steps read nothing back to the host.
+        """
+        with validate_args(is_validating() and not self._validated):
+            loss = self.loss(x_uint8)
+        self._validated = True
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -278,8 +323,10 @@ class Trainer:
         with _stop_on_signals(self):
             while self.step < cfg.steps:
                 self._pending.append(self.train_step(next(batches)))
-                step, stop = self.step, self._agree_stop()
-                if step % cfg.log_every == 0 or step == cfg.steps or stop:
+                step = self.step
+                log_step = step % cfg.log_every == 0 or step == cfg.steps
+                stop = self._agree_stop(log_step)
+                if log_step or stop:
                     now = time.perf_counter()
                     ips = (step - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
                     loss = self._flush()
@@ -312,9 +359,13 @@ class Trainer:
             plot_quality(self.out_dir / "metrics.jsonl", self.out_dir / "quality.png")
         return record
 
-    def _agree_stop(self) -> bool:
+    def _agree_stop(self, log_step: bool) -> bool:
+        """Whether to stop now: this process's flag, or under DDP every rank's, agreed on (a host
+        sync) at log steps only, so a signal stops a distributed run at the next log step."""
         if not is_distributed():
             return self._stop
+        if not log_step:
+            return False
         flag = torch.tensor([float(self._stop)], device=self.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
