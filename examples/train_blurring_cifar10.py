@@ -10,6 +10,8 @@ Defaults are the paper's CIFAR-10 setup: sigma_blur_max = 20, min_scale = 0.001,
     python examples/train_blurring_cifar10.py --data-root data/cifar10-jpeg
     # 8 GPUs on one machine (the global batch stays 128, split over the processes)
     torchrun --standalone --nproc_per_node 8 examples/train_blurring_cifar10.py --data-root data/cifar10-jpeg
+    # less memory: 4 micro-batches per step, activations recomputed in the backward pass
+    python examples/train_blurring_cifar10.py --data-root data/cifar10-jpeg --grad-accum 4 --checkpoint-activations
     # the baselines, same recipe
     python examples/train_blurring_cifar10.py --data-root data/cifar10-jpeg --corruption ddpm
     python examples/train_blurring_cifar10.py --data-root data/cifar10-jpeg --corruption ihdm

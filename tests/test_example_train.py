@@ -133,3 +133,13 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_root, tmp_path):
     assert "interrupted at step" in out
     state = load_checkpoint(run / "checkpoint.pt")
     assert state["step"] >= 2 and state["step"] == int(out.split("interrupted at step ")[1].split(":")[0])
+
+
+def test_grad_accum_and_checkpoint_activations_flags_train_like_the_plain_run(script, data_root, tmp_path):
+    args = TINY + ["--data-root", str(data_root), "--steps", "2", "--dropout", "0", "--sample-steps", "1"]
+    plain = script.main(args + ["--out-dir", str(tmp_path / "plain")])
+    scaled = script.main(args + ["--out-dir", str(tmp_path / "scaled"), "--grad-accum", "2", "--checkpoint-activations"])
+    assert scaled["status"] == "done" and len(scaled["losses"]) == 2
+    np.testing.assert_allclose(scaled["losses"], plain["losses"], rtol=1e-5)
+    config = load_checkpoint(tmp_path / "scaled" / "checkpoint.pt")["config"]
+    assert config["grad_accum"] == 2 and config["checkpoint_activations"]

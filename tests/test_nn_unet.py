@@ -102,3 +102,36 @@ def test_attention_hands_contiguous_heads_to_sdpa_and_the_output_is_unchanged(mo
         assert all(a.is_contiguous() and a.ndim == 4 and a.shape[1] == 1 and a.shape[2] == 8 * 8 for a in (q, k, v))
     monkeypatch.setattr(unet.AttnBlock, "forward", previous_attention)
     torch.testing.assert_close(out, model(z, t), rtol=1e-5, atol=1e-5)
+
+
+def _saved_bytes(model, z, t):
+    """Bytes of the tensors autograd keeps for backward during ``model(z, t)`` (parameters included)."""
+    total = 0
+
+    def pack(x):
+        nonlocal total
+        total += x.numel() * x.element_size()
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        out = model(z, t)
+    return out, total
+
+
+def test_checkpoint_activations_gives_the_same_outputs_and_gradients_with_less_saved():
+    kw = dict(TINY, dropout=0.3)  # dropout on: the recomputation must replay the same masks
+    plain, ckpt = randomise(UNet(**kw)), randomise(UNet(**kw, checkpoint_activations=True))
+    z, t = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([0.1, 0.5, 0.9])
+    results = []
+    for model in (plain, ckpt):
+        torch.manual_seed(7)
+        out, saved = _saved_bytes(model, z, t)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), {n: p.grad for n, p in model.named_parameters()}, saved))
+    (out0, g0, saved0), (out1, g1, saved1) = results
+    torch.testing.assert_close(out1, out0, rtol=1e-5, atol=1e-6)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert saved1 < saved0 / 2  # the blocks' inner activations are recomputed, not stored
+    with torch.no_grad():  # nothing to recompute without gradients: the plain forward
+        torch.testing.assert_close(ckpt.eval()(z, t), plain.eval()(z, t), rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo, launched by torchrun) train exactly like one process on the same global batch."""
+"""Two CPU processes (gloo, launched by torchrun) train exactly like one process on the same global batch,
+also with gradient accumulation (micro-batches without the all-reduce but for the last)."""
 
 import json
 import os
@@ -6,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 WORKER = textwrap.dedent("""
@@ -15,14 +17,14 @@ WORKER = textwrap.dedent("""
     from lincorrupt.nn import UNet
     from lincorrupt.train import TrainConfig, Trainer, init_distributed
 
-    out = sys.argv[1]
+    out, grad_accum = sys.argv[1], int(sys.argv[2])
     dist = init_distributed("cpu")
     torch.manual_seed(0)
     net = UNet(image_size=8, in_channels=3, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
                groups=4, dropout=0.0)
     images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     cfg = TrainConfig(steps=3, batch_size=8, warmup_steps=2, num_workers=0, log_every=1, sample_every=0,
-                      ckpt_every=0, progress=False, out_dir=out)
+                      ckpt_every=0, progress=False, out_dir=out, grad_accum=grad_accum)
     trainer = Trainer(net, lc.BlurringDiffusion((3, 8, 8)), TensorImages(images, (3, 8, 8)), cfg, dist)
     # the gradient of step 0 (DDP averages it over the ranks)
     trainer.loss(next(trainer.batches())).backward()
@@ -40,15 +42,16 @@ def run(cmd, env):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def test_two_process_ddp_equals_single_process(tmp_path):
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_two_process_ddp_equals_single_process(tmp_path, grad_accum):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(PYTHONPATH=os.getcwd(), OMP_NUM_THREADS="1")
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
-    run([sys.executable, str(script), str(tmp_path / "one")], env)
+    run([sys.executable, str(script), str(tmp_path / "one"), "1"], env)
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(tmp_path / "two")], env)
+         str(tmp_path / "two"), str(grad_accum)], env)
     one, two = (torch.load(tmp_path / d / "result.pt", weights_only=True) for d in ("one", "two"))
     assert one["grad"].abs().max() > 0
     torch.testing.assert_close(two["grad"], one["grad"], rtol=1e-4, atol=1e-7)

@@ -11,6 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
@@ -119,6 +120,11 @@ class UNet(nn.Module):
         groups: GroupNorm groups (32 in DDPM; must divide every width).
         time_scale: t in [0, 1] is multiplied by this before the sinusoidal embedding, so the
             embedding sees DDPM's integer range [0, 1000].
+        checkpoint_activations: recompute each block's activations in the backward pass instead
+            of storing them (``torch.utils.checkpoint``, non-reentrant): less memory for about
+            one more forward pass per step. Outputs and gradients are unchanged (dropout masks
+            included: the RNG state is replayed). Only when gradients are enabled; also settable
+            later as the attribute of the same name. Not part of the architecture.
 
     Shapes:
         z_t: (B, in_channels, image_size, image_size); t: (B,) float in [0, 1] (or a scalar);
@@ -137,6 +143,7 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         groups: int = 32,
         time_scale: float = 1000.0,
+        checkpoint_activations: bool = False,
     ):
         super().__init__()
         ch_mult = tuple(ch_mult)
@@ -150,6 +157,7 @@ class UNet(nn.Module):
         self.image_size, self.in_channels = image_size, in_channels
         self.out_channels = out_channels or in_channels
         self.ch, self.time_scale = ch, time_scale
+        self.checkpoint_activations = checkpoint_activations
         temb_dim = 4 * ch
         self.temb = nn.Sequential(nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
@@ -196,22 +204,29 @@ class UNet(nn.Module):
             raise ValueError(f"UNet: t has shape {tuple(t.shape)}, expected ({z_t.shape[0]},) or a scalar")
         temb = self.temb(timestep_embedding(t * self.time_scale, self.ch).to(z_t.dtype))
 
+        block = self._block
         h = self.conv_in(z_t)
         hs = [h]
         for layer in self.down:
             if isinstance(layer, ResBlock):
-                h = layer(h, temb)
+                h = block(layer, h, temb)
             else:
-                h = layer(h)
+                h = block(layer, h)
             if not isinstance(layer, AttnBlock):
                 hs.append(h)
             else:
                 hs[-1] = h
         for layer in self.mid:
-            h = layer(h, temb) if isinstance(layer, ResBlock) else layer(h)
+            h = block(layer, h, temb) if isinstance(layer, ResBlock) else block(layer, h)
         for layer in self.up:
             if isinstance(layer, ResBlock):
-                h = layer(torch.cat([h, hs.pop()], dim=1), temb)
+                h = block(layer, torch.cat([h, hs.pop()], dim=1), temb)
             else:
-                h = layer(h)
+                h = block(layer, h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def _block(self, layer: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        """``layer(*args)``, its activations recomputed in backward under ``checkpoint_activations``."""
+        if self.checkpoint_activations and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)

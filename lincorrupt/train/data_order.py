@@ -8,12 +8,19 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["StepBatchSampler", "derive_seed"]
+__all__ = ["StepBatchSampler", "derive_seed", "sample_seeds"]
 
 
 def derive_seed(*ints: int) -> int:
     """A well-mixed 63-bit seed from integers (numpy's SeedSequence), e.g. ``derive_seed(seed, step)``."""
     return int(np.random.SeedSequence([int(i) for i in ints]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def sample_seeds(seed: int, step: int, start: int, n: int) -> list[int]:
+    """63-bit seeds of the images ``start .. start + n - 1`` of the global batch of ``step``:
+    word i of the SeedSequence of (seed, step), which does not depend on how many are asked for."""
+    words = np.random.SeedSequence([int(seed), int(step)]).generate_state(start + n, np.uint64)[start:]
+    return [int(w >> np.uint64(1)) for w in words]
 
 
 class StepBatchSampler(Sampler[list[int]]):

@@ -3,9 +3,13 @@
 One step (DDPM, Ho et al. 2020, Algorithm 1, with the recipe of its CIFAR-10 run):
 
 1. take this rank's slice of the global batch of step s (:class:`StepBatchSampler`), map to [-1, 1];
-2. draw t ~ U(0, 1), eps ~ N(0, I) and the flips for the *global* batch from a generator seeded
-   by (seed, s), keep this rank's slice: any world size trains on the same global batch;
+2. for each image of the slice, draw t ~ U(0, 1), eps ~ N(0, I) and the flip from a generator
+   seeded by (seed, s, the image's index in the global batch): each rank draws only its own
+   images, and any world size (and any ``grad_accum``) trains on the same draws;
 3. ``loss = diffusion_loss(model, corruption, x, t=t, noise=eps)``, the network under autocast;
+   with ``grad_accum`` > 1, steps 2-3 and the backward run per micro-batch, each loss divided
+   by ``grad_accum`` (so the gradient is that of the mean over the batch; under DDP, gradients
+   are all-reduced after the last micro-batch only);
 4. backward (DDP averages the gradients), clip the global norm, optimiser step, warm-up
    schedule step, EMA update.
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,12 +42,13 @@ from tqdm.auto import tqdm
 
 from lincorrupt.data.images import to_model_range, to_unit_range
 from lincorrupt.train.checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from lincorrupt.train.data_order import StepBatchSampler, derive_seed
+from lincorrupt.train.data_order import StepBatchSampler, derive_seed, sample_seeds
 from lincorrupt.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, is_distributed
 from lincorrupt.train.ema import EMA
 from lincorrupt.validation import is_validating, validate_args
 
-__all__ = ["TrainConfig", "Trainer", "OPTIMIZERS", "PRECISIONS", "autocast_dtype", "make_optimizer"]
+__all__ = ["TrainConfig", "Trainer", "OPTIMIZERS", "PRECISIONS", "autocast_dtype", "make_optimizer", "default_workers",
+           "allow_tf32"]
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 #: Devices and parameter dtypes for which torch has fused Adam/AdamW kernels (one kernel per
@@ -51,6 +57,29 @@ FUSED_DEVICES = ("cuda", "cpu")
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # precision -> autocast dtype on CUDA (None: float32). CPU always trains in float32.
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+#: Upper bound of the default number of DataLoader workers per process.
+MAX_WORKERS = 8
+
+
+def default_workers() -> int:
+    """DataLoader workers per process when ``num_workers`` is -1: the CPUs this process may use,
+    shared among the processes of this machine (``LOCAL_WORLD_SIZE``), at most :data:`MAX_WORKERS`."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_WORKERS, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+
+
+@contextlib.contextmanager
+def allow_tf32(enabled: bool = True):
+    """Within the block, CUDA float32 matmuls and cuDNN convolutions may (or may not) use TF32;
+    the previous settings are restored after. No effect on CPU computations."""
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -82,7 +111,11 @@ class TrainConfig:
     channels_last: bool = False     # NHWC convolutions: faster on recent GPUs with autocast
     compile: bool = False           # torch.compile the network (under its autocast) for training; EMA and checkpoints stay eager
     seed: int = 0
-    num_workers: int = 2
+    grad_accum: int = 1             # micro-batches per step and process (the global batch stays batch_size)
+    checkpoint_activations: bool = False  # recompute the network's blocks in backward (less memory, ~1 more forward)
+    tf32: bool = True               # fp32 runs on CUDA: TF32 matmuls/convolutions in the network (the corruption stays fp32)
+    num_workers: int = -1           # DataLoader workers per process (-1: the CPUs per process, at most 8)
+    prefetch_factor: int = 4        # batches each DataLoader worker loads ahead (with workers only)
     log_every: int = 100            # steps between JSONL records / progress-bar updates
     sample_every: int = 10_000      # steps between sample grids (0: never)
     ckpt_every: int = 5_000         # steps between checkpoints (one is always written at the end)
@@ -101,9 +134,13 @@ class TrainConfig:
             raise ValueError(f"sampler={self.sampler!r}: expected one of {sorted(lc.SAMPLERS)}")
         if self.precision != "auto" and self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}: expected 'auto' or one of {sorted(PRECISIONS)}")
-        for name in ("steps", "batch_size", "log_every"):
+        for name in ("steps", "batch_size", "log_every", "grad_accum", "prefetch_factor"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < -1:
+            raise ValueError(f"num_workers must be >= 0 (or -1: one per CPU, at most {MAX_WORKERS}), got {self.num_workers}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (0: never), got {self.eval_every}")
 
@@ -160,6 +197,18 @@ class _Autocast(nn.Module):
             return self.net(z_t, t).float()
 
 
+class _TF32(nn.Module):
+    """Runs ``net``'s forward with TF32 allowed (CUDA fp32 runs); the corruption around it stays fp32."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with allow_tf32(True):
+            return self.net(z_t, t)
+
+
 def _default_loss(model, corruption, x, **kw):
     import lincorrupt as lc
     return lc.diffusion_loss(model, corruption, x, **kw)
@@ -195,18 +244,30 @@ class Trainer:
         self.corruption = corruption.to(self.device)
         self.shape = tuple(corruption.shape)
         self.dataset, self.extra = dataset, dict(extra or {})
+        if config.batch_size % (self.dist.world_size * config.grad_accum):
+            raise ValueError(f"batch_size={config.batch_size} must be divisible by the number of processes "
+                             f"({self.dist.world_size}) times grad_accum ({config.grad_accum})")
         self.loss_fn, self.sample_fn, self.evaluator = loss_fn, sample_fn, evaluator
         self.out_dir = Path(config.out_dir)
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)
+        if config.checkpoint_activations:
+            if not hasattr(self.model, "checkpoint_activations"):
+                raise ValueError(f"checkpoint_activations=True: {type(model).__name__} has no checkpoint_activations "
+                                 "attribute (lincorrupt.nn.UNet has)")
+            self.model.checkpoint_activations = True
         self.ema = EMA(self.model, config.ema_decay)
         self.dtype = autocast_dtype(config.precision, self.device)
-        net = self.model
+        # TF32 for fp32 runs on CUDA, in the network's forward and the backward only
+        self.tf32 = config.tf32 and self.device.type == "cuda" and self.dtype is None
+        net, self.ddp = self.model, None
         if self.dist.world_size > 1:
-            net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+            net = self.ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.net = _Autocast(net, self.dtype, config.channels_last)
         if config.compile:  # compiles a wrapper: self.model, the EMA and the saved state keep their plain names
             self.net = torch.compile(self.net)
+        if self.tf32:  # outside the compiled graph
+            self.net = _TF32(self.net)
         self.optimizer = make_optimizer(config, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, Warmup(config.warmup_steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
@@ -265,25 +326,34 @@ class Trainer:
         """Infinite iterator over this rank's uint8 batches, starting at ``self.step``."""
         sampler = StepBatchSampler(len(self.dataset), self.cfg.batch_size, self.dist.rank, self.dist.world_size,
                                    seed=self.cfg.seed, start_step=self.step)
-        loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers,
-                            pin_memory=self.device.type == "cuda", persistent_workers=self.cfg.num_workers > 0,
+        workers = default_workers() if self.cfg.num_workers == -1 else self.cfg.num_workers
+        # the sampler fixes the order: workers only load its batches ahead, and DataLoader yields them in order
+        loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=workers,
+                            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                            prefetch_factor=self.cfg.prefetch_factor if workers > 0 else None,
                             # its own generator: creating the iterator must not consume the global RNG (dropout)
                             generator=torch.Generator().manual_seed(derive_seed(self.cfg.seed, self.step, self.dist.rank)))
         return iter(loader)
 
-    def draw(self, step: int, local: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """t (B,), noise (B, *shape), flip (B,) for this rank's slice of the global batch of ``step``."""
-        g, B = self._gen.manual_seed(derive_seed(self.cfg.seed, step)), self.cfg.batch_size
-        t = torch.rand(B, generator=g, device=self.device)
-        noise = torch.randn((B, *self.shape), generator=g, device=self.device)
-        flip = torch.rand(B, generator=g, device=self.device) < 0.5
-        sl = slice(self.dist.rank * local, (self.dist.rank + 1) * local)
-        return t[sl], noise[sl], flip[sl]
+    def draw(self, step: int, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """t (n,), noise (n, *shape), flip (n,) for the images ``start .. start + n - 1`` of the
+        global batch of ``step``: image i's draws come from a generator seeded by (seed, step, i),
+        so they do not depend on which process draws them, nor on the micro-batch."""
+        g, ts, noises, flips = self._gen, [], [], []
+        for s in sample_seeds(self.cfg.seed, step, start, n):
+            g.manual_seed(s)
+            u = torch.rand(2, generator=g, device=self.device)
+            ts.append(u[:1])
+            flips.append(u[1:] < 0.5)
+            noises.append(torch.randn(self.shape, generator=g, device=self.device))
+        return torch.cat(ts), torch.stack(noises), torch.cat(flips)
 
-    def loss(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        """Steps 1-3: the local loss of this rank's uint8 batch at ``self.step`` (mean over the local batch)."""
+    def loss(self, x_uint8: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Steps 1-3: the mean loss of this rank's uint8 images at ``self.step``; ``start`` is the
+        first one's index in this rank's slice (a micro-batch's offset)."""
         x = to_model_range(x_uint8.to(self.device, non_blocking=True))
-        t, noise, flip = self.draw(self.step, x.shape[0])
+        first = self.dist.rank * (self.cfg.batch_size // self.dist.world_size) + start
+        t, noise, flip = self.draw(self.step, first, x.shape[0])
         if self.cfg.hflip:
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return self.loss_fn(self.net, self.corruption, x, prediction=self.cfg.prediction, t=t, noise=noise)
@@ -291,13 +361,26 @@ class Trainer:
     def train_step(self, x_uint8: torch.Tensor) -> torch.Tensor:
         """One optimisation step on this rank's uint8 batch; returns the (detached) local loss.
 
+        With ``grad_accum`` = k, the batch runs as k equal micro-batches (forward and backward
+        each), every loss divided by k; under DDP, all but the last skip the gradient all-reduce.
+
         Arguments are validated (:func:`lincorrupt.set_validate_args`) on this Trainer's first
         step only: the later steps read nothing back to the host.
         """
+        k = self.cfg.grad_accum
+        micro = x_uint8.shape[0] // k
+        if micro * k != x_uint8.shape[0]:
+            raise ValueError(f"a batch of {x_uint8.shape[0]} images cannot be split into grad_accum={k} micro-batches")
+        losses = []
         with validate_args(is_validating() and not self._validated):
-            loss = self.loss(x_uint8)
+            for j in range(k):
+                sync = self.ddp is None or j == k - 1
+                with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                    loss = self.loss(x_uint8[j * micro:(j + 1) * micro], start=j * micro)
+                    with allow_tf32(True) if self.tf32 else contextlib.nullcontext():
+                        self.scaler.scale(loss / k if k > 1 else loss).backward()
+                losses.append(loss.detach())
         self._validated = True
-        self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
@@ -307,7 +390,7 @@ class Trainer:
         self.ema.update(self.model)
         self.step += 1
         self.last_grad_norm = grad_norm
-        return loss.detach()
+        return losses[0] if k == 1 else torch.stack(losses).mean()
 
     # ----------------------------------------------------------------- loop
     def fit(self) -> str:
@@ -385,7 +468,8 @@ class Trainer:
 
     def sampling_model(self) -> nn.Module:
         """The EMA network, under the training precision's autocast, for sampling."""
-        return _Autocast(self.ema.module, self.dtype, self.cfg.channels_last)
+        net = _Autocast(self.ema.module, self.dtype, self.cfg.channels_last)
+        return _TF32(net) if self.tf32 else net
 
     @torch.no_grad()
     def sample_grid(self, path: str | Path, n: int | None = None, steps: int | None = None, seed: int = 0) -> torch.Tensor:

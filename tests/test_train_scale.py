@@ -1,0 +1,176 @@
+"""Training at scale: gradient accumulation, activation checkpointing, TF32, DataLoader workers, per-image draws."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import lincorrupt as lc
+from lincorrupt.data import TensorImages
+from lincorrupt.nn import UNet
+from lincorrupt.train import StepBatchSampler, TrainConfig, Trainer
+from lincorrupt.train.data_order import sample_seeds
+from lincorrupt.train.trainer import MAX_WORKERS, allow_tf32, default_workers
+
+SHAPE = (3, 8, 8)
+IMAGES = torch.randint(0, 256, (24, *SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+
+
+def make_trainer(tmp_path, model=None, **kw):
+    torch.manual_seed(0)
+    net = model or UNet(image_size=8, in_channels=3, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                        groups=4, dropout=0.0)
+    cfg = TrainConfig(**{**dict(steps=3, batch_size=8, warmup_steps=2, num_workers=0, log_every=3, sample_every=0,
+                                ckpt_every=0, progress=False, out_dir=str(tmp_path)), **kw})
+    return Trainer(net, lc.BlurringDiffusion(SHAPE), TensorImages(IMAGES, SHAPE), cfg)
+
+
+def run_recording_grads(trainer):
+    """fit(); returns the gradient the optimiser saw at each step."""
+    grads = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda opt, args, kw: grads.append(torch.cat([p.grad.flatten().clone() for p in trainer.model.parameters()])))
+    assert trainer.fit() == "done"
+    return grads
+
+
+@pytest.mark.parametrize("grad_accum", [2, 4])
+def test_grad_accum_gives_the_gradients_and_parameters_of_the_whole_batch(tmp_path, grad_accum):
+    whole = make_trainer(tmp_path / "whole")
+    accum = make_trainer(tmp_path / "accum", grad_accum=grad_accum)
+    g_whole, g_accum = run_recording_grads(whole), run_recording_grads(accum)
+    assert len(g_whole) == len(g_accum) == 3 and g_whole[0].abs().max() > 0
+    for a, b in zip(g_whole, g_accum):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
+    for (name, p), q in zip(whole.model.state_dict().items(), accum.model.state_dict().values()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=name)
+    torch.testing.assert_close(torch.tensor(accum.losses), torch.tensor(whole.losses), rtol=1e-5, atol=1e-7)
+
+
+def test_grad_accum_must_split_the_batch(tmp_path):
+    with pytest.raises(ValueError, match="not divisible by grad_accum=3"):
+        TrainConfig(batch_size=8, grad_accum=3)
+    with pytest.raises(ValueError, match="grad_accum must be >= 1"):
+        TrainConfig(grad_accum=0)
+
+
+def test_draws_of_an_image_depend_only_on_seed_step_and_its_global_index(tmp_path):
+    trainer = make_trainer(tmp_path)
+    B = trainer.cfg.batch_size
+    t, noise, flip = trainer.draw(5, 0, B)
+    for start, n in [(0, 3), (3, 5), (4, 4), (7, 1)]:  # any rank's slice, any micro-batch
+        ts, ns, fs = trainer.draw(5, start, n)
+        assert torch.equal(ts, t[start:start + n]) and torch.equal(ns, noise[start:start + n])
+        assert torch.equal(fs, flip[start:start + n])
+    # independently: image i's generator is seeded by word i of the SeedSequence of (seed, step)
+    words = np.random.SeedSequence([trainer.cfg.seed, 5]).generate_state(B, np.uint64)
+    for i in (0, 6):
+        g = torch.Generator().manual_seed(int(words[i] >> np.uint64(1)))
+        u = torch.rand(2, generator=g)
+        assert t[i] == u[0] and flip[i] == (u[1] < 0.5) and torch.equal(noise[i], torch.randn(SHAPE, generator=g))
+    assert sample_seeds(0, 5, 3, 2) == sample_seeds(0, 5, 0, 5)[3:]
+    assert not torch.equal(trainer.draw(6, 0, B)[1], noise) and not torch.equal(noise[0], noise[1])
+    assert t.min() >= 0 and t.max() < 1 and noise.shape == (B, *SHAPE)
+    trainer.fit()  # training does not move the draws of a step
+    assert torch.equal(trainer.draw(5, 0, B)[1], noise)
+
+
+def test_checkpoint_activations_trains_like_the_plain_network(tmp_path):
+    plain = make_trainer(tmp_path / "plain")
+    ckpt = make_trainer(tmp_path / "ckpt", checkpoint_activations=True)
+    assert ckpt.model.checkpoint_activations and not plain.model.checkpoint_activations
+    plain.fit(), ckpt.fit()
+    for (name, p), q in zip(plain.model.state_dict().items(), ckpt.model.state_dict().values()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="has no checkpoint_activations"):
+        make_trainer(tmp_path / "other", model=torch.nn.Conv2d(3, 3, 3, padding=1), checkpoint_activations=True)
+
+
+def test_allow_tf32_sets_and_restores_both_flags():
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    for enabled in (True, False):
+        with allow_tf32(enabled):
+            assert torch.backends.cuda.matmul.allow_tf32 is enabled and torch.backends.cudnn.allow_tf32 is enabled
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+class FlagRecorder(torch.nn.Module):
+    """A network that records whether TF32 matmuls are allowed while it runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.seen = torch.nn.Conv2d(3, 3, 3, padding=1), []
+
+    def forward(self, z, t):
+        self.seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return self.conv(z)
+
+
+def recording_loss(seen):
+    def loss(model, corruption, x, **kw):
+        seen.append(torch.backends.cuda.matmul.allow_tf32)  # where the corruption runs
+        return lc.diffusion_loss(model, corruption, x, **kw)
+    return loss
+
+
+def test_tf32_has_no_effect_on_cpu(tmp_path):
+    trainer = make_trainer(tmp_path, model=FlagRecorder(), tf32=True)
+    outside = []
+    trainer.loss_fn = recording_loss(outside)
+    with allow_tf32(False):
+        trainer.fit()
+        assert not torch.backends.cuda.matmul.allow_tf32
+    assert not trainer.tf32 and trainer.model.seen == outside == [False] * 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 is a CUDA setting")
+@pytest.mark.parametrize("precision, tf32, inside", [("fp32", True, True), ("fp32", False, False), ("bf16", True, False)])
+def test_tf32_on_cuda_for_fp32_networks_only(tmp_path, precision, tf32, inside):
+    from lincorrupt.train.distributed import DistInfo
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=2, batch_size=4, num_workers=0, log_every=2, sample_every=0, ckpt_every=0, progress=False,
+                      out_dir=str(tmp_path), precision=precision, tf32=tf32)
+    trainer = Trainer(FlagRecorder(), lc.BlurringDiffusion(SHAPE), TensorImages(IMAGES, SHAPE), cfg,
+                      DistInfo(device=torch.device("cuda")))
+    outside = []
+    trainer.loss_fn = recording_loss(outside)
+    with allow_tf32(False):
+        trainer.fit()
+        assert not torch.backends.cuda.matmul.allow_tf32  # restored after each step
+    assert trainer.model.seen == [inside] * 2 and outside == [False] * 2  # the corruption always runs in fp32
+
+
+def test_default_workers_are_the_cpus_per_process_capped(monkeypatch):
+    cpus = len(__import__("os").sched_getaffinity(0))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_workers() == max(1, min(MAX_WORKERS, cpus))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cpus))
+    assert default_workers() == 1
+    assert TrainConfig().num_workers == -1
+    with pytest.raises(ValueError, match="num_workers must be >= 0"):
+        TrainConfig(num_workers=-2)
+
+
+def test_workers_with_prefetch_keep_the_data_order(tmp_path):
+    serial = make_trainer(tmp_path / "a", num_workers=0)
+    workers = make_trainer(tmp_path / "b", num_workers=2, prefetch_factor=3)
+    sampler = StepBatchSampler(len(IMAGES), 8, seed=0)
+    for step, a, b in zip(range(7), serial.batches(), workers.batches()):  # 7 steps: past an epoch of 3
+        assert torch.equal(a, b) and torch.equal(a, IMAGES[sampler.global_batch(step)])
+
+
+def test_grad_accum_skips_the_all_reduce_for_all_but_the_last_micro_batch(tmp_path):
+    import contextlib
+    trainer = make_trainer(tmp_path, grad_accum=4)
+    entered = []
+
+    class StubDDP:  # stands in for DistributedDataParallel: counts the micro-batches run without sync
+        @contextlib.contextmanager
+        def no_sync(self):
+            entered.append(trainer.step)
+            yield
+
+    trainer.ddp = StubDDP()
+    trainer.fit()
+    assert entered == [0] * 3 + [1] * 3 + [2] * 3
