@@ -36,7 +36,7 @@ def test_every_snippet_section_exists():
         if page.name == "README.md":  # notes for doc writers, not a page
             continue
         for file, section in re.findall(r'^\s*--8<-- "([^":]+)(?::([\w-]+))?"', page.read_text(), re.MULTILINE):
-            source = next((d / file for d in (CODE, DOCS / "assets" / "demo") if (d / file).is_file()), CODE / file)
+            source = next((d / file for d in (CODE, DOCS / "assets" / "demo", DOCS / "assets" / "quality") if (d / file).is_file()), CODE / file)
             assert source.is_file(), f"{page.name} includes missing {file}"
             if section:
                 text = source.read_text()
