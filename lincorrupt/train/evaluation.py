@@ -15,7 +15,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from lincorrupt.metrics.quality import frechet_distance, kid, precision_recall
+from lincorrupt.data.images import to_unit_range
+from lincorrupt.metrics import (FEATURE_NETS, activations, extract_features, frechet_distance, kid, load_feature_net,
+                                load_inception, precision_recall)
 from lincorrupt.train.distributed import all_gather_objects
 
 __all__ = ["QualityEvaluator", "feature_space", "quantize", "plot_quality"]
@@ -107,8 +109,6 @@ def feature_space(name: str, shape: tuple[int, int, int], device: str | torch.de
         shape: (C, H, W) of the images.
         inception_weights, inception_dims: for "inception" (see :func:`lincorrupt.metrics.load_inception`).
     """
-    from lincorrupt.data.images import to_unit_range
-    from lincorrupt.metrics import FEATURE_NETS, activations, extract_features, load_feature_net, load_inception
     if name == "auto":
         matches = [n for n, spec in FEATURE_NETS.items() if spec.shape == tuple(shape)]
         if not matches:
