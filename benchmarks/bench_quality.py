@@ -135,14 +135,18 @@ def quality(real: np.ndarray, fake: np.ndarray, kid_subset: int) -> dict:
             "precision": precision, "recall": recall, "samples": len(fake)}
 
 
+def reference(budget: Budget) -> tuple[torch.nn.Module, torch.Tensor, np.ndarray]:
+    """The Fashion-MNIST feature net, the test images every model is compared with, and their features."""
+    net, test_x = load_feature_net("fashion-mnist"), load_fashion_mnist(train=False)[0][:budget.test_images]
+    return net, test_x, extract_features(net, test_x)
+
+
 def run_model(name: str, budget: Budget, out: Path) -> dict:
     """Train one model, then evaluate it; writes and returns ``out/name/result.json``."""
     torch.manual_seed(0)
     spec, run = MODELS[name], out / name / "run"
     train_x, _ = load_fashion_mnist(train=True)
-    test_x = load_fashion_mnist(train=False)[0][:budget.test_images]
-    net = load_feature_net("fashion-mnist")
-    real = extract_features(net, test_x)
+    net, test_x, real = reference(budget)
     corruption = spec.build(train_x)
     cfg = TrainConfig(steps=budget.steps, batch_size=budget.batch_size, lr=1e-3, warmup_steps=min(200, budget.steps),
                       ema_decay=0.999, prediction=spec.prediction, num_workers=0, log_every=50, sample_every=0,
@@ -199,9 +203,7 @@ def run_model(name: str, budget: Budget, out: Path) -> dict:
 def floor(budget: Budget) -> dict:
     """The metrics of real training images against the test set: what a perfect model would score."""
     train_x, _ = load_fashion_mnist(train=True)
-    test_x = load_fashion_mnist(train=False)[0][:budget.test_images]
-    net = load_feature_net("fashion-mnist")
-    real = extract_features(net, test_x)
+    net, _, real = reference(budget)
     index = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))
     out = {"full": quality(real, extract_features(net, train_x[index[:budget.samples]]), budget.kid_subset)}
     out["curve"] = quality(real, extract_features(net, train_x[index[:budget.curve_samples]]), budget.kid_subset // 2)
@@ -304,13 +306,14 @@ def main(argv: list[str] | None = None) -> dict:
         for name in todo:
             run_model(name, budget, out)
     else:
+        out.mkdir(parents=True, exist_ok=True)
         pending, running = list(todo), []
         while pending or running:
             while pending and len(running) < jobs:
                 name = pending.pop(0)
-                log = open(out / f"{name}.log", "a") if out.mkdir(parents=True, exist_ok=True) is None else None
                 cmd = [sys.executable, __file__, "--only", name, "--out", str(out)] + (["--tiny"] if args.tiny else [])
-                running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
+                with open(out / f"{name}.log", "a") as log:  # the child keeps its own copy of the handle
+                    running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
             time.sleep(1)
             for name, proc in list(running):
                 if proc.poll() is not None:
@@ -328,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
         if quality_png.exists():
             (results_dir / f"training_{name}.png").write_bytes(quality_png.read_bytes())
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads ({platform.processor() or 'cpu'}), torch {torch.__version__}"
-    command = "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python benchmarks/bench_quality.py", *(sys.argv[1:] if argv is None else argv)])
     report = {"command": command, "machine": machine, "wall_seconds": time.perf_counter() - start,
               "budget": {k: v for k, v in budget.__dict__.items()}, "floor": base, "models": results}
     (results_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
