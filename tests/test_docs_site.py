@@ -248,3 +248,19 @@ def test_every_markdown_heading_is_a_heading_of_the_built_page(built_site):
             if not ok:
                 lost.append(f"{rel}: {'#' * level} {text}")
     assert not lost, "Markdown headings missing from the built pages:\n" + "\n".join(lost)
+
+
+# A path that exists only on the machine that wrote the page: a temporary folder, a home or
+# work directory, or the team's shared folder beside the checkout.
+MACHINE_PATH = re.compile(r"(?<![\w.])(?:/tmp/|/work/|/home/|/Users/)|\.\./shared\b")
+
+
+def test_built_site_shows_no_machine_specific_paths(built_site):
+    """The pages show paths relative to the repository (``out/demo``), never where one run lived."""
+    site_dir, log, returncode = built_site
+    assert returncode == 0, log
+    found = []
+    for page in sorted(site_dir.rglob("*.html")):
+        for match in MACHINE_PATH.finditer(page.read_text(encoding="utf-8")):
+            found.append(f"{page.relative_to(site_dir)}: ...{page.read_text(encoding='utf-8')[max(0, match.start() - 60):match.end() + 40]!r}")
+    assert not found, "machine-specific paths in the built site:\n" + "\n".join(found)
