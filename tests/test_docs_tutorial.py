@@ -80,3 +80,21 @@ def test_getting_started_first_sample_runs(tmp_path, monkeypatch):
     samples = namespace["samples"]
     assert samples.shape == (16, 1, 28, 28) and bool(torch.isfinite(samples).all())
     assert (tmp_path / "first_samples.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_train_from_python_runs(tmp_path):
+    """The Train-from-Python page's loop, as shown, on one batch (32 images) in its folder layout."""
+    from PIL import Image
+
+    folder = tmp_path / "my-images" / "anything"
+    folder.mkdir(parents=True)
+    rng = torch.Generator().manual_seed(0)
+    for i in range(32):
+        pixels = torch.randint(0, 256, (32, 32, 3), generator=rng, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    page = _load("train_python")
+    trainer, samples = page.train(str(tmp_path / "my-images"), str(tmp_path / "run"), steps=2)
+    assert trainer.step == 2 and trainer.cfg.prediction == "v"
+    assert samples.shape == (64, 3, 32, 32) and bool(torch.isfinite(samples).all())
+    assert {"checkpoint.pt", "metrics.jsonl", "samples.png"} <= {p.name for p in (tmp_path / "run").iterdir()}
