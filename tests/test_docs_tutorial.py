@@ -98,3 +98,36 @@ def test_train_from_python_runs(tmp_path):
     assert trainer.step == 2 and trainer.cfg.prediction == "v"
     assert samples.shape == (64, 3, 32, 32) and bool(torch.isfinite(samples).all())
     assert {"checkpoint.pt", "metrics.jsonl", "samples.png"} <= {p.name for p in (tmp_path / "run").iterdir()}
+
+
+def test_faq_code_runs_and_the_page_quotes_its_messages(tmp_path, monkeypatch, capsys):
+    """Each error the FAQ explains is raised by the page's code, with the message the page quotes."""
+    import runpy
+
+    monkeypatch.chdir(tmp_path)  # the missing files are looked for relative to here
+    namespace = runpy.run_path(str(CODE / "faq.py"))
+    assert bool(torch.isfinite(namespace["samples"]).all()), "the x-prediction fix must sample finitely"
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in printed] == [
+        "FloatingPointError", "InvalidCorruptionError", "FileNotFoundError", "FileNotFoundError"]
+    page = (DOCS / "faq.md").read_text()
+    for line in printed:
+        assert line in page, f"docs/faq.md quotes an outdated message; the code now prints:\n{line}"
+
+
+# Pages whose code is written inline (not included from docs/tutorial_code/): every Python block
+# runs as shown, and every line it prints that the page quotes in a text block is today's output.
+INLINE_CODE_PAGES = ["install.md", "limits.md"]
+
+
+@pytest.mark.parametrize("name", INLINE_CODE_PAGES)
+def test_inline_python_blocks_run(name, capsys):
+    page = (DOCS / name).read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```", page, re.DOTALL | re.MULTILINE)
+    assert blocks, f"docs/{name} has no Python block"
+    for block in blocks:
+        exec(compile(block, f"docs/{name}", "exec"), {"__name__": f"docs_{name}"})
+    printed = capsys.readouterr().out.splitlines()
+    quoted = {line for text in re.findall(r"^```text\n(.*?)^```", page, re.DOTALL | re.MULTILINE) for line in text.splitlines()}
+    for line in quoted:
+        assert line in printed, f"docs/{name} quotes output its code no longer prints:\n{line}\nit prints:\n" + "\n".join(printed)
