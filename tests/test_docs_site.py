@@ -264,3 +264,81 @@ def test_built_site_shows_no_machine_specific_paths(built_site):
         for match in MACHINE_PATH.finditer(page.read_text(encoding="utf-8")):
             found.append(f"{page.relative_to(site_dir)}: ...{page.read_text(encoding='utf-8')[max(0, match.start() - 60):match.end() + 40]!r}")
     assert not found, "machine-specific paths in the built site:\n" + "\n".join(found)
+
+
+def _reference_ids(site_dir: Path) -> dict[str, list[str]]:
+    """The anchor ids of the API entries on each reference page, in page order."""
+    return {page.stem: re.findall(r'id="(lincorrupt[\w.]*)"', page.read_text(encoding="utf-8"))
+            for page in sorted((site_dir / "reference").glob("*.html"))}
+
+
+def _resolve(path: str):
+    """The Python object an id such as ``lincorrupt.sampling.sample`` names (None if it is no object)."""
+    import importlib
+
+    parts = path.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            obj = getattr(obj, name, None)
+        return obj
+    return None
+
+
+def test_reference_shows_the_api_once_and_no_internals(built_site):
+    """No entry twice (a re-export beside its original), no ``extra_repr``, no layers of a network
+    or internals of the trainer, no special methods but ``__call__``."""
+    import inspect
+
+    site_dir, log, returncode = built_site
+    assert returncode == 0, log
+    pages = _reference_ids(site_dir)
+    all_ids = [i for ids in pages.values() for i in ids]
+    internal = [i for i in all_ids if i.rsplit(".", 1)[-1] in ("extra_repr", "temb", "conv_in", "scaler", "ddp")
+                or (re.search(r"\.__\w+__$", i) and not i.endswith(".__call__"))]
+    assert not internal, f"internals shown as API: {internal}"
+    seen: dict[int, str] = {}
+    duplicated = []
+    for i in all_ids:
+        obj = _resolve(i)
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            if id(obj) in seen and seen[id(obj)] != i:
+                duplicated.append(f"{seen[id(obj)]} and {i}")
+            seen.setdefault(id(obj), i)
+    assert not duplicated, "one object documented twice:\n" + "\n".join(duplicated)
+    assert pages["sampling"][0].endswith(".sample"), f"the Sampling page must open with sample, not {pages['sampling'][:3]}"
+
+
+def _entry_html(site_dir: Path, page: str, entry_id: str) -> str:
+    text = (site_dir / "reference" / f"{page}.html").read_text(encoding="utf-8")
+    start = text.index(f'id="{entry_id}"')
+    following = re.search(r'id="lincorrupt[\w.]*"', text[start + 10:])
+    return text[start:start + 10 + following.start()] if following else text[start:]
+
+
+@pytest.mark.parametrize("page, entry", [("sampling", "SAMPLERS"), ("sampling", "GRIDS"), ("losses", "PREDICTIONS")])
+def test_registries_have_docstrings_and_no_values(built_site, page, entry):
+    """The registries say what they hold in words, not as a dump of their values."""
+    site_dir, log, returncode = built_site
+    assert returncode == 0, log
+    entry_id = next(i for i in _reference_ids(site_dir)[page] if i.endswith(f".{entry}"))
+    html = _entry_html(site_dir, page, entry_id)
+    assert 'class="doc doc-contents' in html and re.search(r"<p>\s*\S", html), f"{entry} has no docstring"
+    import html as html_module
+
+    text = html_module.unescape(re.sub(r"<[^>]+>", "", html))
+    value = re.compile(r"""['"](ancestral|uniform)['"]\s*:|EpsPrediction\(\)|<function""")
+    assert not value.search(text), f"{entry}'s value is shown"
+
+
+def test_docstring_math_is_rendered_by_katex(built_site):
+    """``$...$`` in a docstring is typeset like the narrative pages' math (here PREDICTIONS')."""
+    site_dir, log, returncode = built_site
+    assert returncode == 0, log
+    html = _entry_html(site_dir, "losses", "lincorrupt.predictions.PREDICTIONS")
+    assert html.count('class="katex"') >= 3
+    text = re.sub(r'<span class="katex-mathml">.*?</math></span>', "", html, flags=re.DOTALL)
+    assert not _RAW_TEX.findall(re.sub(r"<[^>]+>", "", text)), "raw TeX left in a docstring"
