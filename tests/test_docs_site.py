@@ -342,3 +342,19 @@ def test_docstring_math_is_rendered_by_katex(built_site):
     assert html.count('class="katex"') >= 3
     text = re.sub(r'<span class="katex-mathml">.*?</math></span>', "", html, flags=re.DOTALL)
     assert not _RAW_TEX.findall(re.sub(r"<[^>]+>", "", text)), "raw TeX left in a docstring"
+
+
+def test_overriding_methods_show_their_base_docstring(built_site):
+    """``DDPM.log_alpha_sigma`` has no docstring of its own; the reference shows the one it
+    overrides, as ``help()`` would (``inspect.getdoc``)."""
+    import inspect
+
+    import lincorrupt as lc
+
+    site_dir, log, returncode = built_site
+    assert returncode == 0, log
+    assert lc.DDPM.log_alpha_sigma.__doc__ is None, "DDPM.log_alpha_sigma got a docstring: pick another example"
+    words = inspect.getdoc(lc.DDPM.log_alpha_sigma).split("where", 1)[1].replace("``", "")  # "alpha_t underflows ..."
+    first_line = " ".join(words.split())
+    html = _entry_html(site_dir, "corruptions", "lincorrupt.corruptions.DDPM.log_alpha_sigma")
+    assert first_line in " ".join(re.sub(r"<[^>]+>", "", html).split())
