@@ -358,3 +358,46 @@ def test_overriding_methods_show_their_base_docstring(built_site):
     first_line = " ".join(words.split())
     html = _entry_html(site_dir, "corruptions", "lincorrupt.corruptions.DDPM.log_alpha_sigma")
     assert first_line in " ".join(re.sub(r"<[^>]+>", "", html).split())
+
+
+_TABLE_PROBE = """
+<script>
+window.addEventListener("load", () => {
+  const wide = [];
+  document.querySelectorAll("article table").forEach((table) => {
+    const box = table.closest(".md-typeset__scrollwrap") || table.parentElement;
+    const width = table.getBoundingClientRect().width;
+    if (width > box.clientWidth + 1) wide.push(`${Math.round(width)} px > ${box.clientWidth} px: ${table.rows[0].textContent.trim().replace(/\\s+/g, " ")}`);
+  });
+  const out = document.createElement("pre");
+  out.id = "table-probe";
+  out.textContent = JSON.stringify(wide);
+  document.body.appendChild(out);
+});
+</script>
+"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
+@pytest.mark.parametrize("page", ["results.html", "benchmarks.html", "train-python.html"])
+def test_tables_fit_the_text_column(built_site, page):
+    """On a 1280-pixel-wide window every table of numbers fits the text column: nothing is cut
+    off at the page edge or hidden behind a side-scroll."""
+    site_dir, log, returncode = built_site
+    assert returncode == 0, log
+    source = site_dir / page
+    probe = source.with_name(f"_tables_{source.name}")
+    probe.write_text(source.read_text(encoding="utf-8").replace("</body>", _TABLE_PROBE + "</body>"), encoding="utf-8")
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={profile}",
+             "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND", "--window-size=1280,900",
+             "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+            capture_output=True, text=True, timeout=120,
+        )
+    match = re.search(r'<pre id="table-probe">(.*?)</pre>', proc.stdout, re.DOTALL)
+    assert match, f"the page did not finish loading in Chromium:\n{proc.stderr[-3000:]}"
+    import html
+
+    wide = json.loads(html.unescape(match.group(1)))
+    assert not wide, f"tables wider than the text column of {page}:\n" + "\n".join(wide)
