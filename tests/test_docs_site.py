@@ -153,7 +153,8 @@ def _open_in_chromium(page: Path) -> dict:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
-@pytest.mark.parametrize("page", ["index.html", "concepts.html"])
+@pytest.mark.parametrize("page", ["index.html", "concepts.html", "train-python.html", "faq.html", "limits.html",
+                                  "reference/losses.html"])
 def test_math_renders_in_chromium(built_site, page):
     site_dir, log, returncode = built_site
     assert returncode == 0, log
