@@ -21,6 +21,7 @@ samples = lc.sample(x_model, c, 4, steps=20, prediction="x")   # finite
 # --8<-- [end:ihdm-eps]
 
 # --8<-- [start:invalid]
+import lincorrupt as lc
 from lincorrupt.schedules import cosine_logsnr, vp_log_alpha_sigma
 
 
