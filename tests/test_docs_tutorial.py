@@ -131,3 +131,12 @@ def test_inline_python_blocks_run(name, capsys):
     quoted = {line for text in re.findall(r"^```text\n(.*?)^```", page, re.DOTALL | re.MULTILINE) for line in text.splitlines()}
     for line in quoted:
         assert line in printed, f"docs/{name} quotes output its code no longer prints:\n{line}\nit prints:\n" + "\n".join(printed)
+
+
+@pytest.mark.parametrize("section", ["ihdm-eps", "invalid", "missing-files"])
+def test_each_faq_section_runs_on_its_own(section, tmp_path, monkeypatch):
+    """A reader copies one section of the FAQ, not the file: each runs in a fresh namespace."""
+    monkeypatch.chdir(tmp_path)
+    text = (CODE / "faq.py").read_text()
+    code = text.split(f"# --8<-- [start:{section}]\n", 1)[1].split(f"# --8<-- [end:{section}]", 1)[0]
+    exec(compile(code, f"faq.py:{section}", "exec"), {"__name__": "faq_section"})
