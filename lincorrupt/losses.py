@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .corruption import Coefficients, DiagonalizableCorruption
+from .corruption import DiagonalizableCorruption
 from .predictions import Prediction, get_prediction
 
 __all__ = ["diffusion_loss", "elbo_weighting", "check_model_output"]
@@ -36,8 +36,9 @@ def elbo_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: 
     (``-1/2 d log SNR / dt`` for eps-prediction). Use with ``reduction="sum"`` for the bound
     in nats (without the prior and reconstruction terms).
     """
-    c = Coefficients(*corruption.log_alpha_sigma(t))
-    return -0.5 * corruption.d_log_snr_dt(t) * torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
+    t = corruption._check_time(t, "t")
+    c = corruption._coefficients(t)
+    return -0.5 * corruption._d_log_snr_dt(t) * torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
 
 
 _REDUCTIONS = {
@@ -79,7 +80,8 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
         t = torch.rand(x.shape[0], generator=generator, device=x.device)
     if noise is None:
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    corruption._check_like(noise, x, "noise")
+    else:
+        corruption._check_like(noise, x, "noise")
     t = corruption._check_time(t, "t", x.shape[0], x.device)
     c = corruption._coefficients(t)
     basis = corruption.basis
