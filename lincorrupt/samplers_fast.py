@@ -35,7 +35,7 @@ __all__ = ["dpmpp_2m", "dpmpp_3m", "ode", "logsnr_grid", "info_grid", "mean_log_
 def _grid_coefficients(corruption: DiagonalizableCorruption, times: Tensor) -> tuple[Coefficients, Tensor]:
     """Coefficients at every grid time at once (computed once, indexed per step) and the half
     log-SNR ``lambda = log alpha - log sigma``; each of shape (N + 1, ...) broadcastable to (1, *shape)."""
-    log_alpha, log_sigma = corruption.log_alpha_sigma(times)
+    log_alpha, log_sigma = corruption._log_alpha_sigma(times)
     c = Coefficients(log_alpha, log_sigma)
     return c, log_alpha - log_sigma
 
@@ -235,7 +235,7 @@ def mean_log_snr(corruption: DiagonalizableCorruption, t: Tensor) -> Tensor:
     Non-increasing in t for every valid corruption; for a scalar schedule (DDPM) it is the
     log-SNR itself, for blurring diffusion the noise log-SNR plus the mean log-attenuation.
     """
-    c = Coefficients(*corruption.log_alpha_sigma(t))
+    c = Coefficients(*corruption._log_alpha_sigma(t))
     return c.logsnr.clamp(min=LOGSNR_FLOOR).expand(t.shape[0], *corruption.shape).flatten(1).mean(1)
 
 
@@ -308,11 +308,11 @@ def info_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -> 
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     with torch.no_grad():
         zero = torch.zeros(1, dtype=torch.float64, device=device)
-        t_end = 0.0 if bool(torch.isfinite(Coefficients(*corruption.log_alpha_sigma(zero)).logsnr).all()) else T_EPS
+        t_end = 0.0 if bool(torch.isfinite(Coefficients(*corruption._log_alpha_sigma(zero)).logsnr).all()) else T_EPS
         fine = _fine_times(t_end, device)
         moves, last = [], None
         for chunk in fine.split(512):  # (len, coordinates) at a time
-            info = torch.nn.functional.softplus(Coefficients(*corruption.log_alpha_sigma(chunk)).logsnr).flatten(1)
+            info = torch.nn.functional.softplus(Coefficients(*corruption._log_alpha_sigma(chunk)).logsnr).flatten(1)
             if last is not None:
                 info = torch.cat([last, info])
             moves.append((info[1:] - info[:-1]).abs().amax(1))

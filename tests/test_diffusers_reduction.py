@@ -58,8 +58,11 @@ def run_lincorrupt(c, timesteps, num_samples, seed, method, prediction, **option
         return network(z, torch.round(t * T) - 1)
 
     times = torch.cat([(timesteps.to(f64) + 1) / T, torch.zeros(1, dtype=f64)])
-    x = lc.sample(model, c, num_samples, grid=times, method=method, prediction=prediction,
-                  generator=torch.Generator().manual_seed(seed), dtype=f64, **options)
+    # diffusers starts from N(0, I) at its first timestep, which can be below t = 1 (one step: t = 1/T),
+    # so run the sampler function from the same start instead of lc.sample, which starts at t = 1 only
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randn((num_samples, *SHAPE), generator=g, dtype=f64)  # identity basis: u = z
+    x = lc.SAMPLERS[method](lc.Denoiser(model, c, prediction), c, start, times, generator=g, **options)
     return trajectory, x
 
 

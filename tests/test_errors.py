@@ -106,10 +106,12 @@ def test_bad_sampling_arguments(c):
         lc.sample(identity_model, c, 0, steps=3)
     with pytest.raises(ValueError, match="steps must be a positive int"):
         lc.sample(identity_model, c, 2, steps=0)
-    with pytest.raises(ValueError, match="decrease strictly from at most 1 to exactly 0"):
+    with pytest.raises(ValueError, match="decrease strictly from 1 to exactly 0"):
         lc.sample(identity_model, c, 2, grid=torch.tensor([1.0, 0.5, 0.6, 0.0]))
-    with pytest.raises(ValueError, match="decrease strictly from at most 1 to exactly 0"):
+    with pytest.raises(ValueError, match="decrease strictly from 1 to exactly 0"):
         lc.sample(identity_model, c, 2, grid=torch.tensor([1.0, 0.5]))
+    with pytest.raises(ValueError, match="must start at t = 1, where the prior draws u_1, got 0.8"):
+        lc.sample(identity_model, c, 2, grid=torch.tensor([0.8, 0.5, 0.0]))
     with pytest.raises(ValueError, match="0 <= eta <= 1"):
         lc.sample(identity_model, c, 2, steps=3, method="ddim", eta=2.0)
 

@@ -89,17 +89,13 @@ def cosine_coefficients(t):
 
 
 def capture_inputs(c, method, times, model_x):
+    """Run the sampler function from a given start at times[0] (which may be below 1); returns the
+    start, every model input and the result, in data space."""
     start = torch.randn(2, *c.shape, generator=torch.Generator().manual_seed(1), dtype=f64)
-
-    class Start(lc.Prior):
-        def sample(self, corruption, n, generator=None, device=None, dtype=None):
-            return start
-
     inputs = []
-    c.prior = Start()
-    out = lc.sample(lambda z, t: (inputs.append(z.clone()), model_x(z, t))[1], c, 2, grid=times, method=method,
-                    prediction="x", dtype=f64)
-    return start, inputs, out
+    denoise = lc.Denoiser(lambda z, t: (inputs.append(z.clone()), model_x(z, t))[1], c, "x")
+    out = lc.SAMPLERS[method](denoise, c, c.basis.to_basis(start), times)
+    return start, inputs, c.basis.from_basis(out)
 
 
 def x_model(z, t):
