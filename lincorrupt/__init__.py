@@ -7,8 +7,8 @@ DDPM, inverse heat dissipation and blurring diffusion are instances of
 """
 
 from .basis import Basis, DCTBasis, IdentityBasis, MatrixBasis
-from .corruption import (Coefficients, DiagonalizableCorruption, Gaussian, InvalidCorruptionError,
-                         Transition)
+from .coefficients import Coefficients, Transition
+from .corruption import DiagonalizableCorruption, Gaussian, InvalidCorruptionError
 from .corruptions import DDPM, IHDM, BlurringDiffusion
 from .likelihood import ELBO, bits_per_dim, elbo
 from .losses import diffusion_loss, elbo_weighting

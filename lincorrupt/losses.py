@@ -7,7 +7,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .corruption import Coefficients, DiagonalizableCorruption
+from .coefficients import Coefficients
+from .corruption import DiagonalizableCorruption
 from .predictions import Prediction, get_prediction
 
 __all__ = ["diffusion_loss", "elbo_weighting", "check_model_output"]
@@ -79,9 +80,9 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
         t = torch.rand(x.shape[0], generator=generator, device=x.device)
     if noise is None:
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    corruption._check_like(noise, x, "noise")
-    t = corruption._check_time(t, "t", x.shape[0], x.device)
-    c = corruption._coefficients(t)
+    corruption.check_like(noise, x, "noise")
+    t = corruption.check_time(t, "t", x.shape[0], x.device)
+    c = corruption.coefficients_at(t)
     basis = corruption.basis
     u_x, u_eps = basis.to_basis(x), basis.to_basis(noise)
     z_t = basis.from_basis(c.alpha * u_x + c.sigma * u_eps).to(x.dtype)  # the diffuse step, sharing u_x, u_eps

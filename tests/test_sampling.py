@@ -143,7 +143,7 @@ def test_ddim_step_in_the_identity_basis_is_song_et_al_eq_12():
         return eps_hat
 
     class StartAt(lc.Prior):  # a prior that starts at z_t
-        def sample(self, corruption, n, generator=None, device=None, dtype=None):
+        def sample(self, c_1, shape, n, generator=None, device=None, dtype=None):
             return z_t
 
     c.prior = StartAt()
