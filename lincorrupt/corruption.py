@@ -23,11 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from .basis import Basis
+from .coefficients import Coefficients, Transition, posterior_coefficients, transition
 from .predictions import get_prediction
 from .priors import Prior, StandardNormalPrior
 from .validation import is_validating
 
-__all__ = ["Coefficients", "Transition", "Gaussian", "DiagonalizableCorruption", "InvalidCorruptionError"]
+__all__ = ["Gaussian", "DiagonalizableCorruption", "InvalidCorruptionError"]
 
 
 #: The validity check evaluates the schedule at this many coordinates' worth of times at once
@@ -37,38 +38,6 @@ VALIDITY_CHUNK_ELEMENTS = 2**20
 
 class InvalidCorruptionError(ValueError):
     """The schedule does not define a Markov diffusion (some coordinate's SNR increases)."""
-
-
-class Coefficients(NamedTuple):
-    """``log alpha_t`` and ``log sigma_t`` per basis coordinate, broadcastable to (B, *shape)."""
-
-    log_alpha: Tensor
-    log_sigma: Tensor
-
-    @property
-    def alpha(self) -> Tensor:
-        return self.log_alpha.exp()
-
-    @property
-    def sigma(self) -> Tensor:
-        return self.log_sigma.exp()
-
-    @property
-    def logsnr(self) -> Tensor:
-        """``log SNR_t = log(alpha_t^2 / sigma_t^2)``."""
-        return 2.0 * (self.log_alpha - self.log_sigma)
-
-    @property
-    def r(self) -> Tensor:
-        """``sqrt(alpha_t^2 + sigma_t^2)``, the scale of the velocity (1 for VP processes)."""
-        return torch.exp(torch.logaddexp(2 * self.log_alpha, 2 * self.log_sigma) / 2)
-
-
-class Transition(NamedTuple):
-    """``q(u_t | u_s) = N(alpha * u_s, var)``: ``alpha_{t|s}`` and ``sigma^2_{t|s}`` per coordinate."""
-
-    alpha: Tensor
-    var: Tensor
 
 
 class Gaussian(NamedTuple):
@@ -81,29 +50,6 @@ class Gaussian(NamedTuple):
         """One draw ``mean + sqrt(var) * noise``, of the shape of ``mean``."""
         noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.var.sqrt() * noise
-
-
-def transition(cs: Coefficients, ct: Coefficients) -> Transition:
-    """``alpha_{t|s} = alpha_t / alpha_s`` and ``sigma^2_{t|s} = sigma_t^2 - alpha_{t|s}^2 sigma_s^2``.
-
-    The variance is computed as ``-sigma_t^2 expm1(logsnr_t - logsnr_s)`` (VDM appendix A),
-    which is exact where the difference of squares cancels.
-    """
-    return Transition((ct.log_alpha - cs.log_alpha).exp(), -torch.expm1(ct.logsnr - cs.logsnr) * ct.sigma**2)
-
-
-def posterior_coefficients(cs: Coefficients, ct: Coefficients) -> tuple[Tensor, Tensor, Tensor]:
-    """``q(u_s | u_t, x) = N(c_t u_t + c_x u_x, var)``; returns ``(c_t, c_x, var)``.
-
-    Algebraically equal to DESIGN.md's ``sigma2_{t->s} = (1/sigma_s^2 + alpha_{t|s}^2 /
-    sigma2_{t|s})^-1`` and ``mu = sigma2_{t->s} (alpha_{t|s} / sigma2_{t|s} u_t + alpha_s /
-    sigma_s^2 u_x)``, written with ``r = sigma2_{t|s} / sigma_t^2 = -expm1(logsnr_t - logsnr_s)``
-    so that ``sigma_s = 0`` (a noise-free start) and ``alpha_t -> 0`` stay finite:
-    ``c_t = alpha_{t|s} sigma_s^2 / sigma_t^2``, ``c_x = alpha_s r``, ``var = r sigma_s^2``.
-    """
-    r = -torch.expm1(ct.logsnr - cs.logsnr)
-    c_t = torch.exp(ct.log_alpha - cs.log_alpha + 2 * (cs.log_sigma - ct.log_sigma))
-    return c_t, cs.alpha * r, r * cs.sigma**2
 
 
 class DiagonalizableCorruption(nn.Module):
@@ -187,10 +133,14 @@ class DiagonalizableCorruption(nn.Module):
 
         Computed in ``t``'s dtype (at least float32); pass float64 times for float64 precision.
         """
-        return self._coefficients(self._check_time(t, "t", batch_size))
+        return self.coefficients_at(self.check_time(t, "t", batch_size))
 
-    def _coefficients(self, t: Tensor) -> Coefficients:
-        """:class:`Coefficients` at already checked times ``t`` (B,); the schedule's output shape is checked."""
+    def coefficients_at(self, t: Tensor) -> Coefficients:
+        """:class:`Coefficients` at times ``t`` (B,) already checked by :meth:`check_time`.
+
+        Only the schedule's output shape is checked (no value check, so no host sync): for
+        code that checked its times once and needs the coefficients, e.g. a loss.
+        """
         log_alpha, log_sigma = self._log_alpha_sigma(t)
         target = (t.shape[0], *self.shape)
         for name, value in (("alpha", log_alpha), ("sigma", log_sigma)):
@@ -214,18 +164,15 @@ class DiagonalizableCorruption(nn.Module):
         ``d/dt SNR = SNR * d/dt log SNR``; the continuous-time ELBO weight (VDM eq. 17) is
         ``-1/2 d/dt SNR_t``.
         """
-        return self._d_log_snr_dt(self._check_time(t, "t"))
-
-    def _d_log_snr_dt(self, t: Tensor) -> Tensor:
-        """:meth:`d_log_snr_dt` at already checked times ``t`` (B,)."""
-        _, tangent = torch.func.jvp(lambda t: self._coefficients(t).logsnr, (t,), (torch.ones_like(t),))
+        t = self.check_time(t, "t")
+        _, tangent = torch.func.jvp(lambda t: self.coefficients_at(t).logsnr, (t,), (torch.ones_like(t),))
         return tangent
 
     # ----------------------------------------------------------------- the process
     def transition(self, s: Tensor | float, t: Tensor | float) -> Transition:
         """``q(u_t | u_s)`` for ``0 <= s < t <= 1``: ``alpha_{t|s}``, ``sigma^2_{t|s}`` per coordinate."""
         s, t = self._check_pair(s, t)
-        return transition(self._coefficients(s), self._coefficients(t))
+        return transition(self.coefficients_at(s), self.coefficients_at(t))
 
     def diffuse(self, x: Tensor, t: Tensor | float, noise: Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -243,8 +190,8 @@ class DiagonalizableCorruption(nn.Module):
         if noise is None:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         else:
-            self._check_like(noise, x, "noise")
-        c = self._coefficients(self._check_time(t, "t", x.shape[0], x.device))
+            self.check_like(noise, x, "noise")
+        c = self.coefficients_at(self.check_time(t, "t", x.shape[0], x.device))
         u_t = c.alpha * self.basis.to_basis(x) + c.sigma * self.basis.to_basis(noise)
         return self.basis.from_basis(u_t).to(x.dtype), noise
 
@@ -259,9 +206,9 @@ class DiagonalizableCorruption(nn.Module):
             :class:`Gaussian` with ``mean`` and ``var`` (B, *shape) in basis coordinates.
         """
         self.check_data(x)
-        self._check_like(z_t, x, "z_t")
+        self.check_like(z_t, x, "z_t")
         s, t = self._check_pair(s, t, x.shape[0], x.device)
-        c_t, c_x, var = posterior_coefficients(self._coefficients(s), self._coefficients(t))
+        c_t, c_x, var = posterior_coefficients(self.coefficients_at(s), self.coefficients_at(t))
         mean = c_t * self.basis.to_basis(z_t) + c_x * self.basis.to_basis(x)
         return Gaussian(mean.to(x.dtype), var.expand(mean.shape).to(x.dtype))
 
@@ -279,8 +226,8 @@ class DiagonalizableCorruption(nn.Module):
         """
         src, dst = get_prediction(source), get_prediction(target)
         self.check_data(z_t, "z_t")
-        self._check_like(output, z_t, "output")
-        c = self._coefficients(self._check_time(t, "t", z_t.shape[0], z_t.device))
+        self.check_like(output, z_t, "output")
+        c = self.coefficients_at(self.check_time(t, "t", z_t.shape[0], z_t.device))
         u_t, out = self.basis.to_basis(z_t), self.basis.to_basis(output)
         u_x, u_eps = src.to_x(c, u_t, out), src.to_eps(c, u_t, out)
         return self.basis.from_basis(dst.target(c, u_x, u_eps)).to(z_t.dtype)
@@ -301,7 +248,7 @@ class DiagonalizableCorruption(nn.Module):
         times = torch.linspace(0, 1, num_times, dtype=torch.float64, device=self._device())
         last_t = last_half_logsnr = None
         for t in times.split(max(1, min(64, VALIDITY_CHUNK_ELEMENTS // math.prod(self.shape)))):
-            c = self._coefficients(t)
+            c = self.coefficients_at(t)
             self._check_finite(t, c)
             half_logsnr = c.log_alpha - c.log_sigma  # log SNR / 2: halving is exact, so it orders alike
             if last_half_logsnr is not None:
@@ -379,8 +326,9 @@ class DiagonalizableCorruption(nn.Module):
         _check_finite_values(x, name)
 
     @staticmethod
-    def _check_like(y: Tensor, x: Tensor, name: str) -> None:
-        """``y`` has ``x``'s shape, device and dtype and, while validation is on, is finite."""
+    def check_like(y: Tensor, x: Tensor, name: str) -> None:
+        """``TypeError``/``ValueError`` unless ``y`` (called ``name``) is a tensor of ``x``'s shape, device
+        and dtype and, while validation is on, finite."""
         if not isinstance(y, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
         if y.shape != x.shape:
@@ -391,9 +339,10 @@ class DiagonalizableCorruption(nn.Module):
             raise TypeError(f"{name} has dtype {y.dtype} but x has {x.dtype}")
         _check_finite_values(y, name)
 
-    def _check_time(self, t: Tensor | float, name: str, batch_size: int | None = None,
-                    device: torch.device | None = None) -> Tensor:
-        """A (B,) floating tensor of times in [0, 1]; scalars are expanded to ``batch_size``.
+    def check_time(self, t: Tensor | float, name: str = "t", batch_size: int | None = None,
+                   device: torch.device | None = None) -> Tensor:
+        """``t`` as a (B,) floating tensor (at least float32) of times in [0, 1]; scalars are
+        expanded to ``batch_size``. ``name`` names ``t`` in errors; ``device`` is where it must be.
         The range is checked while validation is on (:func:`lincorrupt.set_validate_args`)."""
         if not isinstance(t, Tensor):
             t = torch.tensor(float(t), device=device if device is not None else self._device())
@@ -416,8 +365,8 @@ class DiagonalizableCorruption(nn.Module):
             for v in (s, t):
                 if isinstance(v, Tensor) and v.ndim == 1:
                     batch_size = v.shape[0]
-        s = self._check_time(s, "s", batch_size, device)
-        t = self._check_time(t, "t", batch_size, device)
+        s = self.check_time(s, "s", batch_size, device)
+        t = self.check_time(t, "t", batch_size, device)
         if is_validating() and not bool((s < t).all()):
             k = int((s >= t).nonzero()[0])
             raise ValueError(f"need s < t, got s={s[k].item():.6g} >= t={t[k].item():.6g}")
@@ -443,11 +392,11 @@ class DiagonalizableCorruption(nn.Module):
 
 def _checking_times(schedule):
     """Wrap a subclass's ``alpha_sigma`` / ``log_alpha_sigma`` so that it receives checked
-    (B,) times (:meth:`DiagonalizableCorruption._check_time`); the unchecked implementation
+    (B,) times (:meth:`DiagonalizableCorruption.check_time`); the unchecked implementation
     stays reachable as ``__wrapped__``."""
     @functools.wraps(schedule)
     def checked(self, t):
-        return schedule(self, self._check_time(t, "t"))
+        return schedule(self, self.check_time(t, "t"))
 
     return checked
 

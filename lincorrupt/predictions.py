@@ -12,13 +12,10 @@ never divide by alpha_t or sigma_t; for a variance-preserving process ``r_t = 1`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from .corruption import Coefficients
+from .coefficients import Coefficients
 
 __all__ = ["Prediction", "PREDICTIONS", "get_prediction"]
 

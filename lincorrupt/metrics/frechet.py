@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from lincorrupt.data.images import to_unit_range
-from lincorrupt.train.distributed import all_gather_objects
+from lincorrupt.collectives import all_gather_objects
 
 __all__ = ["ENV_VAR", "WEIGHTS_FILE", "FIDStats", "activations", "dataset_stats", "fid", "inception_weights_path",
            "load_inception", "sample_stats"]
