@@ -132,3 +132,16 @@ def test_given_options_are_only_the_flags_on_the_command_line():
     assert given_options(TrainConfig, ["--lr", "0.1", "--no-hflip", "--steps", "5"]) == {"lr": 0.1, "hflip": False,
                                                                                           "steps": 5}
     assert given_options(TrainConfig, []) == {}
+
+
+def test_the_api_reference_shows_each_field_with_its_help_text_and_default():
+    """The docs' griffe extension reads the same ``option(default, help)`` the flags are built from."""
+    griffe = pytest.importorskip("griffe")
+    root = Path(__file__).resolve().parents[1]
+    extension = griffe.load_extensions(f"{root / 'docs' / 'hooks' / 'griffe_docstrings.py'}:DocstringConventions")
+    documented = griffe.load("lincorrupt.train.trainer", extensions=extension, search_paths=[str(root)],
+                             resolve_aliases=False)["TrainConfig"]
+    for f in dataclasses.fields(TrainConfig):
+        attribute = documented.members[f.name]
+        assert attribute.docstring.value == f.metadata["help"], f.name
+        assert eval(str(attribute.value)) == f.default, f.name

@@ -98,7 +98,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 @dataclass
 class TrainConfig:
-    """The optimisation recipe and the run's bookkeeping; every field is also a flag of the examples.
+    """The optimisation recipe and the run's bookkeeping; every field is also a flag of the CIFAR-10 example.
 
     The defaults are the recipe of DDPM's CIFAR-10 run (Ho et al. 2020): 800k steps of batch 128,
     Adam at lr 2e-4, EMA decay 0.9999, random horizontal flips (their appendix B), 5000 warm-up
