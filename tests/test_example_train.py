@@ -204,3 +204,9 @@ def test_ihdm_samples_from_its_checkpoint_without_data(script, data_root, tmp_pa
     corruption = script.build_corruption(state["extra"]["model_args"], state["extra"]["buffers"])
     assert isinstance(corruption.prior, lc.EmpiricalPrior) and torch.equal(corruption.prior.u_x, u_x)
     assert corruption.sigma == 0.01 and corruption.num_steps == 200 and corruption.sigma_blur_max == 24.0
+
+
+def test_the_how_to_lists_exactly_the_flags_that_may_change_on_resume(script):
+    text = (SCRIPT.parents[1] / "docs" / "how-to" / "train-cifar10.md").read_text()
+    table = text[text.index("| what | flags |"):text.index("Any other flag")]
+    assert {flag[2:].replace("-", "_") for flag in re.findall(r"`(--[a-z0-9-]+)`", table)} == script.RESUMABLE
