@@ -2,6 +2,7 @@
 
     make demo                                  # = .venv/bin/python examples/demo.py --out out/demo
     .venv/bin/python examples/demo.py --out out/demo --steps 2000   # longer: better samples
+    .venv/bin/python examples/demo.py --out out/demo --steps 5000 --resume   # continue the last run
 
 Data: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package (/usr/share/datasets/fashion-mnist),
 installed with apt-get when it is missing and apt-get may run; else torchvision's download when
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                 "into OUT/data)")
     p.add_argument("--steps", type=int, default=600, help="~4 min on a busy 2-core CPU")
     p.add_argument("--sample-steps", type=int, default=200, help="ancestral sampler steps for the grid")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT/run up to --steps (default: "
+                                                         "start afresh)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads; the network is tiny, and on a shared 2-core machine 2 threads "
                         "measured 4-6x slower than 1 (OpenMP threads wait for each other)")
@@ -149,15 +152,18 @@ def main(argv: list[str] | None = None) -> dict:
     forward_process(data, out / "forward_process.png")
 
     run = out / "run"
-    if run.exists():  # a previous demo: start afresh (the run is only a few minutes)
+    if run.exists() and not args.resume:  # a previous demo: start afresh (the run is only a few minutes)
         shutil.rmtree(run)
     cfg = TrainConfig(steps=args.steps, sample_steps=args.sample_steps, out_dir=str(run), **RECIPE)
     torch.manual_seed(cfg.seed)  # the network's initial weights
     trainer = Trainer(UNet(**UNET), lc.BlurringDiffusion(SHAPE, **CORRUPTION), data, cfg,
                       extra={"unet": UNET, "corruption": CORRUPTION})
-    train_start = time.perf_counter()
+    if args.resume:
+        trainer.resume(run / "checkpoint.pt")
+    first_step, train_start = trainer.step, time.perf_counter()
     trainer.fit()
     train_minutes = (time.perf_counter() - train_start) / 60
+    this_run = f"the last {trainer.step - first_step} " if first_step else ""
     trainer.sample_grid(out / "samples.png")
     records = loss_curve(run / "metrics.jsonl", out / "loss.png")
     minutes = (time.perf_counter() - start) / 60
@@ -167,12 +173,12 @@ def main(argv: list[str] | None = None) -> dict:
 - data: {len(data)} Fashion-MNIST training images, 28x28 greyscale, from {shown(root, out, REPO)}
 - corruption: BlurringDiffusion(sigma_blur_max=20, min_scale=0.001, log-SNR in [-10, 10]), {cfg.prediction}-prediction
 - network: DDPM UNet, 16 channels, multipliers 1-2-4, {params / 1e6:.2f}M parameters
-- training: {trainer.step} steps of batch {cfg.batch_size} in {train_minutes:.1f} min; loss {records[0]['loss']:.3f} (first 10 steps) -> {records[-1]['loss']:.3f} (last 10)
+- training: {trainer.step} steps of batch {cfg.batch_size}, {this_run}in {train_minutes:.1f} min; loss {records[0]['loss']:.3f} (first 10 steps) -> {records[-1]['loss']:.3f} (last 10)
 - sampling: 64 images, {args.sample_steps} ancestral steps, EMA weights
 - total time: {minutes:.1f} min
 
 Files: forward_process.png, samples.png, loss.png, run/ (checkpoint.pt, metrics.jsonl).
-Train longer: .venv/bin/python examples/demo.py --out {shown(out, REPO)} --steps 2000
+Continue training: .venv/bin/python examples/demo.py --out {shown(out, REPO)} --steps {2 * trainer.step} --resume
 """
     (out / "summary.md").write_text(text)
     print(text)

@@ -102,9 +102,10 @@ class TrainConfig:
 
     The defaults are the recipe of DDPM's CIFAR-10 run (Ho et al. 2020): 800k steps of batch 128,
     Adam at lr 2e-4, EMA decay 0.9999, random horizontal flips (their appendix B), 5000 warm-up
-    steps and gradient clipping at norm 1 (their released code). Blurring diffusion (Hoogeboom &
-    Salimans 2023) trains with the same recipe, the same UNet and eps-prediction with the
-    unweighted loss. Each field's help text is its ``--help`` line and its entry below.
+    steps and gradient clipping at norm 1 (their released code), eps-prediction with the
+    unweighted loss. The blurring-diffusion paper (Hoogeboom & Salimans 2023) reuses this recipe
+    and DDPM's UNet for CIFAR-10; its own are the corruption's settings (the example's flags).
+    Each field's help text is its ``--help`` line and its entry below.
     """
 
     steps: int = option(800_000, "Optimisation steps in all (DDPM's CIFAR-10 run: 800k).", bounds=AT_LEAST_1)
