@@ -58,7 +58,7 @@ from lincorrupt.data import load_images, to_model_range
 from lincorrupt.metrics import FIDStats, dataset_stats, fid, inception_weights_path, load_inception, sample_stats
 from lincorrupt.nn import UNet
 from lincorrupt.train import CheckpointError, TrainConfig, Trainer, find_checkpoint, init_distributed, load_checkpoint
-from lincorrupt.train.cli import Interval, given_options, option, parse_config
+from lincorrupt.train.cli import Interval, OptionError, given_options, option, parse_config
 from lincorrupt.train.data_order import derive_seed
 from lincorrupt.train.evaluation import QualityEvaluator, feature_space
 
@@ -146,8 +146,10 @@ class Config(TrainConfig):
     out_dir: str = option("runs/{corruption}", "Output folder.")
     device: str = option("", "Device; empty: cuda when available, else cpu.")
     resume: bool = option(False, "Continue from --checkpoint (default: out-dir/checkpoint.pt) with its model and "
-                          "recipe; only the flags in RESUMABLE may differ from its run.")
-    sample_only: bool = option(False, "No training: samples (and --fid) from the checkpoint's EMA weights.")
+                          "recipe; of the flags given, only these may differ from its run, the others must repeat its "
+                          "values: " + ", ".join("--" + name.replace("_", "-") for name in sorted(RESUMABLE)) + ".")
+    sample_only: bool = option(False, "No training: samples (and --fid) from the checkpoint's EMA weights, with its "
+                               "model and recipe (the flags as for --resume).")
     checkpoint: str = option("", "Checkpoint for --resume / --sample-only (default: out-dir/checkpoint.pt).")
     fid: bool = option(False, "FID of the EMA model against the training images.")
     fid_samples: int = option(50_000, "Samples for the FID (the papers' protocol: 50k).", bounds=AT_LEAST_1)
@@ -169,6 +171,8 @@ class Config(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if not self.ch_mult:
+            raise OptionError("ch_mult", "ch_mult must hold at least one multiplier (one per resolution), got ()")
         if self.prediction == "auto":
             self.prediction = RECIPES[self.corruption].prediction
         self.out_dir = self.out_dir.format(corruption=self.corruption)

@@ -43,7 +43,7 @@ BAD = {
     # the example's own
     "image_size": [0], "channels": [0], "sigma_blur_max": [-1.0, math.nan], "min_scale": [-0.1, 1.0],
     "logsnr_min": [math.nan, -math.inf], "logsnr_max": [math.inf], "ddpm_steps": [0], "ihdm_sigma": [0.0, -0.01],
-    "ihdm_blur_max": [0.0], "ihdm_steps": [0], "prior_images": [0], "ch": [0], "ch_mult": [(1, 0), (-1,)],
+    "ihdm_blur_max": [0.0], "ihdm_steps": [0], "prior_images": [0], "ch": [0], "ch_mult": [(1, 0), (-1,), ()],
     "num_res_blocks": [0], "attn_resolutions": [(0,)], "dropout": [1.0, -0.1, math.nan], "groups": [0],
     "fid_samples": [0], "fid_batch": [0], "fid_steps": [0], "fid_dims": [100, 0], "eval_samples": [3, 0],
     "eval_steps": [0],
