@@ -163,17 +163,17 @@ def main(argv: list[str] | None = None) -> dict:
     first_step, train_start = trainer.step, time.perf_counter()
     trainer.fit()
     train_minutes = (time.perf_counter() - train_start) / 60
-    this_run = f"the last {trainer.step - first_step} " if first_step else ""
+    this_run = f", the last {trainer.step - first_step}" if first_step else ""
     trainer.sample_grid(out / "samples.png")
     records = loss_curve(run / "metrics.jsonl", out / "loss.png")
     minutes = (time.perf_counter() - start) / 60
-    params = sum(p.numel() for p in trainer.model.parameters())
+    params = sum(w.numel() for w in trainer.model.parameters())
     text = f"""# lincorrupt demo: blurring diffusion on Fashion-MNIST (CPU)
 
 - data: {len(data)} Fashion-MNIST training images, 28x28 greyscale, from {shown(root, out, REPO)}
 - corruption: BlurringDiffusion(sigma_blur_max=20, min_scale=0.001, log-SNR in [-10, 10]), {cfg.prediction}-prediction
 - network: DDPM UNet, 16 channels, multipliers 1-2-4, {params / 1e6:.2f}M parameters
-- training: {trainer.step} steps of batch {cfg.batch_size}, {this_run}in {train_minutes:.1f} min; loss {records[0]['loss']:.3f} (first 10 steps) -> {records[-1]['loss']:.3f} (last 10)
+- training: {trainer.step} steps of batch {cfg.batch_size}{this_run} in {train_minutes:.1f} min; loss {records[0]['loss']:.3f} (first 10 steps) -> {records[-1]['loss']:.3f} (last 10)
 - sampling: 64 images, {args.sample_steps} ancestral steps, EMA weights
 - total time: {minutes:.1f} min
 
