@@ -44,8 +44,8 @@ class Coefficients(NamedTuple):
         return 2.0 * (self.log_alpha - self.log_sigma)
 
     @property
-    def r(self) -> Tensor:
-        """``sqrt(alpha_t^2 + sigma_t^2)``, the scale of the velocity (1 for VP processes)."""
+    def velocity_scale(self) -> Tensor:
+        """``sqrt(alpha_t^2 + sigma_t^2)``, the scale of the velocity prediction (1 for VP processes)."""
         return torch.exp(torch.logaddexp(2 * self.log_alpha, 2 * self.log_sigma) / 2)
 
 
@@ -68,12 +68,13 @@ def transition(cs: Coefficients, ct: Coefficients) -> Transition:
 def posterior_coefficients(cs: Coefficients, ct: Coefficients) -> tuple[Tensor, Tensor, Tensor]:
     """``q(u_s | u_t, x) = N(c_t u_t + c_x u_x, var)``; returns ``(c_t, c_x, var)``.
 
-    Algebraically equal to DESIGN.md's ``sigma2_{t->s} = (1/sigma_s^2 + alpha_{t|s}^2 /
-    sigma2_{t|s})^-1`` and ``mu = sigma2_{t->s} (alpha_{t|s} / sigma2_{t|s} u_t + alpha_s /
-    sigma_s^2 u_x)``, written with ``r = sigma2_{t|s} / sigma_t^2 = -expm1(logsnr_t - logsnr_s)``
+    Algebraically equal to the textbook form (Kingma et al. 2021, eq. 32-33)
+    ``sigma2_{t->s} = (1/sigma_s^2 + alpha_{t|s}^2 / sigma2_{t|s})^-1`` and
+    ``mu = sigma2_{t->s} (alpha_{t|s} / sigma2_{t|s} u_t + alpha_s / sigma_s^2 u_x)``, written with
+    the relative SNR drop ``snr_drop = 1 - SNR_t / SNR_s = sigma2_{t|s} / sigma_t^2 = -expm1(logsnr_t - logsnr_s)``
     so that ``sigma_s = 0`` (a noise-free start) and ``alpha_t -> 0`` stay finite:
-    ``c_t = alpha_{t|s} sigma_s^2 / sigma_t^2``, ``c_x = alpha_s r``, ``var = r sigma_s^2``.
+    ``c_t = alpha_{t|s} sigma_s^2 / sigma_t^2``, ``c_x = alpha_s snr_drop``, ``var = snr_drop sigma_s^2``.
     """
-    r = -torch.expm1(ct.logsnr - cs.logsnr)
+    snr_drop = -torch.expm1(ct.logsnr - cs.logsnr)
     c_t = torch.exp(ct.log_alpha - cs.log_alpha + 2 * (cs.log_sigma - ct.log_sigma))
-    return c_t, cs.alpha * r, r * cs.sigma**2
+    return c_t, cs.alpha * snr_drop, snr_drop * cs.sigma**2

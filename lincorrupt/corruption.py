@@ -86,6 +86,10 @@ class DiagonalizableCorruption(nn.Module):
         for name in ("alpha_sigma", "log_alpha_sigma"):
             if name in cls.__dict__ and not hasattr(cls.__dict__[name], "__wrapped__"):
                 setattr(cls, name, _checking_times(cls.__dict__[name]))
+        # The schedule is complete only once the subclass's own __init__ has set its parameters,
+        # after the base __init__ has returned, so the check cannot run there. Wrapping every
+        # subclass's __init__ runs it once, when the constructor of the class being built
+        # (type(self) is cls) returns, and no subclass has to remember to call it.
         init = cls.__init__
 
         @functools.wraps(init)
@@ -196,7 +200,7 @@ class DiagonalizableCorruption(nn.Module):
         return self.basis.from_basis(u_t).to(x.dtype), noise
 
     def posterior(self, z_t: Tensor, x: Tensor, s: Tensor | float, t: Tensor | float) -> Gaussian:
-        """``q(u_s | u_t, x)`` per basis coordinate (DESIGN.md sec. 1, VDM eq. 32-33).
+        """``q(u_s | u_t, x)`` per basis coordinate (Kingma et al. 2021, eq. 32-33).
 
         Args:
             z_t: (B, *shape) corrupted data at time t, data space.

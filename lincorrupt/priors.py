@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from .coefficients import Coefficients
@@ -187,6 +188,6 @@ class EmpiricalPrior(Prior):
         alpha, sigma = _endpoint(c_1, u_1.device, u_1.dtype)
         centres = alpha * self.u_x.to(u_1.device, u_1.dtype)  # (N, *shape)
         var = (sigma[0] ** 2).expand(centres.shape[1:]).flatten()
-        diff = u_1.flatten(1)[:, None, :] - centres.flatten(1)[None]  # (B, N, D)
+        diff = rearrange(u_1, "b ... -> b 1 (...)") - rearrange(centres, "n ... -> 1 n (...)")  # (B, N, D)
         log_n = -0.5 * (diff**2 / var + torch.log(2 * math.pi * var)).sum(-1)
         return torch.logsumexp(log_n, 1) - math.log(centres.shape[0])

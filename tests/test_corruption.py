@@ -47,7 +47,7 @@ def full(c, t):
 @given(s=times, t=times, seed=st.integers(0, 1000))
 def test_transition_and_posterior_equal_the_vdm_closed_forms(name, s, t, seed):
     c, s, t, x, z_t, (a_s, s_s), (a_t, s_t) = posterior_case(name, s, t, seed)
-    # DESIGN.md sec. 1, naive form
+    # the textbook closed forms (Kingma et al. 2021, eq. 32-33), naive form
     alpha_ts = a_t / a_s
     var_ts = s_t**2 - alpha_ts**2 * s_s**2
     post_var = 1 / (1 / s_s**2 + alpha_ts**2 / var_ts)

@@ -6,12 +6,16 @@ this code base that Google-style parsing does not know.
    parameter called ``"s, t"`` does not exist, and the strict build fails).
 2. Sphinx roles such as ``:class:`~lincorrupt.priors.GaussianPrior``` or ``:meth:`fit```:
    rendered as inline code of the name they show (``GaussianPrior``, ``fit``).
+3. Config fields declared with ``option(default, help, ...)`` (lincorrupt.train.cli): the help
+   text, which is also the flag's ``--help``, becomes the attribute's docstring, and the
+   default (not the ``option(...)`` call) is the value the signature shows.
 
 Only the text given to the documentation changes; the code is untouched.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 
 import griffe
@@ -67,9 +71,27 @@ def rewrite(text: str) -> str:
     return _ROLE.sub(_role, "\n".join(out))
 
 
+def option_call(node: ast.AST) -> ast.Call | None:
+    """The ``option(default, help, ...)`` call a field is assigned, else None."""
+    call = getattr(node, "value", None)
+    if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "option" and len(call.args) == 2:
+        return call
+    return None
+
+
 class DocstringConventions(griffe.Extension):
     """Apply :func:`rewrite` to every docstring as griffe loads it."""
 
     def on_instance(self, *, obj: griffe.Object, **kwargs) -> None:
         if obj.docstring is not None:
             obj.docstring.value = rewrite(obj.docstring.value)
+
+    def on_attribute_instance(self, *, node: ast.AST, attr: griffe.Attribute, **kwargs) -> None:
+        """A field declared with ``option(default, help)``: its help text as docstring, its default as value."""
+        call = option_call(node) if isinstance(node, ast.AST) else None
+        if call is None:
+            return
+        default, text = call.args
+        attr.value = griffe.safe_get_expression(default, parent=attr.parent) or attr.value
+        if isinstance(text, ast.Constant) and isinstance(text.value, str) and attr.docstring is None:
+            attr.docstring = griffe.Docstring(rewrite(text.value), parent=attr)

@@ -99,12 +99,9 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
     Returns:
         (N, *corruption.shape) samples in data space.
 
-    Choosing: with an exact denoiser (benchmarks/bench_samplers.py, Gaussian data fitted to
-    CIFAR-10 patches) ``method="dpm++3m"`` is the most accurate per network evaluation, on
-    ``grid="logsnr"`` for DDPM and blurring diffusion and on ``grid="info"`` for IHDM: it matches
-    the error of 1000-step ancestral sampling on the uniform grid with 15 (DDPM), 22 (blurring)
-    and 28 (IHDM) evaluations. The defaults (ancestral, uniform) are the papers' samplers and
-    keep results comparable with them.
+    The defaults (ancestral, uniform) are the papers' samplers and keep results comparable with
+    them; for fewer network evaluations see the how-to guide on choosing a sampler and the
+    Benchmarks page, which measures every sampler and grid.
     """
     sampler = _sampler(method)
     if not isinstance(num_samples, int) or num_samples < 1:
