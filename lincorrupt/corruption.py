@@ -266,7 +266,7 @@ class DiagonalizableCorruption(nn.Module):
         finite), ``sigma_t = 0`` at ``t > 0`` and ``alpha_t = 0`` at ``t < 1`` (where the
         log-SNR is -inf, transitions and posteriors are ``expm1(-inf + inf)``, NaN). ``exp`` is
         monotone and ``amax`` / ``amin`` propagate NaN, so one reduction per coefficient and
-        end decides; the coordinate is located only on failure."""
+        test decides; the coordinate is located only on failure."""
         for name, log_value in (("alpha", c.log_alpha), ("sigma", c.log_sigma)):
             largest = log_value.amax()
             if not bool(torch.isfinite(largest.exp())):

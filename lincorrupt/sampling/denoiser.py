@@ -21,10 +21,11 @@ class StepInfo(NamedTuple):
     """What a sampler's ``callback`` receives after each network evaluation, all in data space.
 
     Attributes:
-        step: index of the evaluation, 0 to ``steps - 1``.
+        step: index of the evaluation by this denoiser, 0 to ``steps - 1`` in :func:`~lincorrupt.sample`.
         t: (B,) the time the model was evaluated at.
         z_t: (B, *shape) the model's input.
-        x_hat: (B, *shape) the denoised estimate, after ``clip`` or ``dynamic_threshold``.
+        x_hat: (B, *shape) the denoised estimate the sampler uses (bounded if ``clip`` or
+            ``threshold`` is set).
     """
 
     step: int
