@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..coefficients import T_EPS, Coefficients
+from ..coefficients import T_EPS
 from ..corruption import DiagonalizableCorruption
 
 __all__ = ["uniform_grid", "logsnr_grid", "info_grid", "mean_log_snr", "GRIDS", "LOGSNR_FLOOR"]
@@ -38,7 +38,7 @@ def mean_log_snr(corruption: DiagonalizableCorruption, t: Tensor) -> Tensor:
     Non-increasing in t for every valid corruption; for a scalar schedule (DDPM) it is the
     log-SNR itself, for blurring diffusion the noise log-SNR plus the mean log-attenuation.
     """
-    c = Coefficients(*corruption.log_alpha_sigma(t))
+    c = corruption.coefficients_at(t)
     return c.logsnr.clamp(min=LOGSNR_FLOOR).expand(t.shape[0], *corruption.shape).flatten(1).mean(1)
 
 
@@ -106,11 +106,11 @@ def info_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -> 
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     with torch.no_grad():
         zero = torch.zeros(1, dtype=torch.float64, device=device)
-        t_end = 0.0 if bool(torch.isfinite(Coefficients(*corruption.log_alpha_sigma(zero)).logsnr).all()) else T_EPS
+        t_end = 0.0 if bool(torch.isfinite(corruption.coefficients_at(zero).logsnr).all()) else T_EPS
         fine = _fine_times(t_end, device)
         moves, last = [], None
         for chunk in fine.split(512):  # (len, coordinates) at a time
-            info = torch.nn.functional.softplus(Coefficients(*corruption.log_alpha_sigma(chunk)).logsnr).flatten(1)
+            info = torch.nn.functional.softplus(corruption.coefficients_at(chunk).logsnr).flatten(1)
             if last is not None:
                 info = torch.cat([last, info])
             moves.append((info[1:] - info[:-1]).abs().amax(1))

@@ -31,14 +31,14 @@ from ..coefficients import Coefficients, posterior_coefficients
 from ..corruption import DiagonalizableCorruption
 from .denoiser import Denoiser
 
-__all__ = ["ancestral", "ddim", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "SAMPLERS"]
+__all__ = ["ancestral", "ddim", "ddim_coefficients", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "SAMPLERS"]
 
 
 def _intervals(corruption, times: Tensor, progress: bool):
     """Yield ``(t, s, c_t, c_s)`` for consecutive times; coefficients computed once per time."""
-    c_next = Coefficients(*corruption.log_alpha_sigma(times[:1]))
+    c_next = corruption.coefficients_at(times[:1])
     for k in tqdm(range(len(times) - 1), disable=not progress, desc="sampling"):
-        c_t, c_next = c_next, Coefficients(*corruption.log_alpha_sigma(times[k + 1:k + 2]))
+        c_t, c_next = c_next, corruption.coefficients_at(times[k + 1:k + 2])
         yield times[k:k + 1], times[k + 1:k + 2], c_t, c_next
 
 
@@ -56,12 +56,31 @@ def ancestral(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor
     return u
 
 
+def ddim_coefficients(c_s: Coefficients, c_t: Coefficients, eta: float) -> tuple[Tensor, Tensor]:
+    """DDIM's weight of ``u_eps_hat`` and standard deviation of the fresh noise (Song et al. 2021, eq. 12).
+
+    With ``r = sigma2_{t->s} / sigma_s^2 = -expm1(logsnr_t - logsnr_s)`` the posterior variance
+    is ``r sigma_s^2``, so ``v = eta^2 r sigma_s^2`` and
+
+        sqrt(sigma_s^2 - v) = sigma_s sqrt((1 - eta^2) + eta^2 SNR_t / SNR_s),    sqrt(v) = eta sigma_s sqrt(r)
+
+    (``1 - eta^2 r = 1 - eta^2 + eta^2 (1 - r)`` and ``1 - r = exp(logsnr_t - logsnr_s)``): a sum of
+    non-negative terms, exact where ``sigma_s^2 - v`` cancels (``SNR_t << SNR_s``, ``eta`` near 1).
+    Returns two tensors broadcastable to (B, *shape).
+    """
+    dlogsnr = c_t.logsnr - c_s.logsnr
+    c_eps = c_s.sigma * torch.sqrt((1 - eta**2) + eta**2 * torch.exp(dlogsnr))
+    return c_eps, eta * c_s.sigma * torch.sqrt(-torch.expm1(dlogsnr))
+
+
 def ddim(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor, times: Tensor,
          generator: torch.Generator | None = None, progress: bool = False, eta: float = 0.0) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12) per coordinate; ``eta = 0`` is deterministic and
     ``eta = 1`` is ancestral sampling:
 
         u_s = alpha_s u_x_hat + sqrt(sigma_s^2 - v) u_eps_hat + sqrt(v) noise,  v = eta^2 sigma2_{t->s}
+
+    with both square roots in the cancellation-free form of :func:`ddim_coefficients`.
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"ddim needs 0 <= eta <= 1, got {eta}")
@@ -69,19 +88,18 @@ def ddim(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor, tim
         u_x, u_eps = denoise(u, t, c_t)
         if k == len(times) - 2:
             return u_x
-        var = eta**2 * posterior_coefficients(c_s, c_t)[2]
-        u = c_s.alpha * u_x + (c_s.sigma**2 - var).clamp(min=0).sqrt() * u_eps
+        c_eps, std = ddim_coefficients(c_s, c_t, eta)
+        u = c_s.alpha * u_x + c_eps * u_eps
         if eta > 0:
-            u = u + var.sqrt() * torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype)
+            u = u + std * torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype)
     return u
 
 
 def _grid_coefficients(corruption: DiagonalizableCorruption, times: Tensor) -> tuple[Coefficients, Tensor]:
     """Coefficients at every grid time at once (computed once, indexed per step) and the half
     log-SNR ``lambda = log alpha - log sigma``; each of shape (N + 1, ...) broadcastable to (1, *shape)."""
-    log_alpha, log_sigma = corruption.log_alpha_sigma(times)
-    c = Coefficients(log_alpha, log_sigma)
-    return c, log_alpha - log_sigma
+    c = corruption.coefficients_at(times)
+    return c, c.log_alpha - c.log_sigma
 
 
 def _at(c: Coefficients, k: int) -> Coefficients:

@@ -495,7 +495,7 @@ class Trainer:
 
     @torch.no_grad()
     def sample_grid(self, path: str | Path, n: int | None = None, steps: int | None = None, seed: int = 0) -> torch.Tensor:
-        """Sample ``n`` images with the EMA model and save them as a grid; returns them in [-1, 1]."""
+        """Sample ``n`` images with the EMA model and save them as a grid; returns them unclipped (only the PNG is clamped)."""
         from torchvision.utils import save_image
         n, steps = n or self.cfg.grid_size, steps or self.cfg.sample_steps
         g = torch.Generator(self.device).manual_seed(seed)
