@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_gpu.py                 # everything, a few minutes on one GPU
     .venv/bin/python benchmarks/bench_gpu.py --steps 10      # fewer timed steps
+    .venv/bin/python benchmarks/bench_gpu.py --profile       # where a bf16 training step spends its time
 
 Prints, for the default 35.7M-parameter DDPM UNet on 3x32x32 blurring diffusion:
   1. training images/s and peak GPU memory of a full Trainer step (corruption, loss, backward,
@@ -83,6 +84,33 @@ def bench_sampling(method: str, n: int, steps: int) -> float:
         return n / timed(run, 1)
 
 
+def profile_training(batch: int, steps: int) -> None:
+    """torch.profiler over ``steps`` bf16 + channels_last Trainer steps: the GPU's busy share of
+    the wall time (kernel time / wall time; far below 1 means the host cannot feed the GPU) and the
+    operators that take the most GPU and host time."""
+    from torch.profiler import ProfilerActivity, profile
+    with tempfile.TemporaryDirectory() as out:
+        trainer = make_trainer(batch, "bf16", True, False, out)
+        x = torch.randint(0, 256, (batch, *SHAPE), dtype=torch.uint8, device="cuda")
+        for _ in range(3):
+            trainer.train_step(x)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                trainer.train_step(x)
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    kernel_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    print(f"profile: {steps} steps of batch {batch} (bf16, channels_last) in {wall * 1e3:.0f} ms (with the "
+          f"profiler's overhead); GPU kernels {kernel_us / 1e3:.0f} ms = {kernel_us / 1e6 / wall:.0%} of the wall "
+          f"time; {launches / steps:.0f} kernel launches per step")
+    print(events.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
+
+
 def ddp_worker(out_dir: str) -> None:
     """Two steps on every rank; rank 0 checks that all ranks hold the same weights."""
     import torch.distributed as dist
@@ -119,6 +147,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (torch.compile compiles here)")
     parser.add_argument("--samples", type=int, default=256, help="images per sampling run")
     parser.add_argument("--sample-steps", type=int, default=50, help="network evaluations per sampling run")
+    parser.add_argument("--profile", action="store_true", help="profile bf16 training steps instead of timing")
     parser.add_argument("--ddp-worker", metavar="OUT_DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -132,6 +161,9 @@ def main() -> int:
     props = torch.cuda.get_device_properties(0)
     print(f"device: {props.name}, {props.total_memory / 2**30:.0f} GiB, {torch.cuda.device_count()} GPU(s); "
           f"torch {torch.__version__}, CUDA {torch.version.cuda}; UNet 35.7M, BlurringDiffusion {SHAPE}")
+    if args.profile:
+        profile_training(args.batch, args.steps)
+        return 0
     print(f"\n| training, batch {args.batch} | img/s | peak GiB |\n|---|---|---|")
     for name in TRAINING:
         ips, peak = bench_training(name, args.batch, args.steps, args.warmup)

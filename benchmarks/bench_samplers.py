@@ -11,7 +11,7 @@ For Gaussian data the denoiser E[x | z_t] is affine and known in closed form, so
 is an affine map of the prior draw plus independent noise, and the mean and covariance of what
 it generates are computed *exactly*:
 
-- deterministic samplers (DDIM eta=0, dpm++2m, dpm++3m, ode; diffusers' DDIM and DPM-Solver++) are run
+- deterministic samplers (DDIM eta=0, dpm++2m, dpm++2s, dpm++3m; diffusers' DDIM and DPM-Solver++) are run
   on the prior mean and the mean plus each column of a square root of the prior covariance:
   the differences are the columns of the output covariance's square root;
 - ancestral sampling (lincorrupt, diffusers' DDPMScheduler) propagates mean and covariance step
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 import lincorrupt as lc
-from lincorrupt.corruption import Coefficients, posterior_coefficients
+from lincorrupt.coefficients import Coefficients, posterior_coefficients
 
 f64 = torch.float64
 ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.zip"
@@ -281,9 +281,9 @@ def _mixture_samples(weights, means, covs, n, rng):
 
 
 # ------------------------------------------------------------------------------- the run
-SAMPLERS = ("ancestral", "ddim", "dpm++2m", "dpm++3m", "ode")
+SAMPLERS = ("ancestral", "ddim", "dpm++2m", "dpm++2s", "dpm++3m")
 GRIDS = ("uniform", "logsnr", "info")
-DETERMINISTIC = ("ddim", "dpm++2m", "dpm++3m", "ode")
+DETERMINISTIC = ("ddim", "dpm++2m", "dpm++2s", "dpm++3m")
 
 
 def corruptions(size: int, mean: np.ndarray, cov: np.ndarray) -> dict:
@@ -321,7 +321,7 @@ def plot(results: dict, nfes: list[int], path: Path) -> None:
 
     names = sorted({k[0] for k in results}, key=["ddpm", "blurring", "ihdm"].index)
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), sharey=True)
-    colours = {"ancestral": "C0", "ddim": "C1", "dpm++2m": "C2", "dpm++3m": "C4", "ode": "C3"}
+    colours = {"ancestral": "C0", "ddim": "C1", "dpm++2m": "C2", "dpm++2s": "C3", "dpm++3m": "C4"}
     styles = {"uniform": ":", "logsnr": "-", "info": "-.", "diffusers": "--"}
     for ax, name in zip(axes, names):
         for (cname, impl, method, grid), errs in results.items():

@@ -13,8 +13,8 @@ For each UNet, in a fresh subprocess (so peak memory is its own), one run interl
   network of negligible cost (draws, flips, diffuse, DCTs, loss); ``ema``: the EMA update.
   These are cheap, so each is timed 20 times per repeat.
 
-``outside = (data + corruption+loss + ema) / (that + net + optim)`` is the overhead the issue
-bounds by 3% for the default UNet; ``residual = (step - net - optim) / step`` is the same share
+``outside = (data + corruption+loss + ema) / (that + net + optim)`` is the share of a step spent
+outside the network and the optimiser; ``residual = (step - net - optim) / step`` is the same share
 by subtraction, noisier on a shared machine. Medians over interleaved repeats share the
 machine's load; compare the ratios, not the absolute times.
 """

@@ -2,25 +2,26 @@
 
     make demo                                  # = .venv/bin/python examples/demo.py --out out/demo
     .venv/bin/python examples/demo.py --out out/demo --steps 2000   # longer: better samples
+    .venv/bin/python examples/demo.py --out out/demo --steps 5000 --resume   # continue the last run
 
 Data: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package (/usr/share/datasets/fashion-mnist),
 installed with apt-get when it is missing and apt-get may run; else torchvision's download when
-online. Training goes through examples/train_blurring_cifar10.py (the same recipe, a tiny UNet).
+online. Training calls the library directly: the corruption, a tiny UNet and the Trainer with
+the CIFAR-10 example's recipe scaled down (see RECIPE).
 
 Writes to --out: forward_process.png (a clean image and z_t at several t for blurring diffusion,
 DDPM and IHDM side by side), samples.png (64 samples of the EMA model), loss.png (training loss),
-summary.md, and the run itself in run/ (checkpoint.pt, metrics.jsonl).
+summary.md (its paths relative to --out, or to the repository), and the run itself in run/
+(checkpoint.pt, metrics.jsonl).
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,45 +32,68 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import lincorrupt as lc  # noqa: E402
-from lincorrupt.data import load_images, to_model_range  # noqa: E402
-from lincorrupt.train import load_checkpoint  # noqa: E402
+from lincorrupt.data import DEBIAN_DIR, TensorImages, load_fashion_mnist, load_images, to_model_range  # noqa: E402
+from lincorrupt.nn import UNet  # noqa: E402
+from lincorrupt.train import TrainConfig, Trainer  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_blurring_cifar10 import main as train  # noqa: E402
-
-DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+REPO = Path(__file__).resolve().parents[1]
 SHAPE = (1, 28, 28)
 # A tiny UNet: 28 -> 14 -> 7 with attention at 7x7 (0.7M parameters, ~0.4 s per step of 32 on one busy core).
-UNET = ["--image-size", "28", "--channels", "1", "--ch", "16", "--ch-mult", "1,2,4", "--num-res-blocks", "1",
-        "--attn-resolutions", "7", "--groups", "8", "--dropout", "0.0"]
+UNET = dict(image_size=28, in_channels=1, ch=16, ch_mult=[1, 2, 4], num_res_blocks=1, attn_resolutions=[7], groups=8,
+            dropout=0.0)
+# The paper's corruption (sigma_blur_max = 20, min_scale = 0.001, log-SNR in [-10, 10]).
+CORRUPTION = dict(sigma_blur_max=20.0, min_scale=1e-3, logsnr_min=-10.0, logsnr_max=10.0)
+RECIPE = dict(
+    batch_size=32,        # small batches: more updates in a few CPU minutes
+    lr=1e-3,              # a small network and a short run tolerate (and need) a larger step
+    warmup_steps=50,
+    ema_decay=0.995,      # 0.9999 would average over far more steps than the run has
+    # x-prediction: eps-prediction recovers x_hat = (u_t - sigma_t eps_hat) / alpha_t, which multiplies the
+    # network's error by 1/alpha_t (~1e5 at the highest frequencies near t = 1); a few CPU minutes of training
+    # do not make eps_hat that precise, and its samples diverge. The CIFAR-10 script keeps the paper's eps.
+    prediction="x",
+    num_workers=0,        # the dataset is an in-memory tensor
+    log_every=10, sample_every=0, ckpt_every=200, grid_size=64,
+)
 
 
-def fashion_mnist(root: Path) -> Path:
-    """Make ``root/FashionMNIST/raw`` hold the four idx files, without network if at all possible."""
-    raw = root / "FashionMNIST" / "raw"
-    if all((raw / f).is_file() for f in FILES):
-        return root
-    if not DEBIAN_DIR.is_dir() and shutil.which("apt-get"):
-        cmd = ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]
-        if os.geteuid() != 0:
-            cmd = ["sudo", "-n", *cmd] if shutil.which("sudo") else None
-        if cmd:
-            print(f"installing Debian's Fashion-MNIST: {' '.join(cmd)}")
-            subprocess.run(cmd, check=False, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    if DEBIAN_DIR.is_dir():
-        raw.mkdir(parents=True, exist_ok=True)
-        for f in FILES:
-            with gzip.open(DEBIAN_DIR / f"{f}.gz") as src, open(raw / f, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        return root
+def shown(path: Path, *bases: Path) -> str:
+    """``path`` as the summary shows it: relative to the first of ``bases`` that holds it, else as given."""
+    for base in bases:
+        try:
+            return str(path.resolve().relative_to(base.resolve()))
+        except ValueError:
+            pass
+    return str(path)
+
+
+def install_debian_fashion_mnist() -> None:
+    """``apt-get install dataset-fashion-mnist`` when it is missing and apt-get may run (as root or by sudo -n)."""
+    if DEBIAN_DIR.is_dir() or not shutil.which("apt-get"):
+        return
+    cmd = ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]
+    if os.geteuid() != 0:
+        cmd = ["sudo", "-n", *cmd] if shutil.which("sudo") else None
+    if cmd:
+        print(f"installing Debian's Fashion-MNIST: {' '.join(cmd)}")
+        subprocess.run(cmd, check=False, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def fashion_mnist(root: Path | None, download_root: Path) -> tuple[torch.utils.data.Dataset, Path]:
+    """The Fashion-MNIST training images and where they came from: ``root`` (a folder of its idx
+    files, or torchvision's layout), else Debian's package, else torchvision's download (online)."""
+    if root is None:
+        install_debian_fashion_mnist()
+        root = DEBIAN_DIR if DEBIAN_DIR.is_dir() else None
+    if root is not None:
+        images, _ = load_fashion_mnist(train=True, root=root)
+        return TensorImages(images, SHAPE, str(root)), root
     print("Debian's dataset-fashion-mnist is not available: trying torchvision's download (needs network)")
     try:
-        load_images(root, SHAPE, download="fashion-mnist")
+        return load_images(download_root, SHAPE, download="fashion-mnist"), download_root
     except Exception as e:
         raise SystemExit(f"error: no Fashion-MNIST: install Debian's package (apt-get install dataset-fashion-mnist) "
                          f"or run once with network ({type(e).__name__}: {e})") from None
-    return root
 
 
 def forward_process(data, path: Path, times=(0.0, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0)) -> None:
@@ -110,9 +134,12 @@ def loss_curve(metrics: Path, path: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="out/demo")
-    p.add_argument("--data", default=None, help="Fashion-MNIST root (default: OUT/data)")
+    p.add_argument("--data", default=None, help="Fashion-MNIST folder (default: Debian's package, else a download "
+                                                "into OUT/data)")
     p.add_argument("--steps", type=int, default=600, help="~4 min on a busy 2-core CPU")
     p.add_argument("--sample-steps", type=int, default=200, help="ancestral sampler steps for the grid")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT/run up to --steps (default: "
+                                                         "start afresh)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads; the network is tiny, and on a shared 2-core machine 2 threads "
                         "measured 4-6x slower than 1 (OpenMP threads wait for each other)")
@@ -121,46 +148,41 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    root = fashion_mnist(Path(args.data) if args.data else out / "data")
-    data = load_images(root, SHAPE)
+    data, root = fashion_mnist(Path(args.data) if args.data else None, out / "data")
     forward_process(data, out / "forward_process.png")
 
     run = out / "run"
-    if (run / "checkpoint.pt").exists():  # a previous demo: start afresh (the run is only a few minutes)
+    if run.exists() and not args.resume:  # a previous demo: start afresh (the run is only a few minutes)
         shutil.rmtree(run)
-    summary = train(UNET + [
-        "--data-root", str(root), "--out-dir", str(run), "--device", "cpu", "--steps", str(args.steps),
-        "--batch-size", "32",        # small batches: more updates in a few CPU minutes
-        "--lr", "1e-3",              # a small network and a short run tolerate (and need) a larger step
-        "--warmup-steps", "50",
-        "--ema-decay", "0.995",      # 0.9999 would average over far more steps than the run has
-        # x-prediction: eps-prediction recovers x_hat = (u_t - sigma_t eps_hat) / alpha_t, which multiplies the
-        # network's error by 1/alpha_t (~1e5 at the highest frequencies near t = 1); a few CPU minutes of training
-        # do not make eps_hat that precise, and its samples diverge. The CIFAR-10 script keeps the paper's eps.
-        "--prediction", "x",
-        "--num-workers", "0",        # the dataset is an in-memory tensor
-        "--log-every", "10", "--sample-every", "0", "--ckpt-every", "200",
-        "--sample-steps", str(args.sample_steps), "--grid-size", "64",
-    ])
-    shutil.copy(run / "samples.png", out / "samples.png")
+    cfg = TrainConfig(steps=args.steps, sample_steps=args.sample_steps, out_dir=str(run), **RECIPE)
+    torch.manual_seed(cfg.seed)  # the network's initial weights
+    trainer = Trainer(UNet(**UNET), lc.BlurringDiffusion(SHAPE, **CORRUPTION), data, cfg,
+                      extra={"unet": UNET, "corruption": CORRUPTION})
+    if args.resume:
+        trainer.resume(run / "checkpoint.pt")
+    first_step, train_start = trainer.step, time.perf_counter()
+    trainer.fit()
+    train_minutes = (time.perf_counter() - train_start) / 60
+    this_run = f", the last {trainer.step - first_step}" if first_step else ""
+    trainer.sample_grid(out / "samples.png")
     records = loss_curve(run / "metrics.jsonl", out / "loss.png")
     minutes = (time.perf_counter() - start) / 60
-    params = sum(v.numel() for v in load_checkpoint(run / "checkpoint.pt")["model"].values())
+    params = sum(w.numel() for w in trainer.model.parameters())
     text = f"""# lincorrupt demo: blurring diffusion on Fashion-MNIST (CPU)
 
-- data: {len(data)} Fashion-MNIST training images, 28x28 greyscale, from {root}
-- corruption: BlurringDiffusion(sigma_blur_max=20, min_scale=0.001, log-SNR in [-10, 10]), {summary['prediction']}-prediction
+- data: {len(data)} Fashion-MNIST training images, 28x28 greyscale, from {shown(root, out, REPO)}
+- corruption: BlurringDiffusion(sigma_blur_max=20, min_scale=0.001, log-SNR in [-10, 10]), {cfg.prediction}-prediction
 - network: DDPM UNet, 16 channels, multipliers 1-2-4, {params / 1e6:.2f}M parameters
-- training: {summary['step']} steps of batch 32 in {summary['train_seconds'] / 60:.1f} min; loss {records[0]['loss']:.3f} (first 10 steps) -> {records[-1]['loss']:.3f} (last 10)
+- training: {trainer.step} steps of batch {cfg.batch_size}{this_run} in {train_minutes:.1f} min; loss {records[0]['loss']:.3f} (first 10 steps) -> {records[-1]['loss']:.3f} (last 10)
 - sampling: 64 images, {args.sample_steps} ancestral steps, EMA weights
 - total time: {minutes:.1f} min
 
 Files: forward_process.png, samples.png, loss.png, run/ (checkpoint.pt, metrics.jsonl).
-Continue training: .venv/bin/python examples/train_blurring_cifar10.py {' '.join(UNET)} --data-root {root} --out-dir {run} --batch-size 32 --lr 1e-3 --ema-decay 0.995 --prediction x --steps 5000 --resume
+Continue training: .venv/bin/python examples/demo.py --out {shown(out, REPO)} --steps {2 * trainer.step} --resume
 """
     (out / "summary.md").write_text(text)
     print(text)
-    return {"minutes": minutes, "steps": summary["step"], "first_loss": records[0]["loss"], "last_loss": records[-1]["loss"]}
+    return {"minutes": minutes, "steps": trainer.step, "first_loss": records[0]["loss"], "last_loss": records[-1]["loss"]}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Train blurring diffusion (Hoogeboom & Salimans, ICLR 2023) on CIFAR-10; DDPM and IHDM with the same recipe.
 
 Defaults are the paper's CIFAR-10 setup: sigma_blur_max = 20, min_scale = 0.001, log-SNR in
-[-10, 10], eps-prediction with the unweighted loss, batch 128, lr 2e-4, the DDPM UNet (35.7M).
+[-10, 10], eps-prediction with the unweighted loss, the DDPM UNet (35.7M), and DDPM's CIFAR-10
+optimisation recipe (batch 128, lr 2e-4, EMA 0.9999, ...), which the paper reuses.
 
     # one GPU; torchvision's CIFAR-10 (--download fetches it once, when online)
     python examples/train_blurring_cifar10.py --data-root data/cifar10 --download cifar10
@@ -27,17 +28,26 @@ Defaults are the paper's CIFAR-10 setup: sigma_blur_max = 20, min_scale = 0.001,
 
 Writes to --out-dir (runs/<corruption>): checkpoint.pt (+ .prev), metrics.jsonl, sample grids,
 samples.png, fid.json, summary.json.
+
+The checkpoint carries its model: ``model_args`` (the corruption's name and constructor
+settings, the data shape, the prediction, the UNet's settings) and the corruption's buffers
+(IHDM's empirical prior included, so sampling IHDM needs no data). --resume and --sample-only
+rebuild everything from it and continue with its recorded config; of the flags given on the
+command line, only those in RESUMABLE (steps, logging, checkpoint and sampling frequencies,
+sampler and FID/evaluation options, data location, device and throughput settings) may change
+it; any other flag must repeat the checkpoint's value, else the run is refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,91 +58,168 @@ from lincorrupt.data import load_images, to_model_range
 from lincorrupt.metrics import FIDStats, dataset_stats, fid, inception_weights_path, load_inception, sample_stats
 from lincorrupt.nn import UNet
 from lincorrupt.train import CheckpointError, TrainConfig, Trainer, find_checkpoint, init_distributed, load_checkpoint
-from lincorrupt.train.cli import parse_config
+from lincorrupt.train.cli import Interval, OptionError, given_options, option, parse_config
 from lincorrupt.train.data_order import derive_seed
 from lincorrupt.train.evaluation import QualityEvaluator, feature_space
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How to build a corruption from the config, and the prediction it trains with."""
+    """Everything the script knows about one corruption.
 
-    build: Callable[["Config", tuple[int, int, int]], lc.DiagonalizableCorruption]
+    Attributes:
+        corruption: its class, built as ``corruption(shape, **settings)``.
+        settings: constructor argument -> the Config field that sets it.
+        prediction: what the network predicts when ``--prediction auto``.
+        prior: a prior fitted to training images (``prior.fit(corruption, images)``) whose
+            constructor takes its buffers by name, or None for the corruption's default prior.
+    """
+
+    corruption: type[lc.DiagonalizableCorruption]
+    settings: dict[str, str]
     prediction: str
+    prior: type[lc.Prior] | None = None
 
 
-CORRUPTIONS: dict[str, Recipe] = {
-    "blurring": Recipe(lambda c, shape: lc.BlurringDiffusion(shape=shape, sigma_blur_max=c.sigma_blur_max,
-                                                             min_scale=c.min_scale, logsnr_min=c.logsnr_min,
-                                                             logsnr_max=c.logsnr_max), "eps"),
-    "ddpm": Recipe(lambda c, shape: lc.DDPM(shape=shape, schedule=c.ddpm_schedule, num_steps=c.ddpm_steps), "eps"),
+RECIPES: dict[str, Recipe] = {
+    "blurring": Recipe(lc.BlurringDiffusion, {"sigma_blur_max": "sigma_blur_max", "min_scale": "min_scale",
+                                              "logsnr_min": "logsnr_min", "logsnr_max": "logsnr_max"}, "eps"),
+    "ddpm": Recipe(lc.DDPM, {"schedule": "ddpm_schedule", "num_steps": "ddpm_steps"}, "eps"),
     # IHDM's alpha_t underflows to 0 at strong blur, where eps-prediction cannot recover x: predict x.
-    "ihdm": Recipe(lambda c, shape: lc.IHDM(shape=shape, sigma=c.ihdm_sigma, sigma_blur_max=c.ihdm_blur_max,
-                                            num_steps=c.ihdm_steps), "x"),
+    # Its prior at t = 1 is the paper's: fully blurred training images plus noise.
+    "ihdm": Recipe(lc.IHDM, {"sigma": "ihdm_sigma", "sigma_blur_max": "ihdm_blur_max", "num_steps": "ihdm_steps"},
+                   "x", prior=lc.EmpiricalPrior),
 }
+
+#: Flags that --resume / --sample-only may change: how long, how often, where, on what and how
+#: fast to run, and how to sample and evaluate. Every other flag (the model, the corruption, the
+#: optimisation recipe, the seed, the precision) must repeat the checkpoint's value.
+RESUMABLE = frozenset({
+    "steps", "log_every", "sample_every", "ckpt_every", "sample_steps", "sampler", "grid_size", "progress",
+    "eval_every", "eval_samples", "eval_steps", "eval_sampler", "eval_grid", "eval_features", "eval_data",
+    "fid", "fid_samples", "fid_batch", "fid_steps", "fid_dims", "inception_weights", "fid_stats",
+    "resume", "sample_only", "checkpoint", "out_dir", "data_root", "download", "device",
+    "num_workers", "prefetch_factor", "grad_accum", "checkpoint_activations", "compile", "channels_last", "tf32",
+})
+
+ANY_REAL, POSITIVE, AT_LEAST_1 = Interval(), Interval(0, low_open=True), Interval(1)
 
 
 @dataclass
 class Config(TrainConfig):
     """Every field is a flag (``--sigma-blur-max 20``); training fields come from :class:`TrainConfig`."""
 
-    corruption: str = field(default="blurring", metadata={"choices": sorted(CORRUPTIONS)})
-    data_root: str = "data/cifar10"      # torchvision root or folder of class subfolders
-    download: str = field(default="", metadata={"choices": ["", "cifar10", "fashion-mnist"]})  # torchvision, online only
-    image_size: int = 32                 # CIFAR-10
-    channels: int = 3
-    # blurring diffusion, the paper's CIFAR-10 values
-    sigma_blur_max: float = 20.0
-    min_scale: float = 1e-3
-    logsnr_min: float = -10.0
-    logsnr_max: float = 10.0
-    # baselines: DDPM (Ho et al.) and IHDM (Rissanen et al., the official CIFAR-10 configuration)
-    ddpm_schedule: str = field(default="linear", metadata={"choices": ["linear", "cosine"]})
-    ddpm_steps: int = 1000
-    ihdm_sigma: float = 0.01
-    ihdm_blur_max: float = 24.0
-    ihdm_steps: int = 200
-    prior_images: int = 1000             # training images in IHDM's empirical prior (blurred images + noise)
-    # the DDPM CIFAR-10 UNet (35.7M parameters)
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
-    num_res_blocks: int = 2
-    attn_resolutions: tuple[int, ...] = (16,)
-    dropout: float = 0.1
-    groups: int = 32
-    prediction: str = field(default="auto", metadata={"choices": ["auto", "eps", "x", "v"]})  # auto: the recipe's
-    sampler: str = field(default="ancestral", metadata={"choices": sorted(lc.SAMPLERS)})  # grids and FID
-    out_dir: str = "runs/{corruption}"
-    device: str = ""                     # "" = cuda when available, else cpu
-    # modes
-    resume: bool = False                 # continue from --checkpoint (default: out-dir/checkpoint.pt)
-    sample_only: bool = False            # no training: samples (and --fid) from the checkpoint's EMA weights
-    checkpoint: str = ""
-    fid: bool = False                    # FID of the EMA model against the training images
-    fid_samples: int = 50_000            # the paper protocol
-    fid_batch: int = 500
-    fid_steps: int = 1000                # sampler steps for FID
-    fid_dims: int = 2048                 # Inception pool3 features (the standard FID)
-    inception_weights: str = ""          # else $LINCORRUPT_INCEPTION_WEIGHTS, else torch hub's cache
-    fid_stats: str = ""                  # reference statistics cache (.npz); default beside --data-root's run
-    # quality during training (every --eval-every steps; 0: never): FID/KID/precision/recall in metrics.jsonl
-    eval_samples: int = 1000             # samples per evaluation (KID is unbiased at this size; FID is not)
-    eval_steps: int = 20                 # sampler NFE: dpm++2m on the log-SNR grid needs tens, not hundreds
-    eval_sampler: str = field(default="dpm++2m", metadata={"choices": sorted(lc.SAMPLERS)})
-    eval_grid: str = field(default="logsnr", metadata={"choices": sorted(lc.GRIDS)})
-    eval_features: str = field(default="auto", metadata={"choices": ["auto", "fashion-mnist", "cifar10", "inception"]})
-    eval_data: str = ""                  # held-out images for the reference features (default: --data-root's test split)
+    corruption: str = option("blurring", "Which corruption to train.", choices=sorted(RECIPES))
+    data_root: str = option("data/cifar10", "A torchvision root or a folder of class subfolders.")
+    download: str = option("", "Download this torchvision dataset into --data-root first (online only).",
+                           choices=["", "cifar10", "fashion-mnist"])
+    image_size: int = option(32, "Image height and width (CIFAR-10: 32).", bounds=AT_LEAST_1)
+    channels: int = option(3, "Image channels (CIFAR-10: 3).", bounds=AT_LEAST_1)
+    sigma_blur_max: float = option(20.0, "Blurring diffusion: largest blur in pixels (the paper's CIFAR-10: 20).",
+                                   bounds=Interval(0))
+    min_scale: float = option(1e-3, "Blurring diffusion: smallest per-frequency scale of the blur (paper: 0.001).",
+                              bounds=Interval(0, 1, high_open=True))
+    logsnr_min: float = option(-10.0, "Blurring diffusion: log-SNR at t = 1 (paper: -10).", bounds=ANY_REAL)
+    logsnr_max: float = option(10.0, "Blurring diffusion: log-SNR at t = 0 (paper: 10).", bounds=ANY_REAL)
+    ddpm_schedule: str = option("linear", "DDPM: the noise schedule (Ho et al.: linear).", choices=["linear", "cosine"])
+    ddpm_steps: int = option(1000, "DDPM: discrete steps T of the linear schedule (Ho et al.: 1000).",
+                             bounds=AT_LEAST_1)
+    ihdm_sigma: float = option(0.01, "IHDM: noise on the [0, 1] pixel scale (the official CIFAR-10 configuration: "
+                               "0.01).", bounds=POSITIVE)
+    ihdm_blur_max: float = option(24.0, "IHDM: largest blur in pixels (official CIFAR-10: 24).", bounds=POSITIVE)
+    ihdm_steps: int = option(200, "IHDM: blur levels K (official CIFAR-10: 200).", bounds=AT_LEAST_1)
+    prior_images: int = option(1000, "IHDM: training images in its empirical prior (blurred images plus noise).",
+                               bounds=AT_LEAST_1)
+    ch: int = option(128, "UNet base channels (the DDPM CIFAR-10 UNet, 35.7M parameters: 128).", bounds=AT_LEAST_1)
+    ch_mult: tuple[int, ...] = option((1, 2, 2, 2), "UNet channel multiplier per resolution (DDPM: 1,2,2,2).",
+                                      bounds=AT_LEAST_1)
+    num_res_blocks: int = option(2, "UNet residual blocks per resolution (DDPM: 2).", bounds=AT_LEAST_1)
+    attn_resolutions: tuple[int, ...] = option((16,), "UNet resolutions with self-attention (DDPM: 16).",
+                                               bounds=AT_LEAST_1)
+    dropout: float = option(0.1, "UNet dropout probability, in [0, 1) (DDPM's CIFAR-10: 0.1).",
+                            bounds=Interval(0, 1, high_open=True))
+    groups: int = option(32, "UNet GroupNorm groups (DDPM: 32).", bounds=AT_LEAST_1)
+    prediction: str = option("auto", "What the network predicts; auto: the corruption's recipe (eps for blurring "
+                             "and DDPM, x for IHDM).", choices=["auto", "eps", "x", "v"])
+    sampler: str = option("ancestral", "Sampler of the grids and the FID (ancestral: the papers' sampler).",
+                          choices=sorted(lc.SAMPLERS))
+    out_dir: str = option("runs/{corruption}", "Output folder.")
+    device: str = option("", "Device; empty: cuda when available, else cpu.")
+    resume: bool = option(False, "Continue from --checkpoint (default: out-dir/checkpoint.pt) with its model and "
+                          "recipe; of the flags given, only these may differ from its run, the others must repeat its "
+                          "values: " + ", ".join("--" + name.replace("_", "-") for name in sorted(RESUMABLE)) + ".")
+    sample_only: bool = option(False, "No training: samples (and --fid) from the checkpoint's EMA weights, with its "
+                               "model and recipe (the flags as for --resume).")
+    checkpoint: str = option("", "Checkpoint for --resume / --sample-only (default: out-dir/checkpoint.pt).")
+    fid: bool = option(False, "FID of the EMA model against the training images.")
+    fid_samples: int = option(50_000, "Samples for the FID (the papers' protocol: 50k).", bounds=AT_LEAST_1)
+    fid_batch: int = option(500, "Batch size of FID sampling and feature extraction.", bounds=AT_LEAST_1)
+    fid_steps: int = option(1000, "Sampler steps for the FID.", bounds=AT_LEAST_1)
+    fid_dims: int = option(2048, "Inception features (2048: pool3, the standard FID).", choices=[64, 192, 768, 2048])
+    inception_weights: str = option("", "Inception weights file; else $LINCORRUPT_INCEPTION_WEIGHTS, else torch "
+                                    "hub's cache.")
+    fid_stats: str = option("", "Cache of the reference statistics (.npz); default beside the run folder.")
+    eval_samples: int = option(1000, "Quality during training (--eval-every): samples per evaluation (KID is "
+                               "unbiased at this size; FID is not).", bounds=Interval(4))
+    eval_steps: int = option(20, "Sampler steps per evaluation: dpm++2m on the log-SNR grid needs tens, not "
+                             "hundreds.", bounds=AT_LEAST_1)
+    eval_sampler: str = option("dpm++2m", "Sampler of the evaluations.", choices=sorted(lc.SAMPLERS))
+    eval_grid: str = option("logsnr", "Time grid of the evaluations.", choices=sorted(lc.GRIDS))
+    eval_features: str = option("auto", "Feature network of the evaluations; auto: the shipped classifier for the "
+                                "image shape.", choices=["auto", "fashion-mnist", "cifar10", "inception"])
+    eval_data: str = option("", "Held-out images for the reference features (default: --data-root's test split).")
 
     def __post_init__(self):
         super().__post_init__()
+        if not self.ch_mult:
+            raise OptionError("ch_mult", "ch_mult must hold at least one multiplier (one per resolution), got ()")
         if self.prediction == "auto":
-            self.prediction = CORRUPTIONS[self.corruption].prediction
+            self.prediction = RECIPES[self.corruption].prediction
         self.out_dir = self.out_dir.format(corruption=self.corruption)
 
     def unet_kwargs(self) -> dict:
         return dict(image_size=self.image_size, in_channels=self.channels, ch=self.ch, ch_mult=list(self.ch_mult),
                     num_res_blocks=self.num_res_blocks, attn_resolutions=list(self.attn_resolutions),
                     dropout=self.dropout, groups=self.groups)
+
+
+def model_args(cfg: Config) -> dict[str, Any]:
+    """What rebuilds the model without the command line: the corruption's name, its constructor
+    settings and the data shape, the prediction, the UNet's constructor arguments."""
+    recipe = RECIPES[cfg.corruption]
+    return {"corruption": cfg.corruption, "shape": [cfg.channels, cfg.image_size, cfg.image_size],
+            "settings": {arg: getattr(cfg, name) for arg, name in recipe.settings.items()},
+            "prediction": cfg.prediction, "unet": cfg.unet_kwargs()}
+
+
+def build_corruption(args: dict[str, Any], buffers: dict[str, torch.Tensor] | None = None) -> lc.DiagonalizableCorruption:
+    """The corruption of ``model_args``; with a checkpoint's ``buffers``, its fitted prior and buffers too."""
+    recipe = RECIPES[args["corruption"]]
+    corruption = recipe.corruption(tuple(args["shape"]), **args["settings"])
+    if buffers is not None:
+        if recipe.prior is not None:
+            corruption.prior = recipe.prior(**{k.removeprefix("prior."): v for k, v in buffers.items()
+                                               if k.startswith("prior.")})
+        corruption.load_state_dict(buffers)
+    return corruption
+
+
+def resumed_config(checkpoint: dict[str, Any], given: dict[str, Any], path: Path) -> Config:
+    """The checkpoint's recorded config, with the ``given`` flags of :data:`RESUMABLE` applied.
+
+    Raises:
+        CheckpointError: a given flag outside RESUMABLE contradicts the checkpoint, naming both values.
+    """
+    names = {f.name for f in dataclasses.fields(Config)}
+    stored = Config(**{k: v for k, v in checkpoint["config"].items() if k in names})
+    wanted = Config(**{**dataclasses.asdict(stored), **given})
+    conflicts = [f"--{name.replace('_', '-')} {getattr(wanted, name)!r} (the checkpoint's: {getattr(stored, name)!r})"
+                 for name in given if name not in RESUMABLE and getattr(wanted, name) != getattr(stored, name)]
+    if conflicts:
+        raise CheckpointError(f"{path} was trained with other settings than the flags ask for: {'; '.join(conflicts)}. "
+                              f"Leave these flags out to continue with the checkpoint's values, or start a new run "
+                              f"in another --out-dir; flags that may change: {', '.join(sorted(RESUMABLE))}")
+    return wanted
 
 
 def prior_images(data, n: int, seed: int) -> torch.Tensor:
@@ -149,26 +236,35 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.resume or cfg.sample_only:
         ckpt_path = find_checkpoint(cfg.checkpoint or out)
         ckpt_state = load_checkpoint(ckpt_path)
+        if "model_args" not in ckpt_state["extra"]:
+            raise CheckpointError(f"{ckpt_path} holds no model_args (written by an older version of this script): "
+                                  f"it cannot be rebuilt; train a new run")
+        cfg = resumed_config(ckpt_state, given_options(Config, argv), ckpt_path)
+        out = Path(cfg.out_dir)
     elif (out / "checkpoint.pt").exists():
         raise CheckpointError(f"{out} already holds checkpoint.pt: pass --resume to continue it, or another --out-dir")
 
     dist = init_distributed(cfg.device or None)
     torch.manual_seed(derive_seed(cfg.seed, dist.rank))  # weight init (identical: DDP broadcasts rank 0's) and dropout
-    shape = (cfg.channels, cfg.image_size, cfg.image_size)
-    need_data = not cfg.sample_only or cfg.fid or cfg.corruption == "ihdm"
+    args = ckpt_state["extra"]["model_args"] if ckpt_state else model_args(cfg)
+    recipe = RECIPES[args["corruption"]]
+    fit_prior = recipe.prior is not None and ckpt_state is None
+    need_data = not cfg.sample_only or cfg.fid or fit_prior
+    shape = tuple(args["shape"])
     data = load_images(cfg.data_root, shape, download=cfg.download or None) if need_data else None
-    corruption = CORRUPTIONS[cfg.corruption].build(cfg, shape)
-    if cfg.corruption == "ihdm":  # IHDM's prior: blurred training images plus noise
-        corruption.prior = lc.EmpiricalPrior.fit(corruption, prior_images(data, min(cfg.prior_images, len(data)), cfg.seed))
-    unet_kwargs = ckpt_state["extra"]["unet"] if ckpt_state else cfg.unet_kwargs()
-    trainer = Trainer(UNet(**unet_kwargs), corruption, data, cfg, dist, extra={"unet": unet_kwargs})
+    corruption = build_corruption(args, ckpt_state["extra"]["buffers"] if ckpt_state else None)
+    if fit_prior:
+        corruption.prior = recipe.prior.fit(corruption, prior_images(data, min(cfg.prior_images, len(data)), cfg.seed))
+    buffers = {k: v.detach().cpu() for k, v in corruption.state_dict().items()}
+    trainer = Trainer(UNet(**args["unet"]), corruption, data, cfg, dist, extra={"model_args": args, "buffers": buffers})
     if cfg.eval_every:
         trainer.evaluator = quality_evaluator(cfg, shape, dist.device)
     if ckpt_state:
         trainer.load_state_dict(ckpt_state, str(ckpt_path))
         del ckpt_state
 
-    summary = {"corruption": cfg.corruption, "prediction": cfg.prediction, "out_dir": str(out)}
+    summary = {"corruption": cfg.corruption, "prediction": cfg.prediction, "out_dir": str(out),
+               "config": dataclasses.asdict(cfg)}
     start = time.perf_counter()
     if not cfg.sample_only:
         summary["status"] = trainer.fit()

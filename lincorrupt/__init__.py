@@ -7,14 +7,14 @@ DDPM, inverse heat dissipation and blurring diffusion are instances of
 """
 
 from .basis import Basis, DCTBasis, IdentityBasis, MatrixBasis
-from .corruption import (Coefficients, DiagonalizableCorruption, Gaussian, InvalidCorruptionError,
-                         Transition)
+from .coefficients import Coefficients, Transition
+from .corruption import DiagonalizableCorruption, Gaussian, InvalidCorruptionError
 from .corruptions import DDPM, IHDM, BlurringDiffusion
 from .likelihood import ELBO, bits_per_dim, elbo
 from .losses import diffusion_loss, elbo_weighting
 from .predictions import PREDICTIONS
 from .priors import EmpiricalPrior, GaussianPrior, Prior, StandardNormalPrior
-from .sampling import GRIDS, SAMPLERS, Denoiser, sample
+from .sampling import GRIDS, SAMPLERS, Denoiser, StepInfo, sample
 from .validation import set_validate_args, validate_args
 
 __version__ = "0.1.0"
@@ -25,7 +25,7 @@ __all__ = [
     "DDPM", "IHDM", "BlurringDiffusion",
     "diffusion_loss", "elbo_weighting", "PREDICTIONS",
     "Prior", "StandardNormalPrior", "GaussianPrior", "EmpiricalPrior",
-    "sample", "Denoiser", "SAMPLERS", "GRIDS",
+    "sample", "Denoiser", "StepInfo", "SAMPLERS", "GRIDS",
     "elbo", "bits_per_dim", "ELBO",
     "set_validate_args", "validate_args",
 ]

@@ -23,11 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from .basis import Basis
+from .coefficients import Coefficients, Transition, posterior_coefficients, transition
 from .predictions import get_prediction
 from .priors import Prior, StandardNormalPrior
 from .validation import is_validating
 
-__all__ = ["Coefficients", "Transition", "Gaussian", "DiagonalizableCorruption", "InvalidCorruptionError"]
+__all__ = ["Gaussian", "DiagonalizableCorruption", "InvalidCorruptionError"]
 
 
 #: The validity check evaluates the schedule at this many coordinates' worth of times at once
@@ -37,38 +38,6 @@ VALIDITY_CHUNK_ELEMENTS = 2**20
 
 class InvalidCorruptionError(ValueError):
     """The schedule does not define a Markov diffusion (some coordinate's SNR increases)."""
-
-
-class Coefficients(NamedTuple):
-    """``log alpha_t`` and ``log sigma_t`` per basis coordinate, broadcastable to (B, *shape)."""
-
-    log_alpha: Tensor
-    log_sigma: Tensor
-
-    @property
-    def alpha(self) -> Tensor:
-        return self.log_alpha.exp()
-
-    @property
-    def sigma(self) -> Tensor:
-        return self.log_sigma.exp()
-
-    @property
-    def logsnr(self) -> Tensor:
-        """``log SNR_t = log(alpha_t^2 / sigma_t^2)``."""
-        return 2.0 * (self.log_alpha - self.log_sigma)
-
-    @property
-    def r(self) -> Tensor:
-        """``sqrt(alpha_t^2 + sigma_t^2)``, the scale of the velocity (1 for VP processes)."""
-        return torch.exp(torch.logaddexp(2 * self.log_alpha, 2 * self.log_sigma) / 2)
-
-
-class Transition(NamedTuple):
-    """``q(u_t | u_s) = N(alpha * u_s, var)``: ``alpha_{t|s}`` and ``sigma^2_{t|s}`` per coordinate."""
-
-    alpha: Tensor
-    var: Tensor
 
 
 class Gaussian(NamedTuple):
@@ -81,29 +50,6 @@ class Gaussian(NamedTuple):
         """One draw ``mean + sqrt(var) * noise``, of the shape of ``mean``."""
         noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.var.sqrt() * noise
-
-
-def transition(cs: Coefficients, ct: Coefficients) -> Transition:
-    """``alpha_{t|s} = alpha_t / alpha_s`` and ``sigma^2_{t|s} = sigma_t^2 - alpha_{t|s}^2 sigma_s^2``.
-
-    The variance is computed as ``-sigma_t^2 expm1(logsnr_t - logsnr_s)`` (VDM appendix A),
-    which is exact where the difference of squares cancels.
-    """
-    return Transition((ct.log_alpha - cs.log_alpha).exp(), -torch.expm1(ct.logsnr - cs.logsnr) * ct.sigma**2)
-
-
-def posterior_coefficients(cs: Coefficients, ct: Coefficients) -> tuple[Tensor, Tensor, Tensor]:
-    """``q(u_s | u_t, x) = N(c_t u_t + c_x u_x, var)``; returns ``(c_t, c_x, var)``.
-
-    Algebraically equal to DESIGN.md's ``sigma2_{t->s} = (1/sigma_s^2 + alpha_{t|s}^2 /
-    sigma2_{t|s})^-1`` and ``mu = sigma2_{t->s} (alpha_{t|s} / sigma2_{t|s} u_t + alpha_s /
-    sigma_s^2 u_x)``, written with ``r = sigma2_{t|s} / sigma_t^2 = -expm1(logsnr_t - logsnr_s)``
-    so that ``sigma_s = 0`` (a noise-free start) and ``alpha_t -> 0`` stay finite:
-    ``c_t = alpha_{t|s} sigma_s^2 / sigma_t^2``, ``c_x = alpha_s r``, ``var = r sigma_s^2``.
-    """
-    r = -torch.expm1(ct.logsnr - cs.logsnr)
-    c_t = torch.exp(ct.log_alpha - cs.log_alpha + 2 * (cs.log_sigma - ct.log_sigma))
-    return c_t, cs.alpha * r, r * cs.sigma**2
 
 
 class DiagonalizableCorruption(nn.Module):
@@ -134,8 +80,16 @@ class DiagonalizableCorruption(nn.Module):
         self.prior = prior if prior is not None else StandardNormalPrior()
 
     def __init_subclass__(cls, **kwargs):
-        """Run :meth:`check_validity` once the outermost ``__init__`` of a subclass returns."""
+        """Run :meth:`check_validity` once the outermost ``__init__`` of a subclass returns, and
+        make the subclass's own ``alpha_sigma`` / ``log_alpha_sigma`` check their times."""
         super().__init_subclass__(**kwargs)
+        for name in ("alpha_sigma", "log_alpha_sigma"):
+            if name in cls.__dict__ and not hasattr(cls.__dict__[name], "__wrapped__"):
+                setattr(cls, name, _checking_times(cls.__dict__[name]))
+        # The schedule is complete only once the subclass's own __init__ has set its parameters,
+        # after the base __init__ has returned, so the check cannot run there. Wrapping every
+        # subclass's __init__ runs it once, when the constructor of the class being built
+        # (type(self) is cls) returns, and no subclass has to remember to call it.
         init = cls.__init__
 
         @functools.wraps(init)
@@ -147,8 +101,12 @@ class DiagonalizableCorruption(nn.Module):
         cls.__init__ = init_then_validate
 
     # ----------------------------------------------------------------- the schedule
-    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+    def alpha_sigma(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
         """Per-coordinate ``(alpha_t, sigma_t)`` in basis coordinates.
+
+        A subclass's implementation receives checked times: a (B,) floating tensor (at least
+        float32) in [0, 1] (the range is checked while validation is on); callers may also
+        pass a scalar.
 
         Args:
             t: (B,) times in [0, 1].
@@ -158,10 +116,20 @@ class DiagonalizableCorruption(nn.Module):
         log_alpha, log_sigma = self.log_alpha_sigma(t)
         return log_alpha.exp(), log_sigma.exp()
 
-    def log_alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+    def log_alpha_sigma(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
         """``(log alpha_t, log sigma_t)``; override instead of :meth:`alpha_sigma` where
-        ``alpha_t`` underflows (e.g. heat dissipation of high frequencies)."""
+        ``alpha_t`` underflows (e.g. heat dissipation of high frequencies). Times as in
+        :meth:`alpha_sigma`."""
         alpha, sigma = self.alpha_sigma(t)
+        return alpha.log(), sigma.log()
+
+    def _log_alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The subclass's schedule at already checked times ``t`` (B,), in log form, without
+        checking them again (for the library's own callers)."""
+        cls = type(self)
+        if cls.log_alpha_sigma is not DiagonalizableCorruption.log_alpha_sigma:
+            return cls.log_alpha_sigma.__wrapped__(self, t)
+        alpha, sigma = cls.alpha_sigma.__wrapped__(self, t)
         return alpha.log(), sigma.log()
 
     def coefficients(self, t: Tensor | float, batch_size: int | None = None) -> Coefficients:
@@ -169,11 +137,15 @@ class DiagonalizableCorruption(nn.Module):
 
         Computed in ``t``'s dtype (at least float32); pass float64 times for float64 precision.
         """
-        return self._coefficients(self._check_time(t, "t", batch_size))
+        return self.coefficients_at(self.check_time(t, "t", batch_size))
 
-    def _coefficients(self, t: Tensor) -> Coefficients:
-        """:class:`Coefficients` at already checked times ``t`` (B,); the schedule's output shape is checked."""
-        log_alpha, log_sigma = self.log_alpha_sigma(t)
+    def coefficients_at(self, t: Tensor) -> Coefficients:
+        """:class:`Coefficients` at times ``t`` (B,) already checked by :meth:`check_time`.
+
+        Only the schedule's output shape is checked (no value check, so no host sync): for
+        code that checked its times once and needs the coefficients, e.g. a loss.
+        """
+        log_alpha, log_sigma = self._log_alpha_sigma(t)
         target = (t.shape[0], *self.shape)
         for name, value in (("alpha", log_alpha), ("sigma", log_sigma)):
             if value.ndim != len(target) or torch.broadcast_shapes(value.shape, target) != target:
@@ -196,15 +168,15 @@ class DiagonalizableCorruption(nn.Module):
         ``d/dt SNR = SNR * d/dt log SNR``; the continuous-time ELBO weight (VDM eq. 17) is
         ``-1/2 d/dt SNR_t``.
         """
-        t = self._check_time(t, "t")
-        _, tangent = torch.func.jvp(lambda t: self._coefficients(t).logsnr, (t,), (torch.ones_like(t),))
+        t = self.check_time(t, "t")
+        _, tangent = torch.func.jvp(lambda t: self.coefficients_at(t).logsnr, (t,), (torch.ones_like(t),))
         return tangent
 
     # ----------------------------------------------------------------- the process
     def transition(self, s: Tensor | float, t: Tensor | float) -> Transition:
         """``q(u_t | u_s)`` for ``0 <= s < t <= 1``: ``alpha_{t|s}``, ``sigma^2_{t|s}`` per coordinate."""
         s, t = self._check_pair(s, t)
-        return transition(self._coefficients(s), self._coefficients(t))
+        return transition(self.coefficients_at(s), self.coefficients_at(t))
 
     def diffuse(self, x: Tensor, t: Tensor | float, noise: Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -222,13 +194,13 @@ class DiagonalizableCorruption(nn.Module):
         if noise is None:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         else:
-            self._check_like(noise, x, "noise")
-        c = self._coefficients(self._check_time(t, "t", x.shape[0], x.device))
+            self.check_like(noise, x, "noise")
+        c = self.coefficients_at(self.check_time(t, "t", x.shape[0], x.device))
         u_t = c.alpha * self.basis.to_basis(x) + c.sigma * self.basis.to_basis(noise)
         return self.basis.from_basis(u_t).to(x.dtype), noise
 
     def posterior(self, z_t: Tensor, x: Tensor, s: Tensor | float, t: Tensor | float) -> Gaussian:
-        """``q(u_s | u_t, x)`` per basis coordinate (DESIGN.md sec. 1, VDM eq. 32-33).
+        """``q(u_s | u_t, x)`` per basis coordinate (Kingma et al. 2021, eq. 32-33).
 
         Args:
             z_t: (B, *shape) corrupted data at time t, data space.
@@ -238,9 +210,9 @@ class DiagonalizableCorruption(nn.Module):
             :class:`Gaussian` with ``mean`` and ``var`` (B, *shape) in basis coordinates.
         """
         self.check_data(x)
-        self._check_like(z_t, x, "z_t")
+        self.check_like(z_t, x, "z_t")
         s, t = self._check_pair(s, t, x.shape[0], x.device)
-        c_t, c_x, var = posterior_coefficients(self._coefficients(s), self._coefficients(t))
+        c_t, c_x, var = posterior_coefficients(self.coefficients_at(s), self.coefficients_at(t))
         mean = c_t * self.basis.to_basis(z_t) + c_x * self.basis.to_basis(x)
         return Gaussian(mean.to(x.dtype), var.expand(mean.shape).to(x.dtype))
 
@@ -258,8 +230,8 @@ class DiagonalizableCorruption(nn.Module):
         """
         src, dst = get_prediction(source), get_prediction(target)
         self.check_data(z_t, "z_t")
-        self._check_like(output, z_t, "output")
-        c = self._coefficients(self._check_time(t, "t", z_t.shape[0], z_t.device))
+        self.check_like(output, z_t, "output")
+        c = self.coefficients_at(self.check_time(t, "t", z_t.shape[0], z_t.device))
         u_t, out = self.basis.to_basis(z_t), self.basis.to_basis(output)
         u_x, u_eps = src.to_x(c, u_t, out), src.to_eps(c, u_t, out)
         return self.basis.from_basis(dst.target(c, u_x, u_eps)).to(z_t.dtype)
@@ -277,11 +249,10 @@ class DiagonalizableCorruption(nn.Module):
         (e.g. (N, 1, H, W)), never expanded over channels; each test is a cheap reduction,
         and only a failing one locates its coordinate.
         """
-        device = next((b.device for b in self.buffers()), torch.device("cpu"))
-        times = torch.linspace(0, 1, num_times, dtype=torch.float64, device=device)
+        times = torch.linspace(0, 1, num_times, dtype=torch.float64, device=self._device())
         last_t = last_half_logsnr = None
         for t in times.split(max(1, min(64, VALIDITY_CHUNK_ELEMENTS // math.prod(self.shape)))):
-            c = self._coefficients(t)
+            c = self.coefficients_at(t)
             self._check_finite(t, c)
             half_logsnr = c.log_alpha - c.log_sigma  # log SNR / 2: halving is exact, so it orders alike
             if last_half_logsnr is not None:
@@ -292,18 +263,24 @@ class DiagonalizableCorruption(nn.Module):
 
     def _check_finite(self, t: Tensor, c: Coefficients) -> None:
         """Refuse non-finite ``alpha_t``, ``sigma_t`` (exp is never negative, and NaN is not
-        finite) and ``sigma_t = 0`` at ``t > 0``. ``exp`` is monotone and ``amax`` propagates
-        NaN, so one reduction per coefficient decides; the coordinate is located only on failure."""
+        finite), ``sigma_t = 0`` at ``t > 0`` and ``alpha_t = 0`` at ``t < 1`` (where the
+        log-SNR is -inf, transitions and posteriors are ``expm1(-inf + inf)``, NaN). ``exp`` is
+        monotone and ``amax`` / ``amin`` propagate NaN, so one reduction per coefficient and
+        test decides; the coordinate is located only on failure."""
         for name, log_value in (("alpha", c.log_alpha), ("sigma", c.log_sigma)):
             largest = log_value.amax()
             if not bool(torch.isfinite(largest.exp())):
                 value = log_value.exp()
                 bad = ~torch.isfinite(value) | (log_value == largest)
                 self._refuse(f"{name}_t is not a finite non-negative number", t, bad, value)
-        if bool(c.log_sigma.amin() == -torch.inf):
-            zero_sigma = (c.log_sigma == -torch.inf) & (t > 0).view(-1, *[1] * len(self.shape))
-            if zero_sigma.any():
-                self._refuse("sigma_t = 0 at t > 0 (only t = 0 may be noise-free)", t, zero_sigma, c.sigma)
+        t_view = t.view(-1, *[1] * len(self.shape))
+        zeros = (("sigma_t = 0 at t > 0 (only t = 0 may be noise-free)", c.log_sigma, t_view > 0),
+                 ("alpha_t = 0 at t < 1 (only t = 1 may have lost all signal)", c.log_alpha, t_view < 1))
+        for what, log_value, inside in zeros:
+            if bool(log_value.amin() == -torch.inf):
+                zero = (log_value == -torch.inf) & inside
+                if zero.any():
+                    self._refuse(what, t, zero, log_value.exp())
 
     def _check_non_increasing(self, t: Tensor, before: Tensor, after: Tensor) -> None:
         """Refuse where the log-SNR ``2 * before`` at ``t[k]`` rises to ``2 * after`` at ``t[k + 1]``
@@ -331,8 +308,13 @@ class DiagonalizableCorruption(nn.Module):
                                      f"coordinate {tuple(coord)} the value is {v}")
 
     # ----------------------------------------------------------------- input checks
+    def _device(self) -> torch.device:
+        """The device of the corruption's buffers (CPU if it has none)."""
+        return next((b.device for b in self.buffers()), torch.device("cpu"))
+
     def check_data(self, x: Tensor, name: str = "x") -> None:
-        """``ValueError``/``TypeError`` unless ``x`` is a floating (B, *shape) tensor on our device."""
+        """``ValueError``/``TypeError`` unless ``x`` is a floating (B, *shape) tensor on our device
+        and, while validation is on, finite (no NaN or Inf)."""
         if not isinstance(x, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
@@ -345,9 +327,12 @@ class DiagonalizableCorruption(nn.Module):
                 raise ValueError(f"{name} is on {x.device} but {type(self).__name__}'s buffers are on "
                                  f"{buffer.device}; move one with .to(device)")
             break
+        _check_finite_values(x, name)
 
     @staticmethod
-    def _check_like(y: Tensor, x: Tensor, name: str) -> None:
+    def check_like(y: Tensor, x: Tensor, name: str) -> None:
+        """``TypeError``/``ValueError`` unless ``y`` (called ``name``) is a tensor of ``x``'s shape, device
+        and dtype and, while validation is on, finite."""
         if not isinstance(y, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
         if y.shape != x.shape:
@@ -356,13 +341,15 @@ class DiagonalizableCorruption(nn.Module):
             raise ValueError(f"{name} is on {y.device} but x is on {x.device}")
         if y.dtype != x.dtype:
             raise TypeError(f"{name} has dtype {y.dtype} but x has {x.dtype}")
+        _check_finite_values(y, name)
 
-    def _check_time(self, t: Tensor | float, name: str, batch_size: int | None = None,
-                    device: torch.device | None = None) -> Tensor:
-        """A (B,) floating tensor of times in [0, 1]; scalars are expanded to ``batch_size``.
+    def check_time(self, t: Tensor | float, name: str = "t", batch_size: int | None = None,
+                   device: torch.device | None = None) -> Tensor:
+        """``t`` as a (B,) floating tensor (at least float32) of times in [0, 1]; scalars are
+        expanded to ``batch_size``. ``name`` names ``t`` in errors; ``device`` is where it must be.
         The range is checked while validation is on (:func:`lincorrupt.set_validate_args`)."""
         if not isinstance(t, Tensor):
-            t = torch.tensor(float(t), device=device)
+            t = torch.tensor(float(t), device=device if device is not None else self._device())
         if not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor of times in [0, 1], got dtype {t.dtype}")
         if device is not None and t.device != device:
@@ -374,7 +361,7 @@ class DiagonalizableCorruption(nn.Module):
             raise ValueError(f"{name} must have shape {expected} or be a scalar, got {tuple(t.shape)}")
         if is_validating() and not bool(((t >= 0) & (t <= 1)).all()):
             bad = t[~((t >= 0) & (t <= 1))][0].item()
-            raise ValueError(f"{name} must lie in [0, 1], got {bad}")
+            raise ValueError(f"{name} must lie in [0, 1], got {bad:.6g}")
         return t.to(torch.promote_types(t.dtype, torch.float32))
 
     def _check_pair(self, s, t, batch_size: int | None = None, device=None) -> tuple[Tensor, Tensor]:
@@ -382,13 +369,47 @@ class DiagonalizableCorruption(nn.Module):
             for v in (s, t):
                 if isinstance(v, Tensor) and v.ndim == 1:
                     batch_size = v.shape[0]
-        s = self._check_time(s, "s", batch_size, device)
-        t = self._check_time(t, "t", batch_size, device)
+        s = self.check_time(s, "s", batch_size, device)
+        t = self.check_time(t, "t", batch_size, device)
         if is_validating() and not bool((s < t).all()):
             k = int((s >= t).nonzero()[0])
             raise ValueError(f"need s < t, got s={s[k].item():.6g} >= t={t[k].item():.6g}")
         dtype = torch.promote_types(s.dtype, t.dtype)
         return s.to(dtype), t.to(dtype)
 
+    def _apply(self, fn, recurse=True):
+        """Move buffers with ``.to(device)``, but never narrow a floating buffer's dtype:
+        under ``.half()`` or ``.to(torch.bfloat16)`` the schedule's tables (frequencies, log
+        alphabar, the DCT matrices, priors) keep their float32 / float64 precision, so the
+        coefficients stay as exact as before whatever dtype the module is cast to."""
+        def never_narrower(tensor: Tensor) -> Tensor:
+            moved = fn(tensor)
+            if tensor.is_floating_point() and torch.promote_types(tensor.dtype, moved.dtype) != moved.dtype:
+                return tensor.to(moved.device)
+            return moved
+
+        return super()._apply(never_narrower, recurse)
+
     def extra_repr(self) -> str:
         return f"shape={self.shape}"
+
+
+def _checking_times(schedule):
+    """Wrap a subclass's ``alpha_sigma`` / ``log_alpha_sigma`` so that it receives checked
+    (B,) times (:meth:`DiagonalizableCorruption.check_time`); the unchecked implementation
+    stays reachable as ``__wrapped__``."""
+    @functools.wraps(schedule)
+    def checked(self, t):
+        return schedule(self, self.check_time(t, "t"))
+
+    return checked
+
+
+def _check_finite_values(x: Tensor, name: str) -> None:
+    """``ValueError`` if ``x`` holds NaN or Inf, while validation is on (one host sync; meta
+    tensors have no values to check)."""
+    if is_validating() and x.device.type != "meta" and not bool(torch.isfinite(x).all()):
+        bad = ~torch.isfinite(x)
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{name} must be finite, but {int(bad.sum())} of its {x.numel()} values are NaN or "
+                         f"Inf (the first, {x[first].item()}, at index {first})")

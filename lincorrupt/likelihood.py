@@ -25,7 +25,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from .corruption import Coefficients, DiagonalizableCorruption
+from .coefficients import T_EPS
+from .corruption import DiagonalizableCorruption
 from .losses import check_model_output
 from .predictions import get_prediction
 from .validation import is_validating
@@ -34,9 +35,6 @@ __all__ = ["ELBO", "elbo", "bits_per_dim", "prior_term", "diffusion_term", "reco
            "low_discrepancy_times", "default_t_min", "NUM_PIXEL_VALUES"]
 
 NUM_PIXEL_VALUES = 256
-#: Where sigma_0 = 0 (a noise-free start, e.g. DDPM's discrete schedule) the bound starts at this
-#: time instead, DDPM's first step (Ho et al.'s L_0 decodes x from x_1).
-T_EPS = 1e-3
 
 
 class ELBO(NamedTuple):
@@ -52,7 +50,8 @@ class ELBO(NamedTuple):
 
 
 def default_t_min(corruption: DiagonalizableCorruption) -> float:
-    """0 if every coordinate has ``sigma_0 > 0``, else ``T_EPS`` (the decoder needs noise to be a density)."""
+    """0 if every coordinate has ``sigma_0 > 0``, else :data:`~lincorrupt.coefficients.T_EPS` (the decoder
+    needs noise to be a density)."""
     c = corruption.coefficients(torch.zeros(1, dtype=torch.float64))
     return 0.0 if bool(torch.isfinite(c.log_sigma).all()) else T_EPS
 
@@ -70,7 +69,8 @@ def low_discrepancy_times(batch_size: int, num_times: int = 1, generator: torch.
 def prior_term(corruption: DiagonalizableCorruption, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """``KL(q(u_1 | x) || p(u_1))`` in nats, (B,): the corruption's prior's :meth:`~lincorrupt.priors.Prior.kl`."""
     corruption.check_data(x)
-    return corruption.prior.kl(corruption, corruption.basis.to_basis(x), generator=generator)
+    c_1 = corruption.coefficients(torch.ones(1, device=x.device, dtype=torch.promote_types(x.dtype, torch.float32)))
+    return corruption.prior.kl(c_1, corruption.basis.to_basis(x), generator=generator)
 
 
 def diffusion_term(model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCorruption, x: Tensor,
@@ -92,9 +92,9 @@ def diffusion_term(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
         ``e`` the prediction error and ``w`` its ELBO weight per coordinate.
     """
     pred = get_prediction(prediction)
-    t = corruption._check_time(t, "t", x.shape[0], x.device)
+    t = corruption.check_time(t, "t", x.shape[0], x.device)
     z_t, noise = corruption.diffuse(x, t, noise=noise)
-    c = corruption._coefficients(t)
+    c = corruption.coefficients_at(t)
     basis = corruption.basis
     out = basis.to_basis(check_model_output(model(z_t, t.to(x.dtype)), z_t))
     error2 = (out - pred.target(c, basis.to_basis(x), basis.to_basis(noise))) ** 2
@@ -103,7 +103,7 @@ def diffusion_term(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
         minus_dlogsnr = (-0.5 * corruption.d_log_snr_dt(t)).clamp(min=0)
         log_weight = math.log(1 - t_min) + torch.log(minus_dlogsnr) + c.logsnr + log_x_scale2
     else:  # T/2 (SNR_s - SNR_t) = T/2 SNR_s (1 - exp(logsnr_t - logsnr_s))
-        c_s = corruption._coefficients((t - (1 - t_min) / steps).clamp(min=0))
+        c_s = corruption.coefficients_at((t - (1 - t_min) / steps).clamp(min=0))
         drop = (-torch.expm1(c.logsnr - c_s.logsnr)).clamp(min=0)
         log_weight = math.log(steps / 2) + c_s.logsnr + log_x_scale2 + torch.log(drop)
     # in log space: IHDM's high frequencies have SNR ratios beyond exp(709) times errors below exp(-709)
@@ -140,7 +140,7 @@ def reconstruction_term(corruption: DiagonalizableCorruption, x: Tensor, noise: 
         raise ValueError("the likelihood needs 8-bit images scaled to [-1, 1] (values k / 127.5 - 1, k = 0..255)")
     t = torch.full((x.shape[0],), float(t_min), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
     z, _ = corruption.diffuse(x, t, noise=noise)
-    c = corruption._coefficients(t)
+    c = corruption.coefficients_at(t)
     basis = corruption.basis
     y = basis.from_basis(basis.to_basis(z) * torch.exp(-c.log_alpha))  # z / alpha, data space
     var = _pixel_variance(corruption, torch.exp(2 * (c.log_sigma - c.log_alpha))[:1], x)

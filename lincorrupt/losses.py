@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .corruption import Coefficients, DiagonalizableCorruption
+from .corruption import DiagonalizableCorruption
 from .predictions import Prediction, get_prediction
 
 __all__ = ["diffusion_loss", "elbo_weighting", "check_model_output"]
@@ -36,8 +36,10 @@ def elbo_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: 
     (``-1/2 d log SNR / dt`` for eps-prediction). Use with ``reduction="sum"`` for the bound
     in nats (without the prior and reconstruction terms).
     """
-    c = Coefficients(*corruption.log_alpha_sigma(t))
-    return -0.5 * corruption.d_log_snr_dt(t) * torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
+    t = corruption.check_time(t, "t")  # once; d log SNR / dt as in corruption.d_log_snr_dt, without a second check
+    c = corruption.coefficients_at(t)
+    _, d_logsnr = torch.func.jvp(lambda t: corruption.coefficients_at(t).logsnr, (t,), (torch.ones_like(t),))
+    return -0.5 * d_logsnr * torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
 
 
 _REDUCTIONS = {
@@ -79,9 +81,10 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
         t = torch.rand(x.shape[0], generator=generator, device=x.device)
     if noise is None:
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    corruption._check_like(noise, x, "noise")
-    t = corruption._check_time(t, "t", x.shape[0], x.device)
-    c = corruption._coefficients(t)
+    else:
+        corruption.check_like(noise, x, "noise")
+    t = corruption.check_time(t, "t", x.shape[0], x.device)
+    c = corruption.coefficients_at(t)
     basis = corruption.basis
     u_x, u_eps = basis.to_basis(x), basis.to_basis(noise)
     z_t = basis.from_basis(c.alpha * u_x + c.sigma * u_eps).to(x.dtype)  # the diffuse step, sharing u_x, u_eps

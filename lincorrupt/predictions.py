@@ -4,21 +4,19 @@ All conversions are per coordinate in the corruption's basis, where
 ``u_t = alpha_t u_x + sigma_t u_eps`` (``u = V^T z``). The velocity generalises Salimans &
 Ho (2022) to processes that are not variance preserving:
 
-    v = (alpha_t eps - sigma_t x) / r_t,   r_t = sqrt(alpha_t^2 + sigma_t^2)
+    v = (alpha_t eps - sigma_t x) / scale_t,   scale_t = sqrt(alpha_t^2 + sigma_t^2)
 
-so that ``x = (alpha_t u_t - sigma_t r_t v) / r_t^2`` and ``eps = (sigma_t u_t + alpha_t r_t v) / r_t^2``
-never divide by alpha_t or sigma_t; for a variance-preserving process ``r_t = 1``.
+(``scale_t`` is :attr:`Coefficients.velocity_scale`), so that
+``x = (alpha_t u_t - sigma_t scale_t v) / scale_t^2`` and ``eps = (sigma_t u_t + alpha_t scale_t v) / scale_t^2``
+never divide by alpha_t or sigma_t; for a variance-preserving process ``scale_t = 1``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from .corruption import Coefficients
+from .coefficients import Coefficients
 
 __all__ = ["Prediction", "PREDICTIONS", "get_prediction"]
 
@@ -81,16 +79,18 @@ class VPrediction(Prediction):
     name = "v"
 
     def target(self, c, u_x, u_eps):
-        return (c.alpha * u_eps - c.sigma * u_x) / c.r
+        return (c.alpha * u_eps - c.sigma * u_x) / c.velocity_scale
 
     def to_x(self, c, u_t, out):
-        return (c.alpha * u_t - c.sigma * c.r * out) / c.r**2
+        scale = c.velocity_scale
+        return (c.alpha * u_t - c.sigma * scale * out) / scale**2
 
     def to_eps(self, c, u_t, out):
-        return (c.sigma * u_t + c.alpha * c.r * out) / c.r**2
+        scale = c.velocity_scale
+        return (c.sigma * u_t + c.alpha * scale * out) / scale**2
 
     def log_x_scale(self, c):
-        return c.log_sigma - torch.log(c.r)
+        return c.log_sigma - torch.log(c.velocity_scale)
 
 
 PREDICTIONS: dict[str, Prediction] = {p.name: p for p in (EpsPrediction(), XPrediction(), VPrediction())}

@@ -4,6 +4,9 @@ A prior is a small module with :meth:`Prior.sample`; it is set on a corruption
 (``corruption.prior = ...``) and moves with it under ``.to(device)``. The data-fitted priors
 store statistics of ``u_x = V^T x`` and apply the corruption's ``alpha_1``, ``sigma_1`` when
 sampling, so ``q(z_1) = N(alpha_1 u_x, sigma_1^2)`` is matched exactly for their data model.
+Sampling and likelihoods give a prior what it needs rather than the corruption: the event
+``shape`` and the corruption's :class:`~lincorrupt.coefficients.Coefficients` ``c_1`` at t = 1
+(shape (1, ...), e.g. ``corruption.coefficients(torch.ones(1))``).
 
 For likelihoods a prior also gives :meth:`Prior.log_prob` of ``u_1`` and :meth:`Prior.kl`, the
 ELBO's prior term ``KL(q(u_1 | x) || p(u_1))`` per datum: in closed form for the Gaussian
@@ -13,20 +16,19 @@ priors, by Monte Carlo for the empirical mixture.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from .corruption import DiagonalizableCorruption
+from .coefficients import Coefficients
 
 __all__ = ["Prior", "StandardNormalPrior", "GaussianPrior", "EmpiricalPrior"]
 
 
-def _endpoint(corruption: DiagonalizableCorruption, device, dtype):
-    c = corruption.coefficients(torch.ones(1, device=device, dtype=torch.promote_types(dtype, torch.float32)))
-    return c.alpha.to(dtype), c.sigma.to(dtype)
+def _endpoint(c_1: Coefficients, device, dtype) -> tuple[Tensor, Tensor]:
+    """``alpha_1``, ``sigma_1`` on ``device`` in ``dtype``."""
+    return c_1.alpha.to(device, dtype), c_1.sigma.to(device, dtype)
 
 
 def _gaussian_log_prob(u: Tensor, mean, var) -> Tensor:
@@ -42,64 +44,66 @@ def _gaussian_kl(q_mean: Tensor, q_var: Tensor, p_mean, p_var) -> Tensor:
     return kl.expand(q_mean.shape).flatten(1).sum(1)
 
 
-def _check_data(corruption: DiagonalizableCorruption, x: Tensor) -> Tensor:
+def _check_data(corruption, x: Tensor) -> Tensor:
+    """``u_x = V^T x`` (at least float32) after the corruption checked ``x``'s shape."""
     corruption.check_data(x)
     return corruption.basis.to_basis(x.to(torch.promote_types(x.dtype, torch.float32)))
 
 
 class Prior(nn.Module):
-    """Base class: ``sample(corruption, num_samples, ...) -> u_1`` of shape (N, *shape).
+    """Base class: ``sample(c_1, shape, num_samples, ...) -> u_1`` of shape (N, *shape).
 
     For likelihoods, implement :meth:`log_prob`; :meth:`kl` then defaults to a one-draw
     Monte Carlo estimate (override it where the KL has a closed form).
     """
 
-    def sample(self, corruption: DiagonalizableCorruption, num_samples: int,
+    def sample(self, c_1: Coefficients, shape: tuple[int, ...], num_samples: int,
                generator: torch.Generator | None = None, device=None,
                dtype: torch.dtype = torch.float32) -> Tensor:
         """Draw ``u_1``, the sampler's start in basis coordinates.
 
         Args:
-            corruption: gives the shape and ``alpha_1``, ``sigma_1``.
+            c_1: the corruption's coefficients at t = 1: ``alpha_1``, ``sigma_1``, shape (1, ...).
+            shape: the event shape of one datum, e.g. (C, H, W).
             num_samples: N.
             generator, device, dtype: where and how to draw.
         Returns:
-            (N, *corruption.shape) tensor.
+            (N, *shape) tensor.
         """
         raise NotImplementedError
 
-    def log_prob(self, corruption: DiagonalizableCorruption, u_1: Tensor) -> Tensor:
-        """``log p(u_1)`` in nats, summed over coordinates: (N, *shape) -> (N,)."""
+    def log_prob(self, c_1: Coefficients, u_1: Tensor) -> Tensor:
+        """``log p(u_1)`` in nats, summed over coordinates: (N, *shape) -> (N,); ``c_1`` as in :meth:`sample`."""
         raise NotImplementedError(f"{type(self).__name__} has no log_prob; likelihoods need one")
 
-    def kl(self, corruption: DiagonalizableCorruption, u_x: Tensor,
-           generator: torch.Generator | None = None) -> Tensor:
+    def kl(self, c_1: Coefficients, u_x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """``KL(q(u_1 | x) || p(u_1))`` in nats per datum, ``q(u_1 | x) = N(alpha_1 u_x, sigma_1^2)``.
 
         Args:
+            c_1: the corruption's coefficients at t = 1, shape (1, ...).
             u_x: (B, *shape) basis coordinates of the data.
             generator: for the Monte Carlo estimate ``log q(u_1 | x) - log p(u_1)``, ``u_1 ~ q``.
         Returns:
             (B,) nats.
         """
-        alpha, sigma = _endpoint(corruption, u_x.device, u_x.dtype)
+        alpha, sigma = _endpoint(c_1, u_x.device, u_x.dtype)
         noise = torch.randn(u_x.shape, generator=generator, device=u_x.device, dtype=u_x.dtype)
         u_1 = alpha * u_x + sigma * noise
-        return _gaussian_log_prob(u_1, alpha * u_x, (sigma**2).expand(u_x.shape)) - self.log_prob(corruption, u_1)
+        return _gaussian_log_prob(u_1, alpha * u_x, (sigma**2).expand(u_x.shape)) - self.log_prob(c_1, u_1)
 
 
 class StandardNormalPrior(Prior):
     """``u_1 ~ N(0, I)``: the prior of variance-preserving diffusions (DDPM, blurring)."""
 
-    def sample(self, corruption, num_samples, generator=None, device=None, dtype=torch.float32):
-        return torch.randn((num_samples, *corruption.shape), generator=generator, device=device, dtype=dtype)
+    def sample(self, c_1, shape, num_samples, generator=None, device=None, dtype=torch.float32):
+        return torch.randn((num_samples, *shape), generator=generator, device=device, dtype=dtype)
 
-    def log_prob(self, corruption, u_1):
+    def log_prob(self, c_1, u_1):
         return _gaussian_log_prob(u_1, 0.0, torch.ones((), dtype=u_1.dtype, device=u_1.device))
 
-    def kl(self, corruption, u_x, generator=None):
+    def kl(self, c_1, u_x, generator=None):
         """Closed form (VDM eq. 14's prior term): ``1/2 sum (alpha_1^2 u_x^2 + sigma_1^2 - 1 - log sigma_1^2)``."""
-        alpha, sigma = _endpoint(corruption, u_x.device, u_x.dtype)
+        alpha, sigma = _endpoint(c_1, u_x.device, u_x.dtype)
         return _gaussian_kl(alpha * u_x, (sigma**2).expand(u_x.shape), 0.0, 1.0)
 
 
@@ -120,33 +124,33 @@ class GaussianPrior(Prior):
         self.register_buffer("var", None if var is None else torch.as_tensor(var, dtype=torch.float32))
 
     @classmethod
-    def fit(cls, corruption: DiagonalizableCorruption, x: Tensor) -> GaussianPrior:
-        """Fit to images ``x`` of shape (N, *corruption.shape) (N >= 2)."""
+    def fit(cls, corruption, x: Tensor) -> GaussianPrior:
+        """Fit to images ``x`` of shape (N, *corruption.shape) (N >= 2); the corruption gives the basis."""
         u = _check_data(corruption, x)
         if u.shape[0] < 2:
             raise ValueError(f"GaussianPrior.fit needs at least 2 images, got {u.shape[0]}")
         return cls(u.mean(0), u.var(0))
 
-    def sample(self, corruption, num_samples, generator=None, device=None, dtype=torch.float32):
-        alpha, sigma = _endpoint(corruption, device, dtype)
+    def sample(self, c_1, shape, num_samples, generator=None, device=None, dtype=torch.float32):
+        alpha, sigma = _endpoint(c_1, device, dtype)
         mean = 0.0 if self.mean is None else self.mean.to(device, dtype)
         var = 1.0 if self.var is None else self.var.to(device, dtype)
-        noise = torch.randn((num_samples, *corruption.shape), generator=generator, device=device, dtype=dtype)
+        noise = torch.randn((num_samples, *shape), generator=generator, device=device, dtype=dtype)
         return alpha * mean + torch.sqrt(alpha**2 * var + sigma**2) * noise
 
-    def _moments(self, corruption, device, dtype):
-        alpha, sigma = _endpoint(corruption, device, dtype)
+    def _moments(self, c_1, device, dtype):
+        alpha, sigma = _endpoint(c_1, device, dtype)
         mean = 0.0 if self.mean is None else self.mean.to(device, dtype)
         var = 1.0 if self.var is None else self.var.to(device, dtype)
         return alpha, sigma, alpha * mean, alpha**2 * var + sigma**2
 
-    def log_prob(self, corruption, u_1):
-        _, _, mean, var = self._moments(corruption, u_1.device, u_1.dtype)
+    def log_prob(self, c_1, u_1):
+        _, _, mean, var = self._moments(c_1, u_1.device, u_1.dtype)
         return _gaussian_log_prob(u_1, mean, torch.as_tensor(var, dtype=u_1.dtype, device=u_1.device))
 
-    def kl(self, corruption, u_x, generator=None):
+    def kl(self, c_1, u_x, generator=None):
         """Closed form: KL between ``N(alpha_1 u_x, sigma_1^2)`` and ``N(alpha_1 m, alpha_1^2 v + sigma_1^2)``."""
-        alpha, sigma, mean, var = self._moments(corruption, u_x.device, u_x.dtype)
+        alpha, sigma, mean, var = self._moments(c_1, u_x.device, u_x.dtype)
         return _gaussian_kl(alpha * u_x, (sigma**2).expand(u_x.shape), mean, var)
 
 
@@ -165,25 +169,25 @@ class EmpiricalPrior(Prior):
         self.register_buffer("u_x", torch.as_tensor(u_x, dtype=torch.float32))
 
     @classmethod
-    def fit(cls, corruption: DiagonalizableCorruption, x: Tensor) -> EmpiricalPrior:
-        """Store the basis coordinates of images ``x`` (N, *corruption.shape)."""
+    def fit(cls, corruption, x: Tensor) -> EmpiricalPrior:
+        """Store the basis coordinates of images ``x`` (N, *corruption.shape); the corruption gives the basis."""
         u = _check_data(corruption, x)
         if u.shape[0] < 1:
             raise ValueError("EmpiricalPrior.fit needs at least one image")
         return cls(u)
 
-    def sample(self, corruption, num_samples, generator=None, device=None, dtype=torch.float32):
-        alpha, sigma = _endpoint(corruption, device, dtype)
+    def sample(self, c_1, shape, num_samples, generator=None, device=None, dtype=torch.float32):
+        alpha, sigma = _endpoint(c_1, device, dtype)
         index = torch.randint(self.u_x.shape[0], (num_samples,), generator=generator, device=device)
         u_x = self.u_x.to(device, dtype)[index]
-        noise = torch.randn((num_samples, *corruption.shape), generator=generator, device=device, dtype=dtype)
+        noise = torch.randn((num_samples, *shape), generator=generator, device=device, dtype=dtype)
         return alpha * u_x + sigma * noise
 
-    def log_prob(self, corruption, u_1):
+    def log_prob(self, c_1, u_1):
         """``log (1/N) sum_j N(u_1 | alpha_1 u_x[j], sigma_1^2)``; memory O(N * batch * size)."""
-        alpha, sigma = _endpoint(corruption, u_1.device, u_1.dtype)
+        alpha, sigma = _endpoint(c_1, u_1.device, u_1.dtype)
         centres = alpha * self.u_x.to(u_1.device, u_1.dtype)  # (N, *shape)
         var = (sigma[0] ** 2).expand(centres.shape[1:]).flatten()
-        diff = u_1.flatten(1)[:, None, :] - centres.flatten(1)[None]  # (B, N, D)
+        diff = rearrange(u_1, "b ... -> b 1 (...)") - rearrange(centres, "n ... -> 1 n (...)")  # (B, N, D)
         log_n = -0.5 * (diff**2 / var + torch.log(2 * math.pi * var)).sum(-1)
         return torch.logsumexp(log_n, 1) - math.log(centres.shape[0])

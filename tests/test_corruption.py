@@ -47,7 +47,7 @@ def full(c, t):
 @given(s=times, t=times, seed=st.integers(0, 1000))
 def test_transition_and_posterior_equal_the_vdm_closed_forms(name, s, t, seed):
     c, s, t, x, z_t, (a_s, s_s), (a_t, s_t) = posterior_case(name, s, t, seed)
-    # DESIGN.md sec. 1, naive form
+    # the textbook closed forms (Kingma et al. 2021, eq. 32-33), naive form
     alpha_ts = a_t / a_s
     var_ts = s_t**2 - alpha_ts**2 * s_s**2
     post_var = 1 / (1 / s_s**2 + alpha_ts**2 / var_ts)
@@ -339,6 +339,8 @@ def reference_refusal(c, num_times=1001, chunk=64):
         zero = (log_sigma == -math.inf) & (t > 0).view(-1, 1, 1, 1)
         if zero.any():
             return "sigma_t = 0 at t > 0"
+        if ((log_alpha == -math.inf) & (t < 1).view(-1, 1, 1, 1)).any():  # log-SNR -inf before the end
+            return "alpha_t = 0 at t < 1"
         logsnr = (2.0 * (log_alpha - log_sigma)).expand(t.shape[0], *c.shape)
         if previous is not None:
             logsnr, t = torch.cat([previous, logsnr]), torch.cat([times[start - 1:start], t])
@@ -369,7 +371,7 @@ FAULTS = {  # a fault at time index k, coordinate i of the flattened coefficient
     "nan": lambda la, ls, k, i, size: la[k].view(-1).__setitem__(i, math.nan),
     "alpha-overflow": lambda la, ls, k, i, size: la[k].view(-1).__setitem__(i, 700 + 20 * size),
     "sigma-zero": lambda la, ls, k, i, size: ls[k].view(-1).__setitem__(i % ls[k].numel(), -math.inf),
-    "alpha-zero": lambda la, ls, k, i, size: la[k:].view(len(la) - k, -1)[:, i].fill_(-math.inf),
+    "alpha-zero": lambda la, ls, k, i, size: la[k:].view(len(la) - k, -1)[:, i].fill_(-math.inf),  # allowed at t = 1 only
     "none": lambda la, ls, k, i, size: None,
 }
 
@@ -425,3 +427,81 @@ def test_vp_log_alpha_sigma_is_half_log_sigmoid_with_its_derivative():
     zero, one = torch.zeros(1, dtype=f64), torch.ones(1, dtype=f64)
     _, (d_alpha, d_sigma) = torch.func.jvp(lc.schedules.vp_log_alpha_sigma, (zero,), (one,))
     assert d_alpha.item() == 0.25 and d_sigma.item() == -0.25
+
+
+# ---------------------------------------------------------------- log-space blur, any min_scale
+@given(min_scale=st.sampled_from([0.0, 1e-300, 1e-12, 1e-3, 0.5]), t=times)
+def test_blurring_log_d_equals_the_50_digit_formula_for_any_min_scale(min_scale, t):
+    """log alpha_t = log a_t + log((1 - m) exp(-lambda tau_t) + m) against mpmath at 50 digits, also
+    where exp(-lambda tau_t) underflows in float64 (t near 1) and for m = 0 (pure heat dissipation)."""
+    import mpmath
+    mpmath.mp.dps = 50
+    c = lc.BlurringDiffusion(SHAPE, min_scale=min_scale)
+    tt = torch.tensor([t], dtype=f64)
+    log_alpha, _ = c.log_alpha_sigma(tt)
+    log_a = 0.5 * -np.logaddexp(0, -lc.schedules.cosine_logsnr(tt).item())  # log sqrt(sigmoid(logsnr))
+    tau = mpmath.mpf(20.0) ** 2 * mpmath.sin(mpmath.mpf(t) * mpmath.pi / 2) ** 4 / 2
+    freqs = (np.pi * np.arange(SHAPE[1]) / SHAPE[1])[:, None] ** 2 + (np.pi * np.arange(SHAPE[2]) / SHAPE[2])[None, :] ** 2
+    m = mpmath.mpf(min_scale)
+    expected = [[float(log_a + mpmath.log((1 - m) * mpmath.exp(-mpmath.mpf(f) * tau) + m)) for f in row] for row in freqs]
+    np.testing.assert_allclose(log_alpha[0, 0].numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("prediction", ["x", "v"])
+def test_blurring_without_a_floor_gives_finite_posteriors_and_samples(prediction):
+    """min_scale = 0: high frequencies reach alpha_t ~ exp(-3900), far below float64's range, but the
+    coefficients live in log space, so transitions, posteriors and x/v sampling stay finite."""
+    c = lc.BlurringDiffusion(SHAPE, min_scale=0.0)
+    x = torch.randn(2, *SHAPE, dtype=f64)
+    z, _ = c.diffuse(x, 1.0)
+    post, tr = c.posterior(z, x, 0.9, 1.0), c.transition(0.9, 1.0)
+    for value in (*post, *tr):
+        assert torch.isfinite(value).all()
+    assert (post.var >= 0).all() and (tr.var >= 0).all()
+
+    def oracle(z_t, t):  # the exact prediction of x = 0, the data's mean
+        return c.convert(torch.zeros_like(z_t), z_t, t, source="x", target=prediction)
+
+    assert torch.isfinite(lc.sample(oracle, c, 2, steps=20, prediction=prediction)).all()
+
+
+class VanishingSignal(lc.DiagonalizableCorruption):
+    """Invalid on purpose: alpha_t reaches exactly 0 at t = 0.8, before the end of the process."""
+
+    def __init__(self, end=0.8):
+        super().__init__(SHAPE, lc.IdentityBasis())
+        self.end = end
+
+    def alpha_sigma(self, t):
+        t = t.view(-1, 1, 1, 1)
+        return torch.cos((t / self.end).clamp(max=1) * math.pi / 2) * (t < self.end), (0.01 + t).clamp(max=1)
+
+
+def test_a_signal_lost_before_t_1_is_refused_but_at_t_1_accepted():
+    with pytest.raises(lc.InvalidCorruptionError, match=r"alpha_t = 0 at t < 1 .* at t=0\.8"):
+        VanishingSignal()
+    VanishingSignal(end=1.0)  # alpha_1 = 0 exactly: the prior alone carries nothing of x
+
+
+# ---------------------------------------------------------------- precision of the coefficients
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+@pytest.mark.parametrize("cast", [torch.nn.Module.half, torch.nn.Module.bfloat16, torch.nn.Module.float])
+def test_casting_the_module_keeps_its_coefficients_exact(name, cast):
+    """.half(), .bfloat16() and .float() never narrow the schedule's tables: diffuse, posterior and the
+    coefficients are what the uncast corruption gives (float64 times, float32 data alike)."""
+    exact, cast_c = CORRUPTIONS[name](), cast(CORRUPTIONS[name]())
+    for (n, a), (_, b) in zip(exact.named_buffers(), cast_c.named_buffers()):
+        assert a.dtype == b.dtype, n
+    t = torch.tensor([0.0, 0.3, 0.7, 1.0], dtype=f64)
+    for a, b in zip(exact.log_alpha_sigma(t), cast_c.log_alpha_sigma(t)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    x, noise = torch.randn(4, *SHAPE), torch.randn(4, *SHAPE)
+    torch.testing.assert_close(cast_c.diffuse(x, t.float(), noise=noise)[0],
+                               exact.diffuse(x, t.float(), noise=noise)[0], rtol=0, atol=0)
+
+
+def test_casting_up_widens_and_moving_moves():
+    c = lc.IHDM(SHAPE, prior=lc.GaussianPrior(torch.zeros(SHAPE), torch.ones(SHAPE))).double()
+    assert c.prior.mean.dtype == f64 and c.frequencies_squared.dtype == f64
+    c = c.to("meta")
+    assert all(b.device.type == "meta" for b in c.buffers())

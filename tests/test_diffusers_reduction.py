@@ -49,7 +49,7 @@ def run_diffusers(sched, num_samples, seed, **step_kwargs):
     return trajectory, latents
 
 
-def run_lincorrupt(c, timesteps, num_samples, seed, method, prediction, **options):
+def run_lincorrupt(c, timesteps, num_samples, seed, method, prediction, x_transform=None, **options):
     """lincorrupt on the same times; returns the model inputs (one per step) and the sample."""
     trajectory = []
 
@@ -58,8 +58,11 @@ def run_lincorrupt(c, timesteps, num_samples, seed, method, prediction, **option
         return network(z, torch.round(t * T) - 1)
 
     times = torch.cat([(timesteps.to(f64) + 1) / T, torch.zeros(1, dtype=f64)])
-    x = lc.sample(model, c, num_samples, grid=times, method=method, prediction=prediction,
-                  generator=torch.Generator().manual_seed(seed), dtype=f64, **options)
+    # diffusers starts from N(0, I) at its first timestep, which can be below t = 1 (one step: t = 1/T),
+    # so run the sampler function from the same start instead of lc.sample, which starts at t = 1 only
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randn((num_samples, *SHAPE), generator=g, dtype=f64)  # identity basis: u = z
+    x = lc.SAMPLERS[method](lc.Denoiser(model, c, prediction, x_transform), c, start, times, generator=g, **options)
     return trajectory, x
 
 
@@ -93,6 +96,36 @@ def test_ddim_is_ddim_scheduler(steps, prediction, seed, eta):
     sched.set_timesteps(steps)
     theirs = run_diffusers(sched, 3, seed, eta=eta)
     ours = run_lincorrupt(c, sched.timesteps, 3, seed, "ddim", prediction, eta=eta)
+    assert_same_path(ours, theirs, rtol=1e-8, atol=1e-8)
+
+
+BOUNDS = {  # diffusers' config for bounding its x_0 prediction -> lincorrupt's data-space map of x_hat
+    "clip": ({"clip_sample": True}, lc.sampling.clip_x_hat),
+    "threshold": ({"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5},
+                  lambda x: lc.sampling.dynamic_threshold(x, 0.9, 1.5)),
+}
+
+
+@given(steps=steps_st, prediction=prediction_st, seed=seed_st, bound=st.sampled_from(sorted(BOUNDS)))
+def test_bounded_ancestral_is_ddpm_scheduler_with_clip_or_thresholding(steps, prediction, seed, bound):
+    config, x_transform = BOUNDS[bound]
+    c = lc.DDPM(SHAPE, schedule="linear", num_steps=T)
+    sched = make_scheduler(diffusers.DDPMScheduler, c, prediction, variance_type="fixed_small", **config)
+    sched.set_timesteps(steps)
+    theirs = run_diffusers(sched, 3, seed)
+    ours = run_lincorrupt(c, sched.timesteps, 3, seed, "ancestral", prediction, x_transform)
+    assert_same_path(ours, theirs, rtol=1e-9, atol=1e-9)
+
+
+@given(steps=steps_st, prediction=prediction_st, seed=seed_st, eta=st.floats(0.0, 1.0), bound=st.sampled_from(sorted(BOUNDS)))
+def test_bounded_ddim_is_ddim_scheduler_with_the_clipped_model_output(steps, prediction, seed, eta, bound):
+    """lincorrupt's DDIM uses the eps implied by the bounded x_hat: diffusers' use_clipped_model_output."""
+    config, x_transform = BOUNDS[bound]
+    c = lc.DDPM(SHAPE, schedule="linear", num_steps=T)
+    sched = make_scheduler(diffusers.DDIMScheduler, c, prediction, set_alpha_to_one=True, **config)
+    sched.set_timesteps(steps)
+    theirs = run_diffusers(sched, 3, seed, eta=eta, use_clipped_model_output=True)
+    ours = run_lincorrupt(c, sched.timesteps, 3, seed, "ddim", prediction, x_transform, eta=eta)
     assert_same_path(ours, theirs, rtol=1e-8, atol=1e-8)
 
 

@@ -47,7 +47,7 @@ def test_every_snippet_section_exists():
 def test_tutorial_colour_fade_runs(capsys):
     """The tutorial end to end: validity, refusal of a broken variant, training, sampling."""
     tutorial = _load("colour_fade")
-    c, x, losses, samples = tutorial.main()
+    c, x, losses, samples, frames, agreements = tutorial.main()
     out = capsys.readouterr().out
     assert "refused: ColourReturns: SNR increases" in out
     page = (DOCS / "tutorial.md").read_text()
@@ -58,6 +58,12 @@ def test_tutorial_colour_fade_runs(capsys):
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-10:]) < sum(losses[:10]), "a few steps of training should lower the loss"
     assert samples.shape == (8, 3, 28, 28) and bool(torch.isfinite(samples).all())
+    # the callback saw every one of the 50 evaluations, at the uniform grid's times, in data space
+    assert [round(t, 6) for t, _ in frames] == [round(1 - k / 50, 6) for k in range(50)]
+    assert all(x_hat.shape == (8, 3, 28, 28) for _, x_hat in frames)
+    # shape first, colour last: mid-way the luminance detail is settled far more than the colour detail
+    middle = [(lum, colour) for t, lum, colour in agreements if 0.1 < t < 0.5]
+    assert middle and all(lum > colour + 0.2 for lum, colour in middle), agreements
 
 
 def test_tutorial_basis_is_orthogonal():

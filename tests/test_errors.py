@@ -106,10 +106,12 @@ def test_bad_sampling_arguments(c):
         lc.sample(identity_model, c, 0, steps=3)
     with pytest.raises(ValueError, match="steps must be a positive int"):
         lc.sample(identity_model, c, 2, steps=0)
-    with pytest.raises(ValueError, match="decrease strictly from at most 1 to exactly 0"):
+    with pytest.raises(ValueError, match="decrease strictly from 1 to exactly 0"):
         lc.sample(identity_model, c, 2, grid=torch.tensor([1.0, 0.5, 0.6, 0.0]))
-    with pytest.raises(ValueError, match="decrease strictly from at most 1 to exactly 0"):
+    with pytest.raises(ValueError, match="decrease strictly from 1 to exactly 0"):
         lc.sample(identity_model, c, 2, grid=torch.tensor([1.0, 0.5]))
+    with pytest.raises(ValueError, match="must start at t = 1, where the prior draws u_1, got 0.8"):
+        lc.sample(identity_model, c, 2, grid=torch.tensor([0.8, 0.5, 0.0]))
     with pytest.raises(ValueError, match="0 <= eta <= 1"):
         lc.sample(identity_model, c, 2, steps=3, method="ddim", eta=2.0)
 
@@ -161,3 +163,50 @@ def test_endpoints_are_finite_in_float32(name):
     assert torch.isfinite(tr.alpha).all() and torch.isfinite(tr.var).all()
     for prediction in ("eps", "x", "v"):
         assert torch.isfinite(lc.diffusion_loss(identity_model, c, x, prediction=prediction, t=t))
+
+
+class QuarterCircle(lc.DiagonalizableCorruption):
+    """A user's corruption implementing alpha_sigma only (it would return NaN for t > 1 unchecked)."""
+
+    def __init__(self):
+        super().__init__(SHAPE, lc.IdentityBasis())
+
+    def alpha_sigma(self, t):
+        t = t.view(-1, 1, 1, 1)
+        return torch.sqrt(1 - t**2), t.clamp(min=1e-3)
+
+
+@pytest.mark.parametrize("make", [lambda: lc.BlurringDiffusion(SHAPE), lambda: lc.DDPM(SHAPE), QuarterCircle])
+@pytest.mark.parametrize("t", [-0.1, 1.1, float("nan"), float("inf")])
+def test_the_public_schedule_checks_its_times(make, t):
+    c = make()
+    for method in (c.alpha_sigma, c.log_alpha_sigma):
+        with pytest.raises(ValueError, match=r"t must lie in \[0, 1\], got"):
+            method(torch.tensor([0.5, t]))
+        with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+            method(t)
+    with pytest.raises(TypeError, match="floating-point"):
+        c.alpha_sigma(torch.tensor([1]))
+    alpha, sigma = c.alpha_sigma(0.5)  # a scalar is one time
+    assert alpha.shape[0] == sigma.shape[0] == 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_data_are_refused_where_they_enter(c, x, bad):
+    poisoned = x.clone()
+    poisoned[1, 0, 2, 3] = bad
+    z, noise = c.diffuse(x, 0.5)
+    message = r"must be finite, but 1 of its 144 values are NaN or Inf \(the first, .*, at index \(1, 0, 2, 3\)\)"
+    calls = {
+        "x": [lambda: c.diffuse(poisoned, 0.5), lambda: lc.diffusion_loss(identity_model, c, poisoned),
+              lambda: c.posterior(z, poisoned, 0.2, 0.5)],
+        "z_t": [lambda: c.posterior(poisoned, x, 0.2, 0.5), lambda: c.convert(x, poisoned, 0.5)],
+        "noise": [lambda: c.diffuse(x, 0.5, noise=poisoned), lambda: lc.diffusion_loss(identity_model, c, x, noise=poisoned)],
+    }
+    for name, entries in calls.items():
+        for call in entries:
+            with pytest.raises(ValueError, match=f"{name} {message}"):
+                call()
+            with lc.validate_args(False):
+                call()  # not checked: no host sync
+

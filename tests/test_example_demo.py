@@ -33,11 +33,14 @@ def test_demo_writes_its_pictures_and_summary(tmp_path):
     demo = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = demo
     spec.loader.exec_module(demo)
-    root = write_idx_root(tmp_path / "data")
     out = tmp_path / "out"
+    root = write_idx_root(out / "data")
     result = demo.main(["--out", str(out), "--data", str(root), "--steps", "3", "--sample-steps", "3"])
     for name in ("forward_process.png", "samples.png", "loss.png", "summary.md", "run/checkpoint.pt"):
         assert (out / name).stat().st_size > 0, name
     assert result["steps"] == 3
     summary = (out / "summary.md").read_text()
     assert "3 steps of batch 32" in summary and "40 Fashion-MNIST training images" in summary
+    assert "from data\n" in summary and str(tmp_path) not in summary.split("Continue training")[0]  # relative to --out
+    resumed = demo.main(["--out", str(out), "--data", str(root), "--steps", "4", "--sample-steps", "3", "--resume"])
+    assert resumed["steps"] == 4 and "4 steps of batch 32, the last 1 in" in (out / "summary.md").read_text()

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+import lincorrupt as lc
 from lincorrupt.metrics import WEIGHTS_FILE
 from lincorrupt.train import CheckpointError, load_checkpoint
 
@@ -93,9 +95,9 @@ def test_bad_input_is_named(script, data_root, tmp_path, monkeypatch):
     script.main(base + ["--data-root", str(data_root)])
     with pytest.raises(CheckpointError, match="already holds checkpoint.pt"):
         script.main(base + ["--data-root", str(data_root)])
-    with pytest.raises(CheckpointError, match="trained with corruption BlurringDiffusion .* this run uses DDPM"):
+    with pytest.raises(CheckpointError, match="--corruption 'ddpm' \\(the checkpoint's: 'blurring'\\)"):
         script.main(base + ["--data-root", str(data_root), "--resume", "--corruption", "ddpm"])
-    with pytest.raises(CheckpointError, match=r"on shape \(3, 16, 16\).*this run uses BlurringDiffusion on shape \(1, 16, 16\)"):
+    with pytest.raises(CheckpointError, match=r"--channels 1 \(the checkpoint's: 3\)"):
         script.main(base + ["--data-root", str(data_root), "--resume", "--channels", "1", "--sample-only"])
     monkeypatch.delenv("LINCORRUPT_INCEPTION_WEIGHTS", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
@@ -143,3 +145,68 @@ def test_grad_accum_and_checkpoint_activations_flags_train_like_the_plain_run(sc
     np.testing.assert_allclose(scaled["losses"], plain["losses"], rtol=1e-5)
     config = load_checkpoint(tmp_path / "scaled" / "checkpoint.pt")["config"]
     assert config["grad_accum"] == 2 and config["checkpoint_activations"]
+
+
+@pytest.mark.parametrize("flag, value, shown", [
+    ("sigma-blur-max", "2", "2.0 (the checkpoint's: 20.0)"), ("min-scale", "0.01", "0.01 (the checkpoint's: 0.001)"),
+    ("prediction", "x", "'x' (the checkpoint's: 'eps')"), ("lr", "1.0", "1.0 (the checkpoint's: 0.0002)"),
+    ("ch", "8", "8 (the checkpoint's: 16)"), ("ch-mult", "1,1", "(1, 1) (the checkpoint's: (1, 2))"),
+    ("ema-decay", "0.5", "0.5 (the checkpoint's: 0.9999)"), ("seed", "3", "3 (the checkpoint's: 0)"),
+    ("ddpm-steps", "10", "10 (the checkpoint's: 1000)"),  # another corruption's setting is no setting of this run
+])
+def test_resume_and_sample_only_refuse_flags_that_contradict_the_checkpoint(script, trained, flag, value, shown):
+    before = load_checkpoint(trained["out"] / "checkpoint.pt")
+    for mode in ("--resume", "--sample-only"):
+        with pytest.raises(CheckpointError, match=re.escape(f"--{flag} {shown}")):
+            script.main(trained["args"] + ["--steps", "3", mode, f"--{flag}", value])
+    assert load_checkpoint(trained["out"] / "checkpoint.pt")["step"] == before["step"]
+
+
+@pytest.fixture(scope="module")
+def trained(script, data_root, tmp_path_factory):
+    """A blurring run of 2 steps, trained with the default flags but the tiny network."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    args = TINY + ["--data-root", str(data_root), "--out-dir", str(out)]
+    return {"args": args, "out": out, "summary": script.main(args + ["--steps", "2"])}
+
+
+def test_resume_rebuilds_from_the_checkpoint_and_records_the_config_it_used(script, trained, data_root):
+    out = trained["out"]
+    before = load_checkpoint(out / "checkpoint.pt")
+    # only the flags that may change, everything else from the checkpoint (no --image-size 16: the default is 32)
+    resumed = script.main(["--out-dir", str(out), "--data-root", str(data_root), "--resume", "--steps", "3", "--log-every", "3", "--no-progress", "--device", "cpu",
+                           "--num-workers", "0", "--sample-steps", "2", "--lr", "0.0002"])
+    after = load_checkpoint(out / "checkpoint.pt")
+    expected = {**before["config"], "steps": 3, "log_every": 3, "sample_steps": 2, "resume": True}
+    assert after["config"] == expected == resumed["config"] and after["step"] == 3
+    assert after["extra"]["model_args"] == before["extra"]["model_args"]
+    assert before["extra"]["model_args"] == {
+        "corruption": "blurring", "shape": [3, 16, 16], "prediction": "eps",
+        "settings": {"sigma_blur_max": 20.0, "min_scale": 1e-3, "logsnr_min": -10.0, "logsnr_max": 10.0},
+        "unet": {"image_size": 16, "in_channels": 3, "ch": 16, "ch_mult": [1, 2], "num_res_blocks": 1,
+                 "attn_resolutions": [8], "dropout": 0.1, "groups": 8}}
+    summary = json.loads((out / "summary.json").read_text())["config"]
+    assert summary == {k: list(v) if isinstance(v, tuple) else v for k, v in expected.items()}
+    assert after["optimizer"]["param_groups"][0]["lr"] == 2e-4  # the recorded lr is the one Adam used (warm-up over)
+
+
+def test_ihdm_samples_from_its_checkpoint_without_data(script, data_root, tmp_path):
+    out = tmp_path / "ihdm"
+    script.main(TINY + ["--data-root", str(data_root), "--out-dir", str(out), "--steps", "1", "--corruption", "ihdm",
+                        "--prior-images", "5"])
+    state = load_checkpoint(out / "checkpoint.pt")
+    u_x = state["extra"]["buffers"]["prior.u_x"]
+    assert u_x.shape == (5, 3, 16, 16)
+    sampled = script.main(["--out-dir", str(out), "--sample-only", "--data-root", str(tmp_path / "no-data-here"),
+                           "--device", "cpu", "--no-progress"])
+    assert sampled["corruption"] == "ihdm" and sampled["prediction"] == "x" and (out / "samples.png").is_file()
+    # the rebuilt corruption holds the stored prior: its samples start from those images, not from N(0, I)
+    corruption = script.build_corruption(state["extra"]["model_args"], state["extra"]["buffers"])
+    assert isinstance(corruption.prior, lc.EmpiricalPrior) and torch.equal(corruption.prior.u_x, u_x)
+    assert corruption.sigma == 0.01 and corruption.num_steps == 200 and corruption.sigma_blur_max == 24.0
+
+
+def test_the_how_to_lists_exactly_the_flags_that_may_change_on_resume(script):
+    text = (SCRIPT.parents[1] / "docs" / "how-to" / "train-cifar10.md").read_text()
+    table = text[text.index("| what | flags |"):text.index("Any other flag")]
+    assert {flag[2:].replace("-", "_") for flag in re.findall(r"`(--[a-z0-9-]+)`", table)} == script.RESUMABLE

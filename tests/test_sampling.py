@@ -7,6 +7,7 @@ import scipy.fft
 import torch
 
 import lincorrupt as lc
+from lincorrupt.sampling import ancestral, ddim
 
 f64 = torch.float64
 SHAPE = (1, 4, 6)
@@ -64,7 +65,7 @@ class Truth:
 
     def sampler_moments(self, steps, method):
         """Exact mean and covariance of the sampler's output, propagated through its affine steps
-        u_s = M u_t + b + noise, with the textbook formulas (DESIGN.md sec. 1; Song et al. eq. 12)."""
+        u_s = M u_t + b + noise, with the textbook formulas (the posterior of Kingma et al. 2021, eq. 32-33; Song et al. eq. 12)."""
         mean, P = self.prior_moments()
         times = np.linspace(1, 0, steps + 1)
         for t, s_ in zip(times[:-1], times[1:]):
@@ -142,12 +143,8 @@ def test_ddim_step_in_the_identity_basis_is_song_et_al_eq_12():
         captured.append(z.clone())
         return eps_hat
 
-    class StartAt(lc.Prior):  # a prior that starts at z_t
-        def sample(self, corruption, n, generator=None, device=None, dtype=None):
-            return z_t
-
-    c.prior = StartAt()
-    lc.sample(model, c, 3, grid=times, method="ddim", eta=eta, generator=torch.Generator().manual_seed(5), dtype=f64)
+    # a grid that starts at t < 1 from a given z_t: the sampler function itself (identity basis: u = z)
+    ddim(lc.Denoiser(model, c, "eps"), c, z_t, times, generator=torch.Generator().manual_seed(5), eta=eta)
     ab_t = c.alpha_sigma(torch.tensor([t], dtype=f64))[0].item() ** 2
     ab_s = c.alpha_sigma(torch.tensor([s], dtype=f64))[0].item() ** 2
     sigma = eta * np.sqrt((1 - ab_s) / (1 - ab_t)) * np.sqrt(1 - ab_t / ab_s)
@@ -164,14 +161,15 @@ def test_ancestral_step_in_the_identity_basis_is_ho_et_al_algorithm_2():
     eps_hat = torch.randn(2, *SHAPE, generator=g, dtype=f64)
     captured = []
     model = lambda z, tt: (captured.append(z.clone()), eps_hat)[1]
-    lc.sample(model, c, 2, grid=torch.tensor([500, 499, 0], dtype=f64) / T,
-              generator=torch.Generator().manual_seed(3), dtype=f64)
+    start_and_noise = torch.Generator().manual_seed(3)
+    z_t = torch.randn(2, *SHAPE, generator=start_and_noise, dtype=f64)
+    ancestral(lc.Denoiser(model, c, "eps"), c, z_t, torch.tensor([500, 499, 0], dtype=f64) / T, generator=start_and_noise)
     betas = np.linspace(1e-4, 0.02, T)
     ab = np.cumprod(1 - betas)
     i = 500
-    prior_and_noise = torch.Generator().manual_seed(3)
-    z_t = torch.randn(2, *SHAPE, generator=prior_and_noise, dtype=f64)
-    noise = torch.randn(2, *SHAPE, generator=prior_and_noise, dtype=f64)
+    replay = torch.Generator().manual_seed(3)
+    assert torch.equal(torch.randn(2, *SHAPE, generator=replay, dtype=f64), z_t)
+    noise = torch.randn(2, *SHAPE, generator=replay, dtype=f64)  # the sampler's draw after z_t
     beta, a = betas[i - 1], 1 - betas[i - 1]
     sigma = np.sqrt((1 - ab[i - 2]) / (1 - ab[i - 1]) * beta)  # beta_tilde
     expected = (z_t - beta / np.sqrt(1 - ab[i - 1]) * eps_hat) / np.sqrt(a) + sigma * noise
@@ -215,3 +213,150 @@ def test_a_sampler_converts_the_model_output_only_to_the_forms_it_uses(method, p
     lc.sample(model, c, 2, steps=steps, prediction=prediction, method=method)
     assert calls["model"] == steps and calls["to_x"] == steps
     assert calls["to_eps"] == (steps if method == "ddim" else 0)
+
+
+# ---------------------------------------------------------------- DDIM numerics at extreme SNR ratios
+def _mp_ddim(log_alpha_s, log_sigma_s, log_alpha_t, log_sigma_t, eta):
+    """DDIM's sqrt(sigma_s^2 - eta^2 sigma2_{t->s}) and eta sqrt(sigma2_{t->s}) from the textbook forms
+    (DESIGN.md sec. 1: sigma2_{t|s} = sigma_t^2 - alpha_{t|s}^2 sigma_s^2, sigma2_{t->s} = (1/sigma_s^2 +
+    alpha_{t|s}^2 / sigma2_{t|s})^-1), at 80 digits, where their cancellation does not matter."""
+    import mpmath
+    mpmath.mp.dps = 80
+    a_s, s_s, a_t, s_t = (mpmath.exp(mpmath.mpf(v)) for v in (log_alpha_s, log_sigma_s, log_alpha_t, log_sigma_t))
+    a_ts = a_t / a_s
+    var_ts = s_t**2 - a_ts**2 * s_s**2
+    post_var = 1 / (1 / s_s**2 + a_ts**2 / var_ts)
+    eta = mpmath.mpf(eta)
+    return mpmath.sqrt(s_s**2 - eta**2 * post_var), eta * mpmath.sqrt(post_var)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+@pytest.mark.parametrize("eta", [0.0, 0.3, 0.999, 1.0])
+def test_ddim_coefficients_are_exact_at_extreme_snr_ratios(dtype, eta):
+    """SNR_t / SNR_s from 1 - 1e-7 down to e^-60: the noise weight sigma_s sqrt(1 - eta^2 r) must keep
+    its relative precision where sigma_s^2 - eta^2 sigma2_{t->s} cancels (eta = 1: it is sigma_s e^(dlogsnr/2)).
+    The reference takes the inputs as stored; the tolerance allows for the rounding of log-SNR differences
+    in the dtype (relative eps / |dlogsnr|), which no formula in (log alpha, log sigma) avoids."""
+    from lincorrupt.sampling import ddim_coefficients
+    eps = torch.finfo(dtype).eps
+    for dlogsnr in [-1e-7, -1e-3, -0.5, -5.0, -20.0, -30.0, -60.0][dtype == torch.float32:]:
+        c_s = lc.Coefficients(*torch.tensor([[-0.1], [-1.2]], dtype=dtype))
+        c_t = lc.Coefficients(*torch.tensor([[-0.1 + dlogsnr / 4], [-1.2 - dlogsnr / 4]], dtype=dtype))
+        c_eps, std = ddim_coefficients(c_s, c_t, eta)
+        exact = _mp_ddim(*(v.double().item() for v in (*c_s, *c_t)), eta)
+        for got, want in zip((c_eps, std), exact):
+            np.testing.assert_allclose(got.double().item(), float(want), rtol=100 * eps * (1 + 1 / abs(dlogsnr)),
+                                       atol=0, err_msg=f"dlogsnr={dlogsnr}")
+
+
+# ---------------------------------------------------------------- clip, dynamic thresholding, callback
+def saharia_threshold(x, p, max_value=None):
+    """Saharia et al. (2022) dynamic thresholding, per sample, written with numpy."""
+    out = np.empty_like(x)
+    for i, xi in enumerate(x):
+        s = max(np.quantile(np.abs(xi), p), 1.0)
+        s = min(s, max_value) if max_value is not None else s
+        out[i] = np.clip(xi, -s, s) / s
+    return out
+
+
+@pytest.mark.parametrize("p, max_value", [(0.995, None), (0.9, None), (0.5, 2.5), (1.0, None), (0.995, 1.0)])
+def test_dynamic_threshold_is_saharias_formula(p, max_value):
+    from lincorrupt.sampling import dynamic_threshold
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 2, 4, 6, generator=g, dtype=f64) * torch.tensor([0.2, 1.0, 2.0, 4.0, 10.0], dtype=f64).view(-1, 1, 1, 1)
+    got = dynamic_threshold(x, p, max_value)
+    np.testing.assert_allclose(got.numpy(), saharia_threshold(x.numpy(), p, max_value), rtol=1e-12, atol=1e-15)
+    assert got.abs().max() <= 1
+
+
+BOUNDS = {  # sample() option -> the same bound applied by hand to a data-space x_hat (numpy reference)
+    "clip": ({"clip": True}, lambda x: np.clip(x, -1, 1)),
+    "threshold": ({"threshold": 0.9}, lambda x: saharia_threshold(x, 0.9)),
+    "threshold-max": ({"threshold": 0.9, "threshold_max": 1.5}, lambda x: saharia_threshold(x, 0.9, 1.5)),
+}
+
+
+@pytest.mark.parametrize("method", sorted(lc.SAMPLERS))
+@pytest.mark.parametrize("bound", sorted(BOUNDS))
+@pytest.mark.parametrize("prediction", ["eps", "x"])
+def test_every_sampler_bounds_x_hat_as_if_the_model_had(method, bound, prediction):
+    """Sampling with clip / threshold equals sampling without, from a model whose x-prediction was bounded
+    by hand: every sampler uses the bounded x_hat (and DDIM the eps that it implies), and nothing else."""
+    c = lc.BlurringDiffusion(SHAPE)
+    options, reference = BOUNDS[bound]
+    net = lambda z, t: 3 * torch.tanh(2 * z) + t.view(-1, 1, 1, 1)  # x_hat well outside [-1, 1]
+
+    def bounded_x_model(z, t):
+        x_hat = c.convert(net(z, t), z, t, source=prediction, target="x") if prediction != "x" else net(z, t)
+        return torch.from_numpy(reference(x_hat.numpy()))
+
+    kw = dict(steps=6, method=method, dtype=f64)
+    ours = lc.sample(net, c, 3, prediction=prediction, generator=torch.Generator().manual_seed(1), **kw, **options)
+    by_hand = lc.sample(bounded_x_model, c, 3, prediction="x", generator=torch.Generator().manual_seed(1), **kw)
+    torch.testing.assert_close(ours, by_hand, rtol=1e-9, atol=1e-9)
+    assert ours.abs().max() <= 1 + 1e-12
+    unbounded = lc.sample(net, c, 3, prediction=prediction, generator=torch.Generator().manual_seed(1), **kw)
+    assert unbounded.abs().max() > 1.5  # so the bound did act
+
+
+def two_point_denoiser(c, points):
+    """The exact E[x | z_t] for data uniform on two images: a convex combination of them, so inside [-1, 1]."""
+    u_points = c.basis.to_basis(points)  # (2, *shape)
+
+    def model(z, t):
+        alpha, sigma = c.alpha_sigma(t[:1])
+        u = c.basis.to_basis(z)[:, None]  # (B, 1, *shape)
+        log_lik = (-0.5 * ((u - alpha * u_points) / sigma) ** 2).flatten(2).sum(2)  # (B, 2)
+        w = torch.softmax(log_lik, 1).view(-1, 2, *[1] * len(SHAPE))
+        return (w * points).sum(1)
+
+    return model
+
+
+@pytest.mark.parametrize("method", sorted(lc.SAMPLERS))
+@pytest.mark.parametrize("options", [{"clip": True}, {"threshold": 0.995}, {"threshold": 0.5, "threshold_max": 3.0}])
+def test_bounds_leave_an_exact_denoiser_of_data_inside_the_range_alone(method, options):
+    c = lc.DDPM(SHAPE, schedule="cosine") if method == "ancestral" else lc.BlurringDiffusion(SHAPE)
+    points = torch.stack([torch.linspace(-1, 1, D, dtype=f64), torch.linspace(1, -0.5, D, dtype=f64) ** 3]).view(2, *SHAPE)
+    model = two_point_denoiser(c, points)
+    kw = dict(steps=8, method=method, prediction="x", dtype=f64)
+    plain = lc.sample(model, c, 4, generator=torch.Generator().manual_seed(2), **kw)
+    bounded = lc.sample(model, c, 4, generator=torch.Generator().manual_seed(2), **kw, **options)
+    torch.testing.assert_close(bounded, plain, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", sorted(lc.SAMPLERS))
+def test_callback_sees_every_network_evaluation_in_data_space(method):
+    """One call per network evaluation (steps in all), in order, with the model's own (z_t, t) and
+    the x_hat the sampler uses; the last x_hat is the sample."""
+    c = lc.BlurringDiffusion(SHAPE)
+    seen, infos = [], []
+    net = lambda z, t: (seen.append((z.clone(), t.clone())), torch.tanh(z) * (1 - t.view(-1, 1, 1, 1)))[1]
+    x = lc.sample(net, c, 3, steps=7, method=method, prediction="x", dtype=f64, callback=infos.append,
+                  generator=torch.Generator().manual_seed(0))
+    assert [info.step for info in infos] == list(range(7)) and len(seen) == 7
+    for info, (z, t) in zip(infos, seen):
+        assert info.z_t.shape == info.x_hat.shape == (3, *SHAPE) and info.t.shape == (3,)
+        torch.testing.assert_close(info.z_t, z, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(info.t, t, rtol=0, atol=0)
+        torch.testing.assert_close(info.x_hat, torch.tanh(z) * (1 - t.view(-1, 1, 1, 1)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(infos[-1].x_hat, x, rtol=1e-12, atol=1e-12)
+    clipped = []
+    lc.sample(lambda z, t: 5 * z, c, 3, steps=7, method=method, prediction="x", dtype=f64, clip=True,
+              callback=clipped.append)
+    assert len(clipped) == 7 and all(info.x_hat.abs().max() <= 1 for info in clipped)
+
+
+def test_bound_options_are_checked():
+    c, model = lc.DDPM(SHAPE), lambda z, t: z
+    with pytest.raises(ValueError, match="choose one"):
+        lc.sample(model, c, 2, steps=2, clip=True, threshold=0.99)
+    with pytest.raises(ValueError, match=r"percentile of \|x_hat\| in \(0, 1\]"):
+        lc.sample(model, c, 2, steps=2, threshold=99.5)
+    with pytest.raises(ValueError, match="needs threshold="):
+        lc.sample(model, c, 2, steps=2, threshold_max=2.0)
+    with pytest.raises(ValueError, match="threshold_max must be at least 1"):
+        lc.sample(model, c, 2, steps=2, threshold=0.9, threshold_max=0.5)
+    with pytest.raises(TypeError, match="clip must be a bool"):
+        lc.sample(model, c, 2, steps=2, clip=1.0)

@@ -50,10 +50,13 @@ def test_the_switch_and_the_context_manager():
 
 
 @pytest.mark.parametrize("call, reads", [
-    (lambda c, x, t: c.diffuse(x, t), 1),
-    (lambda c, x, t: lc.diffusion_loss(lambda z, tt: z, c, x, t=t), 1),
-    (lambda c, x, t: c.convert(x, x, t), 1),
-    (lambda c, x, t: c.posterior(x, x, t / 2, t), 3),  # s, t and s < t
+    (lambda c, x, t: c.diffuse(x, t), 2),  # x finite, t in [0, 1]
+    (lambda c, x, t: c.diffuse(x, t, noise=x), 3),  # and the noise finite
+    (lambda c, x, t: lc.diffusion_loss(lambda z, tt: z, c, x, t=t), 2),
+    (lambda c, x, t: c.convert(x, x, t), 3),  # z_t, output, t
+    (lambda c, x, t: c.posterior(x, x, t / 2, t), 5),  # x, z_t, s, t and s < t
+    (lambda c, x, t: c.alpha_sigma(t), 1),
+    (lambda c, x, t: c.log_alpha_sigma(t), 1),
 ])
 def test_each_input_is_checked_once_per_call_and_not_at_all_when_off(call, reads):
     c, x, t = lc.BlurringDiffusion(SHAPE), torch.randn(2, *SHAPE), torch.tensor([0.3, 0.7])

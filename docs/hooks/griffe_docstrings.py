@@ -7,11 +7,14 @@ that Google-style parsing does not know, and what the reference should not show.
 2. Sphinx roles such as ``:class:`~lincorrupt.priors.GaussianPrior``` or ``:meth:`fit```:
    rendered as inline code of the name they show (``GaussianPrior``, ``fit``);
    ``:math:`\alpha_t``` becomes ``$\alpha_t$``, rendered by KaTeX like the pages' math.
-3. ``#:`` comment lines right above a module or class attribute (Sphinx's attribute doc
+3. Config fields declared with ``option(default, help, ...)`` (lincorrupt.train.cli): the help
+   text, which is also the flag's ``--help``, becomes the attribute's docstring, and the
+   default (not the ``option(...)`` call) is the value the signature shows.
+4. ``#:`` comment lines right above a module or class attribute (Sphinx's attribute doc
    comments) become its docstring, so registries such as ``SAMPLERS`` are documented.
-4. A method without a docstring that overrides a documented one inherits its docstring, as
+5. A method without a docstring that overrides a documented one inherits its docstring, as
    ``inspect.getdoc`` does.
-5. Not API, so left out of the reference: ``extra_repr`` (how ``torch.nn.Module`` prints
+6. Not API, so left out of the reference: ``extra_repr`` (how ``torch.nn.Module`` prints
    itself), special methods other than ``__init__`` and ``__call__`` (``__len__``,
    ``__post_init__``, ...), and instance attributes set in ``__init__`` that have no docstring
    (a network's layers, a trainer's internals). Module members follow ``__all__``
@@ -22,6 +25,7 @@ Only the text given to the documentation changes; the code is untouched.
 
 from __future__ import annotations
 
+import ast
 import re
 
 import griffe
@@ -101,7 +105,7 @@ def inherited_docstring(method: griffe.Object) -> griffe.Docstring | None:
 
 
 def is_not_api(member: griffe.Object) -> bool:
-    """A class member the reference leaves out (see the module docstring, point 5)."""
+    """A class member the reference leaves out (see the module docstring, point 6)."""
     special = member.name.startswith("__") and member.name.endswith("__")
     return (member.name in NOT_API
             or (special and member.name not in KEEP_SPECIAL)
@@ -122,12 +126,30 @@ def _walk(obj: griffe.Object):
             yield from _walk(member)
 
 
+def option_call(node: ast.AST) -> ast.Call | None:
+    """The ``option(default, help, ...)`` call a field is assigned, else None."""
+    call = getattr(node, "value", None)
+    if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "option" and len(call.args) == 2:
+        return call
+    return None
+
+
 class DocstringConventions(griffe.Extension):
     """Apply :func:`rewrite` to every docstring as griffe loads it."""
 
     def on_instance(self, *, obj: griffe.Object, **kwargs) -> None:
         if obj.docstring is not None:
             obj.docstring.value = rewrite(obj.docstring.value)
+
+    def on_attribute_instance(self, *, node: ast.AST, attr: griffe.Attribute, **kwargs) -> None:
+        """A field declared with ``option(default, help)``: its help text as docstring, its default as value."""
+        call = option_call(node) if isinstance(node, ast.AST) else None
+        if call is None:
+            return
+        default, text = call.args
+        attr.value = griffe.safe_get_expression(default, parent=attr.parent) or attr.value
+        if isinstance(text, ast.Constant) and isinstance(text.value, str) and attr.docstring is None:
+            attr.docstring = griffe.Docstring(rewrite(text.value), parent=attr)
 
     def on_package(self, *, pkg: griffe.Module, **kwargs) -> None:
         """Once every module is loaded (base classes resolve): doc comments, inheritance, non-API."""

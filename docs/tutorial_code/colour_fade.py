@@ -4,7 +4,7 @@ A corruption none of the three papers has: blurring diffusion in an *opponent-co
 where the two chroma channels are blurred much faster than luminance, so a garment loses its
 colour before it loses its shape. Run it (well under a minute on two CPU cores):
 
-    .venv/bin/python docs/tutorial_code/colour_fade.py
+    .venv/bin/python docs/tutorial_code/colour_fade.py      # also writes colour_fade_reverse.png
 
 tests/test_docs_tutorial.py runs this file as it is, so the tutorial page (which includes its
 sections) cannot drift from working code.
@@ -170,8 +170,47 @@ def draw(model, c, n=8, steps=50, prediction="v", seed=0):
 # --8<-- [end:sample]
 
 
+# --8<-- [start:snapshots]
+def snapshots(model, c, n=8, steps=50, prediction="v", seed=0):
+    """The reverse process as it runs: (t, x_hat) after every network evaluation, via the callback."""
+    frames = []
+
+    def keep(info):  # info: lc.StepInfo(step, t, z_t, x_hat), all in data space
+        frames.append((float(info.t[0]), info.x_hat.clone()))
+
+    g = torch.Generator().manual_seed(seed)
+    lc.sample(model, c, n, steps=steps, prediction=prediction, generator=g, callback=keep)
+    return frames
+
+
+def agreement(u, v):
+    """Cosine similarity of two sets of basis coordinates: 1 when u already points where v does."""
+    return float((u * v).sum() / (u.norm() * v.norm()))
+
+
+def shape_first_colour_last(c, frames, every=10):
+    """How much each snapshot's luminance detail and colour detail agree with the final sample's."""
+    final = c.basis.to_basis(frames[-1][1])                       # (n, 3, 28, 28): luminance, 2 chroma
+    detail = torch.ones(final.shape[-2:], dtype=torch.bool)
+    detail[0, 0] = False                                          # every frequency but the mean colour
+    rows = []
+    for t, x_hat in frames[::every] + frames[-1:]:
+        u = c.basis.to_basis(x_hat)
+        rows.append((t, agreement(u[:, 0, detail], final[:, 0, detail]), agreement(u[:, 1:, detail], final[:, 1:, detail])))
+        print(f"t={t:.2f}: luminance detail {rows[-1][1]:.2f}, colour detail {rows[-1][2]:.2f}")
+    return rows
+
+
+def save_snapshots(frames, path, every=5):
+    """The first two samples' x_hat every `every` evaluations, one row each, as a PNG."""
+    from torchvision.utils import save_image
+    picked = torch.stack([x_hat[:2] for _, x_hat in frames[::every] + frames[-1:]], 1)  # (2, frames, 3, 28, 28)
+    save_image((picked.flatten(0, 1).clamp(-1, 1) + 1) / 2, path, nrow=picked.shape[1])
+# --8<-- [end:snapshots]
+
+
 # --8<-- [start:main]
-def main(train_steps=40, sample_steps=50):
+def main(train_steps=40, sample_steps=50, snapshot_png=None):
     c = ColourFadeDiffusion(shape=(3, 28, 28))   # validity is checked here
     show_refusal()
     x = colourful_fashion_mnist()
@@ -180,9 +219,13 @@ def main(train_steps=40, sample_steps=50):
     print(f"v-loss: first 10 steps {np.mean(losses[:10]):.3f}, last 10 steps {np.mean(losses[-10:]):.3f}")
     samples = draw(model, c, steps=sample_steps)
     print(f"samples: shape {tuple(samples.shape)}, range [{samples.min():.2f}, {samples.max():.2f}]")
-    return c, x, losses, samples
+    frames = snapshots(model, c, steps=sample_steps)
+    agreements = shape_first_colour_last(c, frames)
+    if snapshot_png:
+        save_snapshots(frames, snapshot_png)
+    return c, x, losses, samples, frames, agreements
 
 
 if __name__ == "__main__":
-    main()
+    main(snapshot_png="colour_fade_reverse.png")
 # --8<-- [end:main]

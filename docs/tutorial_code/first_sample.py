@@ -20,6 +20,6 @@ for step in range(50):
     loss = lc.diffusion_loss(model, c, x[torch.randint(len(x), (16,))], prediction="v")
     opt.zero_grad(); loss.backward(); opt.step()
 
-samples = lc.sample(model.eval(), c, 16, steps=50, prediction="v")   # (16, 1, 28, 28) in [-1, 1]
-torchvision.utils.save_image((samples + 1) / 2, "first_samples.png", nrow=8)
+samples = lc.sample(model.eval(), c, 16, steps=50, prediction="v")   # (16, 1, 28, 28), not clipped
+torchvision.utils.save_image((samples + 1) / 2, "first_samples.png", nrow=8)   # clamps to [0, 1]
 # --8<-- [end:first]

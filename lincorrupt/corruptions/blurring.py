@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -23,13 +25,16 @@ class BlurringDiffusion(DiagonalizableCorruption):
         tau_t = sigma_blur(t)^2 / 2,  sigma_blur(t) = sigma_blur_max sin(t pi / 2)^2
         d_t = (1 - min_scale) exp(-lambda tau_t) + min_scale,  alpha_t = a_t d_t
 
+    ``log d_t`` is computed in log space (:meth:`log_d`), so ``min_scale = 0`` (pure heat
+    dissipation, whose high frequencies' ``d_t`` underflows) gives finite coefficients.
+
     ``sigma_t`` is the same for every coordinate; ``alpha_t`` is (B, 1, H, W), shared by the
     channels. With ``sigma_blur_max = 0`` this is the cosine-schedule DDPM.
 
     Args:
         shape: (C, H, W).
         sigma_blur_max: largest blur standard deviation in pixels (paper: 20 on CIFAR-10).
-        min_scale: floor of the frequency scaling ``d_t`` (paper: 0.001).
+        min_scale: floor of the frequency scaling ``d_t`` (paper: 0.001); 0 is allowed.
         logsnr_min, logsnr_max: clipping of the noise schedule's log-SNR (paper: -10, 10).
         prior: default standard normal.
     """
@@ -51,8 +56,16 @@ class BlurringDiffusion(DiagonalizableCorruption):
         t = t.view(-1, 1, 1, 1)
         log_a, log_sigma = vp_log_alpha_sigma(cosine_logsnr(t, self.logsnr_min, self.logsnr_max))
         tau = blur_tau(t, self.sigma_blur_max)
-        d = (1 - self.min_scale) * torch.exp(-self.frequencies_squared.to(t.dtype) * tau) + self.min_scale
-        return log_a + d.log(), log_sigma
+        return log_a + self.log_d(t, tau), log_sigma
+
+    def log_d(self, t: Tensor, tau: Tensor) -> Tensor:
+        """``log d_t = log((1 - min_scale) exp(-lambda tau_t) + min_scale)``, (B, 1, H, W), in log space:
+        ``logaddexp(log1p(-min_scale) - lambda tau_t, log min_scale)``, which stays finite where
+        ``exp(-lambda tau_t)`` underflows and is exactly ``-lambda tau_t`` for ``min_scale = 0``."""
+        log_decay = math.log1p(-self.min_scale) - self.frequencies_squared.to(t.dtype) * tau
+        log_floor = torch.tensor(math.log(self.min_scale) if self.min_scale > 0 else -math.inf,
+                                 dtype=t.dtype, device=t.device)
+        return torch.logaddexp(log_decay, log_floor)
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, sigma_blur_max={self.sigma_blur_max}, min_scale={self.min_scale}"

@@ -61,7 +61,7 @@ def frechet_distance(feats_a, feats_b) -> float:
 
     The FID formula of Heusel et al. 2017 (the two time-scale update rule paper), ``|mu_a - mu_b|^2
     + tr(S_a + S_b - 2 (S_a S_b)^(1/2))``, with the sample means and unbiased sample covariances, computed in
-    float64 by pytorch-fid's ``calculate_frechet_distance``. The value depends on the feature network: compare it
+    float64 by :func:`lincorrupt.metrics.fid`. The value depends on the feature network: compare it
     only within one feature space.
 
     Args:
@@ -74,10 +74,6 @@ def frechet_distance(feats_a, feats_b) -> float:
     a = _features(feats_a, "feats_a", 2, "the Fréchet distance (a covariance)")
     b = _features(feats_b, "feats_b", 2, "the Fréchet distance (a covariance)")
     _same_width(a, b, "feats_a", "feats_b")
-    if a.shape[1] == 1:
-        # scipy >= 1.17's sqrtm returns a 1x1 root without the error estimate that pytorch-fid unpacks: the scalar form
-        va, vb = a.var(ddof=1), b.var(ddof=1)
-        return float((a.mean() - b.mean()) ** 2 + va + vb - 2 * np.sqrt(va * vb))
     return fid(FIDStats.of(a), FIDStats.of(b))
 
 

@@ -1,15 +1,83 @@
-"""Expose a dataclass config as command-line flags (``steps`` -> ``--steps``, bools as ``--x/--no-x``)."""
+"""Dataclass configs as command-line flags (``steps`` -> ``--steps``, bools as ``--x/--no-x``).
+
+A config field is declared once with :func:`option`: its default, its help text (the flag's
+``--help`` and the attribute's entry in the API reference) and the values it admits
+(``choices`` or an :class:`Interval`), which :func:`check_options` enforces in the
+dataclass's ``__post_init__``, so a config built in Python is checked like one built from flags.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
-from typing import Sequence, TypeVar
+from typing import Any, Sequence, TypeVar
 
-__all__ = ["parse_config"]
+__all__ = ["parse_config", "given_options", "option", "Interval", "OptionError", "check_options"]
 
 T = TypeVar("T")
+
+
+class OptionError(ValueError):
+    """A config field holds a value it does not admit; ``name`` is the field, the message names it too."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(message)
+        self.name = name
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """The finite numbers between ``low`` and ``high`` (each bound excluded when ``*_open``)."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return math.isfinite(value) and above and below
+
+    def __str__(self) -> str:
+        low = f"{'>' if self.low_open else '>='} {self.low:g}"
+        high = f"{'<' if self.high_open else '<='} {self.high:g}"
+        if math.isinf(self.high):
+            return low
+        if math.isinf(self.low):
+            return high
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, bounds: Interval | None = None) -> Any:
+    """A dataclass field with its help text and admitted values (``bounds`` applies to each
+    element of a tuple)."""
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata["choices"] = list(choices)
+    if bounds is not None:
+        metadata["bounds"] = bounds
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def check_options(config: Any) -> None:
+    """Raise :class:`OptionError` for the first field of ``config`` outside its ``choices`` or ``bounds``."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise OptionError(f.name, f"{f.name}={value!r}: expected one of {f.metadata['choices']}")
+        bounds = f.metadata.get("bounds")
+        values = value if isinstance(value, tuple) else (value,)
+        if bounds is not None and not all(_is_number(v) and v in bounds for v in values):
+            finite = not _is_number(value) or math.isfinite(value)
+            what = "hold finite values" if isinstance(value, tuple) else "be" if finite else "be finite and"
+            raise OptionError(f.name, f"{f.name} must {what} {bounds}, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _tuple_of_ints(text: str) -> tuple[int, ...]:
@@ -19,28 +87,48 @@ def _tuple_of_ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,2,2, got {text!r}") from None
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parser(cls: type, description: str | None, suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     argument_default=argparse.SUPPRESS if suppress_defaults else None)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        kw = {"help": f.metadata.get("help", " "), "dest": f.name}
+        if not suppress_defaults:
+            kw["default"] = f.default
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        if kind is bool:
+            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+        elif typing.get_origin(kind) is tuple:
+            parser.add_argument(_flag(f.name), type=_tuple_of_ints, **kw)
+        else:
+            parser.add_argument(_flag(f.name), type=kind, **kw)
+    return parser
+
+
 def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None) -> T:
     """Build ``cls(...)`` from flags; every field's default is the flag's default.
 
     Field types: int, float, str, bool (``--flag``/``--no-flag``), tuple[int, ...] (``1,2,2,2``).
-    A field's ``metadata["choices"]`` restricts its values; ``metadata["help"]`` documents it.
-    Invalid values exit with argparse's usage message, naming the flag.
+    A field's ``metadata["choices"]`` restricts its values; ``metadata["help"]`` documents it
+    (see :func:`option`). Invalid values, and an :class:`OptionError` or ``ValueError`` of the
+    dataclass's own checks, exit with argparse's usage message, naming the flag.
     """
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        kind, flag = hints[f.name], "--" + f.name.replace("_", "-")
-        kw = {"default": f.default, "help": f.metadata.get("help", " "), "dest": f.name}
-        if "choices" in f.metadata:
-            kw["choices"] = f.metadata["choices"]
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        elif typing.get_origin(kind) is tuple:
-            parser.add_argument(flag, type=_tuple_of_ints, **kw)
-        else:
-            parser.add_argument(flag, type=kind, **kw)
+    parser = _parser(cls, description)
     args = parser.parse_args(argv)
     try:
         return cls(**vars(args))
-    except ValueError as e:  # the dataclass's own validation
+    except OptionError as e:
+        parser.error(f"argument {_flag(e.name)}: {e}")
+    except ValueError as e:
         parser.error(str(e))
+
+
+def given_options(cls: type, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The fields of ``cls`` set explicitly by the flags ``argv``, with their parsed values."""
+    return vars(_parser(cls, None, suppress_defaults=True).parse_args(argv))

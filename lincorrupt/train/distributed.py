@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from lincorrupt.collectives import all_gather_objects, is_distributed
+
 __all__ = ["DistInfo", "init_distributed", "is_distributed", "all_gather_objects", "all_reduce_mean", "barrier"]
 
 BACKENDS = {"cuda": "nccl", "cpu": "gloo"}
@@ -25,10 +27,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 def init_distributed(device: str | torch.device | None = None) -> DistInfo:
@@ -52,15 +50,6 @@ def init_distributed(device: str | torch.device | None = None) -> DistInfo:
     if world_size > 1 and not is_distributed():
         dist.init_process_group(BACKENDS[device.type], device_id=device if device.type == "cuda" else None)
     return DistInfo(rank, world_size, local_rank, device)
-
-
-def all_gather_objects(obj) -> list:
-    """``[obj of rank 0, obj of rank 1, ...]`` (just ``[obj]`` when not distributed)."""
-    if not is_distributed():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from lincorrupt.data.images import to_model_range, to_unit_range
 from lincorrupt.train.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from lincorrupt.train.cli import Interval, OptionError, check_options, option
 from lincorrupt.train.data_order import StepBatchSampler, derive_seed, sample_seeds
 from lincorrupt.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, is_distributed
 from lincorrupt.train.ema import EMA
@@ -57,6 +58,8 @@ FUSED_DEVICES = ("cuda", "cpu")
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # precision -> autocast dtype on CUDA (None: float32). CPU always trains in float32.
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Bounds of the counts that must be positive and of the positive reals.
+AT_LEAST_1, POSITIVE = Interval(1), Interval(0, low_open=True)
 
 
 #: Upper bound of the default number of DataLoader workers per process.
@@ -95,54 +98,73 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 @dataclass
 class TrainConfig:
-    """Optimisation recipe; defaults are DDPM's CIFAR-10 run (Ho et al. 2020, appendix B)."""
+    """The optimisation recipe and the run's bookkeeping; every field is also a flag of the CIFAR-10 example.
 
-    steps: int = 800_000            # DDPM trained CIFAR-10 for 800k steps
-    batch_size: int = 128           # global batch, split over the processes
-    lr: float = 2e-4                # DDPM CIFAR-10
-    warmup_steps: int = 5000        # linear warm-up, DDPM
-    grad_clip: float = 1.0          # global-norm clipping, DDPM
-    ema_decay: float = 0.9999       # DDPM
-    optimizer: str = "adam"         # DDPM used Adam; "adamw" with weight_decay > 0 also works
-    weight_decay: float = 0.0
-    hflip: bool = True              # random horizontal flips, DDPM CIFAR-10
-    prediction: str = "eps"         # eps-prediction with the unweighted loss (the blurring paper)
-    precision: str = "auto"         # bf16 autocast on CUDA where supported, else fp16; fp32 on CPU
-    channels_last: bool = False     # NHWC convolutions: faster on recent GPUs with autocast
-    compile: bool = False           # torch.compile the network (under its autocast) for training; EMA and checkpoints stay eager
-    seed: int = 0
-    grad_accum: int = 1             # micro-batches per step and process (the global batch stays batch_size)
-    checkpoint_activations: bool = False  # recompute the network's blocks in backward (less memory, ~1 more forward)
-    tf32: bool = True               # fp32 runs on CUDA: TF32 matmuls/convolutions in the network (the corruption stays fp32)
-    num_workers: int = -1           # DataLoader workers per process (-1: the CPUs per process, at most 8)
-    prefetch_factor: int = 4        # batches each DataLoader worker loads ahead (with workers only)
-    log_every: int = 100            # steps between JSONL records / progress-bar updates
-    sample_every: int = 10_000      # steps between sample grids (0: never)
-    ckpt_every: int = 5_000         # steps between checkpoints (one is always written at the end)
-    sample_steps: int = 250         # sampler steps for the preview grids (cheap preview, not the FID protocol)
-    sampler: str = "ancestral"      # a key of lincorrupt.SAMPLERS; ancestral is the papers' sampler
-    eval_every: int = 0             # steps between quality evaluations by the Trainer's evaluator (0: never)
-    grid_size: int = 64
-    progress: bool = True
-    out_dir: str = "runs/blurring"
+    The defaults are the recipe of DDPM's CIFAR-10 run (Ho et al. 2020): 800k steps of batch 128,
+    Adam at lr 2e-4, EMA decay 0.9999, random horizontal flips (their appendix B), 5000 warm-up
+    steps and gradient clipping at norm 1 (their released code), eps-prediction with the
+    unweighted loss. The blurring-diffusion paper (Hoogeboom & Salimans 2023) reuses this recipe
+    and DDPM's UNet for CIFAR-10; its own are the corruption's settings (the example's flags).
+    Each field's help text is its ``--help`` line and its entry below.
+    """
+
+    steps: int = option(800_000, "Optimisation steps in all (DDPM's CIFAR-10 run: 800k).", bounds=AT_LEAST_1)
+    batch_size: int = option(128, "Global batch, split over the processes (DDPM: 128).", bounds=AT_LEAST_1)
+    lr: float = option(2e-4, "Peak learning rate of Adam/AdamW (DDPM's CIFAR-10: 2e-4).", bounds=POSITIVE)
+    warmup_steps: int = option(5000, "Steps of linear learning-rate warm-up from 0 (DDPM's code: 5000; 0: none).",
+                               bounds=Interval(0))
+    grad_clip: float = option(1.0, "Clip the gradient's global norm to this value (DDPM's code: 1).", bounds=POSITIVE)
+    ema_decay: float = option(0.9999, "Decay of the exponential moving average of the weights used for sampling, "
+                              "in [0, 1) (DDPM: 0.9999; 0: the raw weights).", bounds=Interval(0, 1, high_open=True))
+    optimizer: str = option("adam", "Adam (DDPM) or AdamW; AdamW only differs with weight_decay > 0.",
+                            choices=sorted(OPTIMIZERS))
+    weight_decay: float = option(0.0, "Weight decay of the optimiser (DDPM: none).", bounds=Interval(0))
+    hflip: bool = option(True, "Random horizontal flips of the training images (DDPM's CIFAR-10).")
+    prediction: str = option("eps", "What the network predicts: eps, x or v (eps with the unweighted loss: DDPM "
+                             "and blurring diffusion).", choices=["eps", "x", "v"])
+    precision: str = option("auto", "Autocast of the network on CUDA: auto (bf16 where supported, else fp16), "
+                            "fp32, bf16 or fp16; the CPU always trains in fp32.", choices=["auto", *PRECISIONS])
+    channels_last: bool = option(False, "NHWC convolutions: faster on recent GPUs with autocast.")
+    compile: bool = option(False, "torch.compile the network (under its autocast) for training; the EMA and the "
+                           "checkpoints stay eager.")
+    seed: int = option(0, "Seed of every random draw: the data order, t, the noise, the flips, dropout and the "
+                       "initial weights.", bounds=Interval(0))
+    grad_accum: int = option(1, "Micro-batches per step and process (the global batch stays batch_size).",
+                             bounds=AT_LEAST_1)
+    checkpoint_activations: bool = option(False, "Recompute the network's blocks in the backward pass: less "
+                                          "memory for about one more forward pass.")
+    tf32: bool = option(True, "fp32 runs on CUDA: TF32 matrix products and convolutions in the network (the "
+                        "corruption stays fp32).")
+    num_workers: int = option(-1, "DataLoader workers per process (-1: the CPUs per process, at most 8).",
+                              bounds=Interval(-1))
+    prefetch_factor: int = option(4, "Batches each DataLoader worker loads ahead (with workers only).",
+                                  bounds=AT_LEAST_1)
+    log_every: int = option(100, "Steps between records of metrics.jsonl and progress-bar updates.",
+                            bounds=AT_LEAST_1)
+    sample_every: int = option(10_000, "Steps between sample grids (0: never).", bounds=Interval(0))
+    ckpt_every: int = option(5_000, "Steps between checkpoints (0: only the one written at the end).",
+                             bounds=Interval(0))
+    sample_steps: int = option(250, "Sampler steps of the preview grids (a cheap preview, not the FID protocol).",
+                               bounds=AT_LEAST_1)
+    sampler: str = option("ancestral", "Sampler of the preview grids, a key of lincorrupt.SAMPLERS (ancestral: "
+                          "the papers' sampler).")
+    eval_every: int = option(0, "Steps between quality evaluations by the Trainer's evaluator (0: never).",
+                             bounds=Interval(0))
+    grid_size: int = option(64, "Images in a preview grid.", bounds=AT_LEAST_1)
+    progress: bool = option(True, "Show a progress bar.")
+    out_dir: str = option("runs/blurring", "Folder of the checkpoints, metrics.jsonl and sample grids.")
 
     def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer={self.optimizer!r}: expected one of {sorted(OPTIMIZERS)}")
+        if isinstance(self.num_workers, int) and self.num_workers < -1:
+            raise OptionError("num_workers", f"num_workers must be >= 0 (or -1: one per CPU, at most {MAX_WORKERS}), "
+                              f"got {self.num_workers}")
+        check_options(self)
         import lincorrupt as lc
         if self.sampler not in lc.SAMPLERS:
-            raise ValueError(f"sampler={self.sampler!r}: expected one of {sorted(lc.SAMPLERS)}")
-        if self.precision != "auto" and self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r}: expected 'auto' or one of {sorted(PRECISIONS)}")
-        for name in ("steps", "batch_size", "log_every", "grad_accum", "prefetch_factor"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_workers < -1:
-            raise ValueError(f"num_workers must be >= 0 (or -1: one per CPU, at most {MAX_WORKERS}), got {self.num_workers}")
+            raise OptionError("sampler", f"sampler={self.sampler!r}: expected one of {sorted(lc.SAMPLERS)}")
         if self.batch_size % self.grad_accum:
-            raise ValueError(f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}")
-        if self.eval_every < 0:
-            raise ValueError(f"eval_every must be >= 0 (0: never), got {self.eval_every}")
+            raise OptionError("batch_size", f"batch_size={self.batch_size} is not divisible by "
+                              f"grad_accum={self.grad_accum}")
 
 
 def kernel_options(params: list[torch.Tensor]) -> dict[str, bool]:
@@ -473,7 +495,7 @@ class Trainer:
 
     @torch.no_grad()
     def sample_grid(self, path: str | Path, n: int | None = None, steps: int | None = None, seed: int = 0) -> torch.Tensor:
-        """Sample ``n`` images with the EMA model and save them as a grid; returns them in [-1, 1]."""
+        """Sample ``n`` images with the EMA model and save them as a grid; returns them unclipped (only the PNG is clamped)."""
         from torchvision.utils import save_image
         n, steps = n or self.cfg.grid_size, steps or self.cfg.sample_steps
         g = torch.Generator(self.device).manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Fast samplers and time grids: the published step formulas written out, second- and
+"""Samplers and time grids: the published step formulas written out, second- and
 third-order convergence measured with exact moment propagation (Gaussian data, exact denoiser),
 the log-SNR grid against the cosine schedule's closed-form inverse, the information grid's
 equal steps, and clear errors."""
@@ -39,11 +39,11 @@ def moment_error(name, method, steps):
 
 
 @pytest.mark.parametrize("name", ["ddpm", "blurring"])
-def test_dpmpp_2m_and_ode_are_second_order_and_ddim_first_order(name):
+def test_dpmpp_2m_and_2s_are_second_order_and_ddim_first_order(name):
     """Doubling the steps divides the error by ~4 for a second-order method, ~2 for DDIM."""
-    ratios = {m: moment_error(name, m, 40) / moment_error(name, m, 80) for m in ("ddim", "dpm++2m", "ode")}
+    ratios = {m: moment_error(name, m, 40) / moment_error(name, m, 80) for m in ("ddim", "dpm++2m", "dpm++2s")}
     assert 1.6 < ratios["ddim"] < 2.2, ratios
-    assert ratios["dpm++2m"] > 2.5 and ratios["ode"] > 2.5, ratios
+    assert ratios["dpm++2m"] > 2.5 and ratios["dpm++2s"] > 2.5, ratios
     assert moment_error(name, "dpm++2m", 80) < 0.02
 
 
@@ -89,28 +89,24 @@ def cosine_coefficients(t):
 
 
 def capture_inputs(c, method, times, model_x):
+    """Run the sampler function from a given start at times[0] (which may be below 1); returns the
+    start, every model input and the result, in data space."""
     start = torch.randn(2, *c.shape, generator=torch.Generator().manual_seed(1), dtype=f64)
-
-    class Start(lc.Prior):
-        def sample(self, corruption, n, generator=None, device=None, dtype=None):
-            return start
-
     inputs = []
-    c.prior = Start()
-    out = lc.sample(lambda z, t: (inputs.append(z.clone()), model_x(z, t))[1], c, 2, grid=times, method=method,
-                    prediction="x", dtype=f64)
-    return start, inputs, out
+    denoise = lc.Denoiser(lambda z, t: (inputs.append(z.clone()), model_x(z, t))[1], c, "x")
+    out = lc.SAMPLERS[method](denoise, c, c.basis.to_basis(start), times)
+    return start, inputs, c.basis.from_basis(out)
 
 
 def x_model(z, t):
     return torch.tanh(1.3 * z) * (1 - t.view(-1, 1, 1, 1)) + 0.1 * t.view(-1, 1, 1, 1)
 
 
-def test_ode_pair_is_dpm_solver_2s_in_the_identity_basis():
+def test_dpmpp_2s_pair_is_lu_et_al_algorithm_1_in_the_identity_basis():
     """One pair (t, m, s), from Lu et al. (2022b) Algorithm 1 with the scalar cosine schedule."""
     c = lc.DDPM(SHAPE, schedule="cosine")
     t, m, s = 0.7, 0.45, 0.3
-    z, inputs, _ = capture_inputs(c, "ode", torch.tensor([t, m, s, 0.0], dtype=f64), x_model)
+    z, inputs, _ = capture_inputs(c, "dpm++2s", torch.tensor([t, m, s, 0.0], dtype=f64), x_model)
     (a_t, s_t), (a_m, s_m), (a_s, s_s) = (cosine_coefficients(v) for v in (t, m, s))
     lam = lambda a, sig: math.log(a / sig)
     h = lam(a_s, s_s) - lam(a_t, s_t)
@@ -123,6 +119,19 @@ def test_ode_pair_is_dpm_solver_2s_in_the_identity_basis():
     assert len(inputs) == 3
     torch.testing.assert_close(inputs[1], z_m, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(inputs[2], z_s, rtol=1e-10, atol=1e-10)
+
+
+def test_the_old_name_ode_warns_and_runs_dpmpp_2s():
+    c = lc.DDPM(SHAPE, schedule="cosine")
+    run = lambda method: lc.sample(x_model, c, 2, steps=3, method=method, prediction="x", dtype=f64,
+                                   generator=torch.Generator().manual_seed(0))
+    new = run("dpm++2s")
+    with pytest.warns(DeprecationWarning, match=r"dpm\+\+2s"):
+        old = run("ode")
+    torch.testing.assert_close(old, new, rtol=0, atol=0)
+    assert "ode" not in lc.SAMPLERS
+    with pytest.warns(DeprecationWarning, match="dpmpp_2s"):
+        assert lc.sampling.ode is lc.sampling.dpmpp_2s
 
 
 def test_first_dpmpp_2m_step_is_ddim_and_the_second_uses_two_outputs():
@@ -144,7 +153,7 @@ def test_dpmpp_3m_starts_as_dpmpp_2m_then_uses_three_outputs():
     assert (ours[3] - two[3]).abs().max() > 1e-4
     # with fewer than 15 steps the last solver step is second order again: the same 2M formula
     # from the same history gives the same input to the last evaluation
-    from lincorrupt.samplers_fast import _first_order, _grid_coefficients, _at, _ratio
+    from lincorrupt.sampling.samplers import _at, _first_order, _grid_coefficients, _ratio
     coef, lam = _grid_coefficients(c, times)
     u = [c.basis.to_basis(z) for z in ours]
     x2, x3 = (lc.Denoiser(x_model, c, "x")(u[k], times[k:k + 1], _at(coef, k))[0] for k in (2, 3))
@@ -154,7 +163,7 @@ def test_dpmpp_3m_starts_as_dpmpp_2m_then_uses_three_outputs():
 
 
 def test_exponential_integrals_are_exact_for_small_and_zero_steps():
-    from lincorrupt.samplers_fast import _SERIES_BELOW, _exp_integrals
+    from lincorrupt.sampling.samplers import _SERIES_BELOW, _exp_integrals
 
     h = torch.tensor([0.0, 1e-12, 1e-6, 0.9 * _SERIES_BELOW, 1.1 * _SERIES_BELOW, 0.7, 5.0], dtype=f64)
     exact = [[float(v) for v in row] for row in _mpmath_exp_integrals(h.tolist())]
@@ -178,7 +187,7 @@ def _mpmath_exp_integrals(hs):
 
 
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))
-@pytest.mark.parametrize("method", ["dpm++2m", "dpm++3m", "ode"])
+@pytest.mark.parametrize("method", ["dpm++2m", "dpm++2s", "dpm++3m"])
 @pytest.mark.parametrize("steps", [1, 2, 5])
 def test_every_corruption_and_grid_ends_at_the_denoised_estimate(name, method, steps):
     c = CORRUPTIONS[name]()
@@ -205,7 +214,7 @@ def test_logsnr_grid_is_the_inverse_of_the_cosine_schedule():
 
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))
 def test_logsnr_grid_decreases_from_one_to_zero_in_equal_log_snr_steps(name):
-    from lincorrupt.samplers_fast import mean_log_snr
+    from lincorrupt.sampling.grids import mean_log_snr
 
     c = CORRUPTIONS[name]()
     times = lc.GRIDS["logsnr"](c, 16)
@@ -229,7 +238,7 @@ def test_info_grid_bounds_every_coordinates_information_step(name):
     assert times[0] == 1 and times[-1] == 0 and bool((times[1:] < times[:-1]).all())
     dense = torch.linspace(1, 0, 200_001, dtype=f64)
     if not bool(torch.isfinite(c.coefficients(dense[-1:]).logsnr).all()):  # noise-free start: the grid ends at T_EPS
-        dense = torch.linspace(1, lc.samplers_fast.T_EPS, 200_001, dtype=f64)
+        dense = torch.linspace(1, lc.sampling.grids.T_EPS, 200_001, dtype=f64)
     total = float(information_moves(c, dense).sum())  # ell(1), on a grid independent of the sampler's
     moves = information_moves(c, times[:-1])
     assert float(moves.max()) <= 1.01 * total / steps, (moves, total / steps)
@@ -245,7 +254,7 @@ def test_info_grid_of_a_scalar_schedule_is_equal_information_steps():
 def test_bad_input_is_refused_where_it_enters():
     c = lc.BlurringDiffusion(SHAPE)
     model = lambda z, t: z
-    with pytest.raises(ValueError, match=r"dpm\+\+2m.*dpm\+\+3m.*ode"):
+    with pytest.raises(ValueError, match=r"dpm\+\+2m.*dpm\+\+2s.*dpm\+\+3m"):
         lc.sample(model, c, 2, method="unipc")
     with pytest.raises(ValueError, match="logsnr"):
         lc.sample(model, c, 2, grid="karras")

@@ -1,4 +1,11 @@
-"""Few-step samplers and the time grids that follow the corruption, per basis coordinate.
+"""The samplers: free functions of (denoiser, corruption, u_1, times) with one shared signature.
+
+    sampler(denoise, corruption, u, times, generator=None, progress=False, **options) -> u_x_hat
+
+Each runs from ``times[0]`` to ``times[-1] = 0`` in basis coordinates, evaluates the model once
+per interval (``len(times) - 1`` network evaluations) and returns the last denoised estimate
+``x_hat``: the last step adds no noise. :func:`ancestral` and :func:`ddim` follow the papers'
+posterior steps; the others are exponential integrators of the probability-flow ODE.
 
 In the basis every coordinate i is a scalar diffusion with its own half log-SNR
 ``lambda_t[i] = log(alpha_t[i] / sigma_t[i])``. The probability-flow ODE of coordinate i,
@@ -6,38 +13,93 @@ written with the data prediction ``x_hat``, has the exact solution (Lu et al. 20
 
     u_s = (sigma_s / sigma_t) u_t + sigma_s * integral_{lambda_t}^{lambda_s} e^lambda x_hat(lambda) dlambda
 
-and the samplers here integrate it with per-coordinate step sizes ``h = lambda_s - lambda_t``:
+and the DPM-Solver++ samplers integrate it with per-coordinate step sizes ``h = lambda_s - lambda_t``:
 the first-order rule is DDIM (``u_s = (sigma_s / sigma_t) u_t - alpha_s expm1(-h) x_hat``),
 the second- and third-order rules use two and three denoiser outputs. A coordinate whose log-SNR does not move
-(``h = 0``, e.g. IHDM's mean colour) stays where it is. Every sampler shares the signature of
-:func:`lincorrupt.sampling.ancestral`, evaluates the model ``len(times) - 1`` times and
-returns the last ``x_hat``.
+(``h = 0``, e.g. IHDM's mean colour) stays where it is.
 """
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING
+from typing import Callable
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .corruption import Coefficients
+from ..coefficients import Coefficients, posterior_coefficients
+from ..corruption import DiagonalizableCorruption
+from .denoiser import Denoiser
 
-if TYPE_CHECKING:
-    from .corruption import DiagonalizableCorruption
-    from .sampling import Denoiser
+__all__ = ["ancestral", "ddim", "ddim_coefficients", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "SAMPLERS"]
 
-__all__ = ["dpmpp_2m", "dpmpp_3m", "ode", "logsnr_grid", "info_grid", "mean_log_snr"]
+
+def _intervals(corruption, times: Tensor, progress: bool):
+    """Yield ``(t, s, c_t, c_s)`` for consecutive times; coefficients computed once per time."""
+    c_next = corruption.coefficients_at(times[:1])
+    for k in tqdm(range(len(times) - 1), disable=not progress, desc="sampling"):
+        c_t, c_next = c_next, corruption.coefficients_at(times[k + 1:k + 2])
+        yield times[k:k + 1], times[k + 1:k + 2], c_t, c_next
+
+
+def ancestral(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor, times: Tensor,
+              generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+    """Ancestral sampling from ``p(u_s | u_t) = q(u_s | u_t, x = x_hat)`` per coordinate
+    (Ho et al. 2020, Algorithm 2; Hoogeboom & Salimans 2023, sec. 3.3)."""
+    for k, (t, s, c_t, c_s) in enumerate(_intervals(corruption, times, progress)):
+        u_x = denoise.x_hat(u, t, c_t)
+        if k == len(times) - 2:
+            return u_x
+        coef_t, coef_x, var = posterior_coefficients(c_s, c_t)
+        noise = torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype)
+        u = coef_t * u + coef_x * u_x + var.sqrt() * noise  # u_s ~ N(mu_{t->s}, sigma2_{t->s})
+    return u
+
+
+def ddim_coefficients(c_s: Coefficients, c_t: Coefficients, eta: float) -> tuple[Tensor, Tensor]:
+    """DDIM's weight of ``u_eps_hat`` and standard deviation of the fresh noise (Song et al. 2021, eq. 12).
+
+    With ``r = sigma2_{t->s} / sigma_s^2 = -expm1(logsnr_t - logsnr_s)`` the posterior variance
+    is ``r sigma_s^2``, so ``v = eta^2 r sigma_s^2`` and
+
+        sqrt(sigma_s^2 - v) = sigma_s sqrt((1 - eta^2) + eta^2 SNR_t / SNR_s),    sqrt(v) = eta sigma_s sqrt(r)
+
+    (``1 - eta^2 r = 1 - eta^2 + eta^2 (1 - r)`` and ``1 - r = exp(logsnr_t - logsnr_s)``): a sum of
+    non-negative terms, exact where ``sigma_s^2 - v`` cancels (``SNR_t << SNR_s``, ``eta`` near 1).
+    Returns two tensors broadcastable to (B, *shape).
+    """
+    dlogsnr = c_t.logsnr - c_s.logsnr
+    c_eps = c_s.sigma * torch.sqrt((1 - eta**2) + eta**2 * torch.exp(dlogsnr))
+    return c_eps, eta * c_s.sigma * torch.sqrt(-torch.expm1(dlogsnr))
+
+
+def ddim(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor, times: Tensor,
+         generator: torch.Generator | None = None, progress: bool = False, eta: float = 0.0) -> Tensor:
+    """DDIM (Song et al. 2021, eq. 12) per coordinate; ``eta = 0`` is deterministic and
+    ``eta = 1`` is ancestral sampling:
+
+        u_s = alpha_s u_x_hat + sqrt(sigma_s^2 - v) u_eps_hat + sqrt(v) noise,  v = eta^2 sigma2_{t->s}
+
+    with both square roots in the cancellation-free form of :func:`ddim_coefficients`.
+    """
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"ddim needs 0 <= eta <= 1, got {eta}")
+    for k, (t, s, c_t, c_s) in enumerate(_intervals(corruption, times, progress)):
+        u_x, u_eps = denoise(u, t, c_t)
+        if k == len(times) - 2:
+            return u_x
+        c_eps, std = ddim_coefficients(c_s, c_t, eta)
+        u = c_s.alpha * u_x + c_eps * u_eps
+        if eta > 0:
+            u = u + std * torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype)
+    return u
 
 
 def _grid_coefficients(corruption: DiagonalizableCorruption, times: Tensor) -> tuple[Coefficients, Tensor]:
     """Coefficients at every grid time at once (computed once, indexed per step) and the half
     log-SNR ``lambda = log alpha - log sigma``; each of shape (N + 1, ...) broadcastable to (1, *shape)."""
-    log_alpha, log_sigma = corruption.log_alpha_sigma(times)
-    c = Coefficients(log_alpha, log_sigma)
-    return c, log_alpha - log_sigma
+    c = corruption.coefficients_at(times)
+    return c, c.log_alpha - c.log_sigma
 
 
 def _at(c: Coefficients, k: int) -> Coefficients:
@@ -179,10 +241,10 @@ def dpmpp_3m(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor,
     return u
 
 
-def ode(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor, times: Tensor,
-        generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
-    """Probability-flow ODE by the second-order midpoint exponential integrator, per coordinate:
-    DPM-Solver-2 with data prediction (Lu et al. 2022b, Algorithm 1, "DPM-Solver++(2S)").
+def dpmpp_2s(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor, times: Tensor,
+             generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+    """DPM-Solver++(2S) (Lu et al. 2022b, Algorithm 1): the probability-flow ODE by the second-order
+    singlestep (midpoint) exponential integrator with data prediction, per coordinate.
 
     Grid points are taken in pairs ``(t, m, s)``; ``m`` is the intermediate evaluation. Per
     coordinate, ``h = lambda_s - lambda_t`` and ``r = (lambda_m - lambda_t) / h``:
@@ -200,7 +262,7 @@ def ode(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor, time
     c, lam = _grid_coefficients(corruption, times)
     steps = len(times) - 1
     k = 0
-    bar = tqdm(total=steps, disable=not progress, desc="ode")
+    bar = tqdm(total=steps, disable=not progress, desc="dpm++2s")
     if steps % 2 == 0:  # one first-order step so that the rest pairs up and ends with one evaluation
         c_t = _at(c, 0)
         u_x = denoise.x_hat(u, times[:1], c_t)
@@ -222,109 +284,6 @@ def ode(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor, time
     return u_x
 
 
-# ---------------------------------------------------------------------------- time grids
-#: Log-SNR below which a coordinate carries no information (SNR 2e-9); :func:`mean_log_snr`
-#: clips there so that coordinates long destroyed (IHDM's high frequencies reach -10^4) do not
-#: dominate the average.
-LOGSNR_FLOOR = -20.0
-
-
-def mean_log_snr(corruption: DiagonalizableCorruption, t: Tensor) -> Tensor:
-    """The schedule's log-SNR summarised over coordinates: ``mean_i max(log SNR_t[i], LOGSNR_FLOOR)``, (B,).
-
-    Non-increasing in t for every valid corruption; for a scalar schedule (DDPM) it is the
-    log-SNR itself, for blurring diffusion the noise log-SNR plus the mean log-attenuation.
-    """
-    c = Coefficients(*corruption.log_alpha_sigma(t))
-    return c.logsnr.clamp(min=LOGSNR_FLOOR).expand(t.shape[0], *corruption.shape).flatten(1).mean(1)
-
-
-#: Where the log-SNR is infinite at t = 0 (a noise-free start, e.g. the discrete DDPM schedule)
-#: the grid ends at this time instead, as DPM-Solver does for discrete-time models (Lu et al. 2022a, sec. 5).
-T_EPS = 1e-3
-
-
-def logsnr_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -> Tensor:
-    """``steps + 1`` times from 1 to 0, equally spaced in :func:`mean_log_snr` (float64).
-
-    The points are equally spaced in log-SNR from ``t = 1`` to ``t = 0`` (to ``t = T_EPS`` if the
-    log-SNR is infinite at 0, and the last point is then moved to 0: the sampler returns the
-    denoised estimate of the previous point, so the last time is never evaluated). Times are
-    found by bisection to float64 precision, so the grid follows the schedule exactly.
-    """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    ends = torch.tensor([1.0, 0.0], dtype=torch.float64, device=device)
-    with torch.no_grad():
-        level = mean_log_snr(corruption, ends)
-        if not math.isfinite(float(level[1])):
-            ends[1] = T_EPS
-            level = mean_log_snr(corruption, ends)
-        targets = torch.linspace(float(level[0]), float(level[1]), steps + 1, dtype=torch.float64, device=device)
-        lo = torch.full_like(targets, float(ends[1]))  # mean_log_snr(lo) >= target >= mean_log_snr(hi)
-        hi = torch.full_like(targets, 1.0)
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            above = mean_log_snr(corruption, mid) >= targets
-            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
-    times = (lo + hi) / 2
-    times[0], times[-1] = 1.0, 0.0
-    if not bool((times[1:] < times[:-1]).all()):
-        raise ValueError(f"the log-SNR grid of {type(corruption).__name__} with {steps} steps is not strictly "
-                         f"decreasing (the mean log-SNR is flat somewhere); use grid='uniform' or pass times")
-    return times
-
-
-#: Resolution of the fine time grid on which :func:`info_grid` measures each coordinate's
-#: information: uniform points plus geometric ones that resolve the start (IHDM's first blur level).
-_FINE_UNIFORM, _FINE_GEOMETRIC, _FINE_SMALLEST = 4096, 1024, 1e-7
-
-
-def _fine_times(t_end: float, device=None) -> Tensor:
-    """Increasing float64 times from ``t_end`` to 1, dense everywhere and geometric near ``t_end``."""
-    unit = torch.cat([torch.linspace(0.0, 1.0, _FINE_UNIFORM + 1, dtype=torch.float64, device=device),
-                      torch.logspace(math.log10(_FINE_SMALLEST), 0.0, _FINE_GEOMETRIC, dtype=torch.float64,
-                                     device=device)])
-    return t_end + (1.0 - t_end) * torch.unique(unit)
-
-
-def info_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -> Tensor:
-    """``steps + 1`` times from 1 to 0 on which no coordinate gains more information than in another interval (float64).
-
-    A unit-variance Gaussian datum seen through coordinate i at time t carries
-    ``I_i(t) = 1/2 log(1 + SNR_t[i]) = 1/2 softplus(log SNR_t[i])`` nats about itself (Cover &
-    Thomas, eq. 9.16). The grid is equally spaced in
-
-        ell(t) = integral_0^t max_i |d softplus(log SNR_t[i]) / dt| dt
-
-    so no coordinate's information changes by more than ``ell(1) / (2 steps)`` nats in any
-    interval (``max_i`` of a sum is at most the sum of the ``max_i``). Unlike the log-SNR, the
-    information stops moving once a coordinate is destroyed, so IHDM's high frequencies, whose
-    log-SNR keeps falling to -10^4, get steps only while they still hold signal. ``ell`` is summed
-    on a fine grid (:func:`_fine_times`) and inverted by linear interpolation; it ends at
-    ``T_EPS`` where the log-SNR is infinite at 0, as :func:`logsnr_grid` does. Deterministic.
-    """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    with torch.no_grad():
-        zero = torch.zeros(1, dtype=torch.float64, device=device)
-        t_end = 0.0 if bool(torch.isfinite(Coefficients(*corruption.log_alpha_sigma(zero)).logsnr).all()) else T_EPS
-        fine = _fine_times(t_end, device)
-        moves, last = [], None
-        for chunk in fine.split(512):  # (len, coordinates) at a time
-            info = torch.nn.functional.softplus(Coefficients(*corruption.log_alpha_sigma(chunk)).logsnr).flatten(1)
-            if last is not None:
-                info = torch.cat([last, info])
-            moves.append((info[1:] - info[:-1]).abs().amax(1))
-            last = info[-1:]
-        ell = torch.cat([zero, torch.cumsum(torch.cat(moves), 0)])
-        ell = ell + 1e-9 * float(ell[-1]) * (fine - t_end)  # strictly increasing where no coordinate moves
-        levels = torch.linspace(float(ell[-1]), 0.0, steps + 1, dtype=torch.float64, device=device)
-        k = torch.searchsorted(ell, levels).clamp(1, len(ell) - 1)
-        weight = (levels - ell[k - 1]) / (ell[k] - ell[k - 1])
-        times = fine[k - 1] + weight * (fine[k] - fine[k - 1])
-    times[0], times[-1] = 1.0, 0.0
-    if not bool((times[1:] < times[:-1]).all()):
-        raise ValueError(f"the information grid of {type(corruption).__name__} with {steps} steps is not strictly "
-                         f"decreasing (more steps than its fine grid resolves); use grid='logsnr' or pass times")
-    return times
+#: name -> sampler; every sampler has the signature of :func:`ancestral` plus its own options.
+SAMPLERS: dict[str, Callable[..., Tensor]] = {"ancestral": ancestral, "ddim": ddim, "dpm++2m": dpmpp_2m,
+                                              "dpm++2s": dpmpp_2s, "dpm++3m": dpmpp_3m}
