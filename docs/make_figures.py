@@ -1,7 +1,7 @@
 """Draw the documentation's figures from the library and real images.
 
-    .venv/bin/python docs/make_figures.py --out /tmp/figures                 # Fashion-MNIST (Debian package)
-    .venv/bin/python docs/make_figures.py --out /tmp/figures --cifar10 ../shared/data/cifar10-jpeg.zip
+    .venv/bin/python docs/make_figures.py --out out/figures                  # Fashion-MNIST (Debian package)
+    .venv/bin/python docs/make_figures.py --out out/figures --cifar10 cifar10-jpeg.zip
     .venv/bin/python docs/make_figures.py --demo out/demo                    # copy the demo's sample grids
 
 The docs build runs :func:`draw_all` through ``docs/hooks/figures.py`` on every build, so the

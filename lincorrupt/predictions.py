@@ -94,6 +94,10 @@ class VPrediction(Prediction):
 
 
 PREDICTIONS: dict[str, Prediction] = {p.name: p for p in (EpsPrediction(), XPrediction(), VPrediction())}
+r"""What a model can be trained to output, by the name ``prediction=`` takes: ``"eps"`` the noise
+$\varepsilon$, ``"x"`` the clean data $x$, ``"v"`` the velocity
+$v = (\alpha_t \varepsilon - \sigma_t x) / \sqrt{\alpha_t^2 + \sigma_t^2}$, each per basis coordinate.
+Every :class:`Prediction` converts its output to $\hat x$ and $\hat\varepsilon$."""
 
 
 def get_prediction(name: str) -> Prediction:

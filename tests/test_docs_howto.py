@@ -70,3 +70,31 @@ def test_sampler_guide_names_every_sampler_and_grid():
     text = (ROOT / "docs" / "how-to" / "samplers.md").read_text()
     missing = [name for name in [*lc.SAMPLERS, *lc.GRIDS] if f'"{name}"' not in text]
     assert not missing, f"docs/how-to/samplers.md does not describe {missing}"
+
+
+def test_benchmark_tables_name_todays_samplers_and_grids():
+    """The sampler benchmark's tables name samplers and grids by the keys ``lc.sample`` takes, so a
+    renamed sampler must be renamed on the Benchmarks page too (or the benchmark rerun)."""
+    import lincorrupt as lc
+
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    section = text.split("## Samplers", 1)[1].split("\n## ", 1)[0]
+    samplers, grids = set(), set()
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        first = cells[0]
+        if not line.startswith("| ") or first in ("sampler", "sampler/grid", "(ancestral KL)", "corruption"):
+            continue
+        if "/" in first:                               # matching NFE: "dpm++3m/logsnr"
+            sampler, grid = first.split("/")
+            samplers.add(sampler), grids.add(grid)
+        elif first[0].isupper() or " " in first:       # the recommendation: "DDPM | `dpm++3m` / `logsnr`"
+            sampler, grid = re.findall(r"`([^`]+)`", cells[1])
+            samplers.add(sampler), grids.add(grid)
+        else:                                          # KL tables: "dpm++3m | logsnr" or "ddim | diffusers"
+            samplers.add(first)
+            if cells[1] not in ("lincorrupt", "diffusers", "ratio"):
+                grids.add(cells[1])
+    assert {"ancestral", "ddim"} <= samplers and {"uniform", "logsnr", "info"} <= grids, (samplers, grids)
+    unknown = sorted(samplers - set(lc.SAMPLERS)) + sorted(grids - set(lc.GRIDS))
+    assert not unknown, f"docs/benchmarks.md names {unknown}: not keys of lc.SAMPLERS / lc.GRIDS"

@@ -153,7 +153,8 @@ def _open_in_chromium(page: Path) -> dict:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
-@pytest.mark.parametrize("page", ["index.html", "concepts.html"])
+@pytest.mark.parametrize("page", ["index.html", "concepts.html", "train-python.html", "faq.html", "limits.html",
+                                  "reference/losses.html"])
 def test_math_renders_in_chromium(built_site, page):
     site_dir, log, returncode = built_site
     assert returncode == 0, log
@@ -248,3 +249,156 @@ def test_every_markdown_heading_is_a_heading_of_the_built_page(built_site):
             if not ok:
                 lost.append(f"{rel}: {'#' * level} {text}")
     assert not lost, "Markdown headings missing from the built pages:\n" + "\n".join(lost)
+
+
+# A path that exists only on the machine that wrote the page: a temporary folder, a home or
+# work directory, or the team's shared folder beside the checkout.
+MACHINE_PATH = re.compile(r"(?<![\w.])(?:/tmp/|/work/|/home/|/Users/)|\.\./shared\b")
+
+
+def test_built_site_shows_no_machine_specific_paths(built_site):
+    """The pages show paths relative to the repository (``out/demo``), never where one run lived."""
+    site_dir, log, returncode = built_site
+    assert returncode == 0, log
+    found = []
+    for page in sorted(site_dir.rglob("*.html")):
+        for match in MACHINE_PATH.finditer(page.read_text(encoding="utf-8")):
+            found.append(f"{page.relative_to(site_dir)}: ...{page.read_text(encoding='utf-8')[max(0, match.start() - 60):match.end() + 40]!r}")
+    assert not found, "machine-specific paths in the built site:\n" + "\n".join(found)
+
+
+def _reference_ids(site_dir: Path) -> dict[str, list[str]]:
+    """The anchor ids of the API entries on each reference page, in page order."""
+    return {page.stem: re.findall(r'id="(lincorrupt[\w.]*)"', page.read_text(encoding="utf-8"))
+            for page in sorted((site_dir / "reference").glob("*.html"))}
+
+
+def _resolve(path: str):
+    """The Python object an id such as ``lincorrupt.sampling.sample`` names (None if it is no object)."""
+    import importlib
+
+    parts = path.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            obj = getattr(obj, name, None)
+        return obj
+    return None
+
+
+def test_reference_shows_the_api_once_and_no_internals(built_site):
+    """No entry twice (a re-export beside its original), no ``extra_repr``, no layers of a network
+    or internals of the trainer, no special methods but ``__call__``."""
+    import inspect
+
+    site_dir, log, returncode = built_site
+    assert returncode == 0, log
+    pages = _reference_ids(site_dir)
+    all_ids = [i for ids in pages.values() for i in ids]
+    internal = [i for i in all_ids if i.rsplit(".", 1)[-1] in ("extra_repr", "temb", "conv_in", "scaler", "ddp")
+                or (re.search(r"\.__\w+__$", i) and not i.endswith(".__call__"))]
+    assert not internal, f"internals shown as API: {internal}"
+    seen: dict[int, str] = {}
+    duplicated = []
+    for i in all_ids:
+        obj = _resolve(i)
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            if id(obj) in seen and seen[id(obj)] != i:
+                duplicated.append(f"{seen[id(obj)]} and {i}")
+            seen.setdefault(id(obj), i)
+    assert not duplicated, "one object documented twice:\n" + "\n".join(duplicated)
+    assert pages["sampling"][0].endswith(".sample"), f"the Sampling page must open with sample, not {pages['sampling'][:3]}"
+
+
+def _entry_html(site_dir: Path, page: str, entry_id: str) -> str:
+    text = (site_dir / "reference" / f"{page}.html").read_text(encoding="utf-8")
+    start = text.index(f'id="{entry_id}"')
+    following = re.search(r'id="lincorrupt[\w.]*"', text[start + 10:])
+    return text[start:start + 10 + following.start()] if following else text[start:]
+
+
+@pytest.mark.parametrize("page, entry", [("sampling", "SAMPLERS"), ("sampling", "GRIDS"), ("losses", "PREDICTIONS")])
+def test_registries_have_docstrings_and_no_values(built_site, page, entry):
+    """The registries say what they hold in words, not as a dump of their values."""
+    site_dir, log, returncode = built_site
+    assert returncode == 0, log
+    entry_id = next(i for i in _reference_ids(site_dir)[page] if i.endswith(f".{entry}"))
+    html = _entry_html(site_dir, page, entry_id)
+    assert 'class="doc doc-contents' in html and re.search(r"<p>\s*\S", html), f"{entry} has no docstring"
+    import html as html_module
+
+    text = html_module.unescape(re.sub(r"<[^>]+>", "", html))
+    value = re.compile(r"""['"](ancestral|uniform)['"]\s*:|EpsPrediction\(\)|<function""")
+    assert not value.search(text), f"{entry}'s value is shown"
+
+
+def test_docstring_math_is_rendered_by_katex(built_site):
+    """``$...$`` in a docstring is typeset like the narrative pages' math (here PREDICTIONS')."""
+    site_dir, log, returncode = built_site
+    assert returncode == 0, log
+    html = _entry_html(site_dir, "losses", "lincorrupt.predictions.PREDICTIONS")
+    assert html.count('class="katex"') >= 3
+    text = re.sub(r'<span class="katex-mathml">.*?</math></span>', "", html, flags=re.DOTALL)
+    assert not _RAW_TEX.findall(re.sub(r"<[^>]+>", "", text)), "raw TeX left in a docstring"
+
+
+def test_overriding_methods_show_their_base_docstring(built_site):
+    """``DDPM.log_alpha_sigma`` has no docstring of its own; the reference shows the one it
+    overrides, as ``help()`` would (``inspect.getdoc``)."""
+    import inspect
+
+    import lincorrupt as lc
+
+    site_dir, log, returncode = built_site
+    assert returncode == 0, log
+    assert lc.DDPM.log_alpha_sigma.__doc__ is None, "DDPM.log_alpha_sigma got a docstring: pick another example"
+    words = inspect.getdoc(lc.DDPM.log_alpha_sigma).split("where", 1)[1].replace("``", "")  # "alpha_t underflows ..."
+    first_line = " ".join(re.sub(r":\w+:`~?([^`]+)`", r"\1", words).split())  # Sphinx roles shown as their name
+    html = _entry_html(site_dir, "corruptions", "lincorrupt.corruptions.DDPM.log_alpha_sigma")
+    assert first_line in " ".join(re.sub(r"<[^>]+>", "", html).split())
+
+
+_TABLE_PROBE = """
+<script>
+window.addEventListener("load", () => {
+  const wide = [];
+  document.querySelectorAll("article table").forEach((table) => {
+    const box = table.closest(".md-typeset__scrollwrap") || table.parentElement;
+    const width = table.getBoundingClientRect().width;
+    if (width > box.clientWidth + 1) wide.push(`${Math.round(width)} px > ${box.clientWidth} px: ${table.rows[0].textContent.trim().replace(/\\s+/g, " ")}`);
+  });
+  const out = document.createElement("pre");
+  out.id = "table-probe";
+  out.textContent = JSON.stringify(wide);
+  document.body.appendChild(out);
+});
+</script>
+"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
+@pytest.mark.parametrize("page", ["results.html", "benchmarks.html", "train-python.html"])
+def test_tables_fit_the_text_column(built_site, page):
+    """On a 1280-pixel-wide window every table of numbers fits the text column: nothing is cut
+    off at the page edge or hidden behind a side-scroll."""
+    site_dir, log, returncode = built_site
+    assert returncode == 0, log
+    source = site_dir / page
+    probe = source.with_name(f"_tables_{source.name}")
+    probe.write_text(source.read_text(encoding="utf-8").replace("</body>", _TABLE_PROBE + "</body>"), encoding="utf-8")
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={profile}",
+             "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND", "--window-size=1280,900",
+             "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+            capture_output=True, text=True, timeout=120,
+        )
+    match = re.search(r'<pre id="table-probe">(.*?)</pre>', proc.stdout, re.DOTALL)
+    assert match, f"the page did not finish loading in Chromium:\n{proc.stderr[-3000:]}"
+    import html
+
+    wide = json.loads(html.unescape(match.group(1)))
+    assert not wide, f"tables wider than the text column of {page}:\n" + "\n".join(wide)

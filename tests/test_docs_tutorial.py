@@ -86,3 +86,63 @@ def test_getting_started_first_sample_runs(tmp_path, monkeypatch):
     samples = namespace["samples"]
     assert samples.shape == (16, 1, 28, 28) and bool(torch.isfinite(samples).all())
     assert (tmp_path / "first_samples.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_train_from_python_runs(tmp_path):
+    """The Train-from-Python page's loop, as shown, on one batch (32 images) in its folder layout."""
+    from PIL import Image
+
+    folder = tmp_path / "my-images" / "anything"
+    folder.mkdir(parents=True)
+    rng = torch.Generator().manual_seed(0)
+    for i in range(32):
+        pixels = torch.randint(0, 256, (32, 32, 3), generator=rng, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    page = _load("train_python")
+    trainer, samples = page.train(str(tmp_path / "my-images"), str(tmp_path / "run"), steps=2)
+    assert trainer.step == 2 and trainer.cfg.prediction == "v"
+    assert samples.shape == (64, 3, 32, 32) and bool(torch.isfinite(samples).all())
+    assert {"checkpoint.pt", "metrics.jsonl", "samples.png"} <= {p.name for p in (tmp_path / "run").iterdir()}
+
+
+def test_faq_code_runs_and_the_page_quotes_its_messages(tmp_path, monkeypatch, capsys):
+    """Each error the FAQ explains is raised by the page's code, with the message the page quotes."""
+    import runpy
+
+    monkeypatch.chdir(tmp_path)  # the missing files are looked for relative to here
+    namespace = runpy.run_path(str(CODE / "faq.py"))
+    assert bool(torch.isfinite(namespace["samples"]).all()), "the x-prediction fix must sample finitely"
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in printed] == [
+        "FloatingPointError", "InvalidCorruptionError", "FileNotFoundError", "FileNotFoundError"]
+    page = (DOCS / "faq.md").read_text()
+    for line in printed:
+        assert line in page, f"docs/faq.md quotes an outdated message; the code now prints:\n{line}"
+
+
+# Pages whose code is written inline (not included from docs/tutorial_code/): every Python block
+# runs as shown, and every line it prints that the page quotes in a text block is today's output.
+INLINE_CODE_PAGES = ["install.md", "limits.md"]
+
+
+@pytest.mark.parametrize("name", INLINE_CODE_PAGES)
+def test_inline_python_blocks_run(name, capsys):
+    page = (DOCS / name).read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```", page, re.DOTALL | re.MULTILINE)
+    assert blocks, f"docs/{name} has no Python block"
+    for block in blocks:
+        exec(compile(block, f"docs/{name}", "exec"), {"__name__": f"docs_{name}"})
+    printed = capsys.readouterr().out.splitlines()
+    quoted = {line for text in re.findall(r"^```text\n(.*?)^```", page, re.DOTALL | re.MULTILINE) for line in text.splitlines()}
+    for line in quoted:
+        assert line in printed, f"docs/{name} quotes output its code no longer prints:\n{line}\nit prints:\n" + "\n".join(printed)
+
+
+@pytest.mark.parametrize("section", ["ihdm-eps", "invalid", "missing-files"])
+def test_each_faq_section_runs_on_its_own(section, tmp_path, monkeypatch):
+    """A reader copies one section of the FAQ, not the file: each runs in a fresh namespace."""
+    monkeypatch.chdir(tmp_path)
+    text = (CODE / "faq.py").read_text()
+    code = text.split(f"# --8<-- [start:{section}]\n", 1)[1].split(f"# --8<-- [end:{section}]", 1)[0]
+    exec(compile(code, f"faq.py:{section}", "exec"), {"__name__": "faq_section"})

@@ -20,3 +20,36 @@ def test_readme_example_runs_and_defines_a_valid_corruption():
     # the high frequencies really are noisier than the low ones at every time
     snr = c.snr(torch.tensor([0.5]))
     assert snr[0, 0, 0, 0] > snr[0, 0, -1, -1]
+
+
+def _readme_benchmark_rows() -> list[str]:
+    section = README.read_text().split("## Benchmarks", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("|") and not line.startswith(("| what", "|---"))]
+
+
+# A measured number: a decimal (5.02, 1.0000), a ratio (7.5x) or a percentage (0.32%, 93.37 %).
+_NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?x|\d+(?:\.\d+)? ?%|\d+\.\d+)(?![\w.])")
+
+
+def test_readme_benchmark_numbers_are_those_of_the_docs():
+    """Every number in the README's benchmark table is on the Benchmarks or Results page (or the
+    tables they include), so the two can never show different runs of the same benchmark."""
+    docs = README.parent / "docs"
+    pages = " ".join(p.read_text() for p in (docs / "benchmarks.md", docs / "results.md",
+                                             docs / "assets" / "quality" / "results.md"))
+    pages = " ".join(pages.split())
+    rows = _readme_benchmark_rows()
+    assert len(rows) >= 8, rows
+    missing = []
+    for row in rows:
+        result = row.split("|")[2]  # the "result" column; "what" holds sizes, "command" flags
+        for number in _NUMBER.findall(result):
+            variants = {number, number.replace(" %", "%"), number.replace("%", " %").replace("  ", " ")}
+            if not any(v in pages for v in variants):
+                missing.append(f"{number} in: {result.strip()}")
+    assert not missing, "README benchmark numbers that the Benchmarks/Results pages do not show:\n" + "\n".join(missing)
+
+
+def test_the_number_pattern_finds_ratios_decimals_and_percentages():
+    assert _NUMBER.findall("7.5x / 5.2x, 1.43x; 0.32%, 93.37 %, FID 5.02, 12 % better, 16 / 22") == [
+        "7.5x", "5.2x", "1.43x", "0.32%", "93.37 %", "5.02", "12 %"]

@@ -1,14 +1,24 @@
-"""Griffe extension (loaded by mkdocstrings, see mkdocs.yml): two docstring conventions of
-this code base that Google-style parsing does not know.
+"""Griffe extension (loaded by mkdocstrings, see mkdocs.yml): the conventions of this code base
+that Google-style parsing does not know, and what the reference should not show.
 
 1. One ``Args:`` entry for several parameters, ``s, t: times with s < t``: split into one
    entry per parameter, each with the shared description (otherwise griffe warns that a
    parameter called ``"s, t"`` does not exist, and the strict build fails).
 2. Sphinx roles such as ``:class:`~lincorrupt.priors.GaussianPrior``` or ``:meth:`fit```:
-   rendered as inline code of the name they show (``GaussianPrior``, ``fit``).
+   rendered as inline code of the name they show (``GaussianPrior``, ``fit``);
+   ``:math:`\alpha_t``` becomes ``$\alpha_t$``, rendered by KaTeX like the pages' math.
 3. Config fields declared with ``option(default, help, ...)`` (lincorrupt.train.cli): the help
    text, which is also the flag's ``--help``, becomes the attribute's docstring, and the
    default (not the ``option(...)`` call) is the value the signature shows.
+4. ``#:`` comment lines right above a module or class attribute (Sphinx's attribute doc
+   comments) become its docstring, so registries such as ``SAMPLERS`` are documented.
+5. A method without a docstring that overrides a documented one inherits its docstring, as
+   ``inspect.getdoc`` does.
+6. Not API, so left out of the reference: ``extra_repr`` (how ``torch.nn.Module`` prints
+   itself), special methods other than ``__init__`` and ``__call__`` (``__len__``,
+   ``__post_init__``, ...), and instance attributes set in ``__init__`` that have no docstring
+   (a network's layers, a trainer's internals). Module members follow ``__all__``
+   (mkdocs.yml filters on ``public``).
 
 Only the text given to the documentation changes; the code is untouched.
 """
@@ -23,6 +33,9 @@ import griffe
 _SECTION = re.compile(r"^(\s*)(Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments|Other Parameters):\s*$")
 _MULTI = re.compile(r"^(\s*)(\**\w+(?:\s*,\s*\**\w+)+)(\s*\([^)]*\))?:(.*)$")
 _ROLE = re.compile(r":(?:py:)?(?:class|meth|func|mod|data|attr|exc|obj|const):`(~?)([^`]+)`")
+_MATH = re.compile(r":math:`([^`]+)`")
+NOT_API = {"extra_repr"}
+KEEP_SPECIAL = {"__init__", "__call__"}  # merged into the class; how an object is called
 
 
 def _role(match: re.Match) -> str:
@@ -68,7 +81,49 @@ def rewrite(text: str) -> str:
             continue
         out.append(line)
         i += 1
-    return _ROLE.sub(_role, "\n".join(out))
+    return _ROLE.sub(_role, _MATH.sub(r"$\1$", "\n".join(out)))
+
+
+def doc_comment(attr: griffe.Attribute) -> str | None:
+    """The ``#:`` lines right above ``attr``'s assignment, without the markers, or None."""
+    lines = attr.module.lines if attr.lineno else []   # the whole file; lineno counts from 1
+    found: list[str] = []
+    i = attr.lineno - 2  # the line above the assignment, 0-based
+    while i >= 0 and lines[i].strip().startswith("#:"):
+        found.insert(0, lines[i].strip()[2:].strip())
+        i -= 1
+    return "\n".join(found) or None
+
+
+def inherited_docstring(method: griffe.Object) -> griffe.Docstring | None:
+    """The docstring of the nearest documented method of the same name in the class's bases."""
+    for base in method.parent.mro():
+        parent_method = base.members.get(method.name)
+        if parent_method is not None and not parent_method.is_alias and parent_method.docstring is not None:
+            return parent_method.docstring
+    return None
+
+
+def is_not_api(member: griffe.Object) -> bool:
+    """A class member the reference leaves out (see the module docstring, point 6)."""
+    special = member.name.startswith("__") and member.name.endswith("__")
+    return (member.name in NOT_API
+            or (special and member.name not in KEEP_SPECIAL)
+            or (member.is_attribute and member.docstring is None and _set_in_a_method(member)))
+
+
+def _set_in_a_method(attr: griffe.Attribute) -> bool:
+    """``self.x = ...`` inside a method (not a field declared in the class body)."""
+    return any(m.is_function and not m.is_alias and m.lineno <= attr.lineno <= (m.endlineno or m.lineno)
+               for m in attr.parent.members.values())
+
+
+def _walk(obj: griffe.Object):
+    """``obj`` and every object defined (not imported) inside it, depth first."""
+    yield obj
+    for member in obj.members.values():
+        if not member.is_alias:
+            yield from _walk(member)
 
 
 def option_call(node: ast.AST) -> ast.Call | None:
@@ -95,3 +150,24 @@ class DocstringConventions(griffe.Extension):
         attr.value = griffe.safe_get_expression(default, parent=attr.parent) or attr.value
         if isinstance(text, ast.Constant) and isinstance(text.value, str) and attr.docstring is None:
             attr.docstring = griffe.Docstring(rewrite(text.value), parent=attr)
+
+    def on_package(self, *, pkg: griffe.Module, **kwargs) -> None:
+        """Once every module is loaded (base classes resolve): doc comments, inheritance, non-API."""
+        not_api = []
+        for obj in _walk(pkg):
+            if obj.docstring is None and obj.is_attribute and (obj.parent.is_module or obj.parent.is_class):
+                text = doc_comment(obj)
+                if text:
+                    obj.docstring = griffe.Docstring(rewrite(text), parent=obj)
+            if obj.parent is None or not obj.parent.is_class:
+                continue
+            if is_not_api(obj):
+                not_api.append(obj)
+            elif obj.is_function and obj.docstring is None:
+                docstring = inherited_docstring(obj)
+                if docstring is not None:
+                    obj.docstring = griffe.Docstring(docstring.value, parent=obj)
+        # Removed from the model rather than marked private, so that no page shows them, also
+        # where a class is rendered through a re-export (an alias of it).
+        for obj in not_api:
+            del obj.parent.members[obj.name]
