@@ -462,6 +462,7 @@ class Trainer:
     def _fit(self, cfg: TrainConfig, main: bool) -> str:
         if self.step == cfg.steps:  # nothing to train: the files on disk (and .prev) stay as they are
             return "done"
+        self._fit_start = self.step
         self.model.train()
         logger = _Logger(self.out_dir, enabled=main)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (main and cfg.progress), dynamic_ncols=True)
@@ -501,6 +502,7 @@ class Trainer:
                         self.save()
             self.save()
         except BaseException as error:
+            self._keep_pending()  # the losses of the completed steps (no collective: the peers may be gone)
             self._save_after_failure(error)
             raise
         finally:
@@ -512,6 +514,8 @@ class Trainer:
     def _save_after_failure(self, error: BaseException) -> None:
         """Save the state after the last completed step on the way out of a failed loop, when it is
         consistent (the failure was not inside an optimiser update) and finite; never masks ``error``."""
+        if self.step == self._fit_start:  # nothing new: the files on disk (and .prev) stay as they are
+            return
         if isinstance(error, FloatingPointError) or self._updating:
             why = "it is not finite" if isinstance(error, FloatingPointError) else "the failure interrupted an update"
             print(f"not saving step {self.step} after {type(error).__name__}: {why}", file=sys.stderr)
@@ -547,13 +551,20 @@ class Trainer:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
 
-    def _flush(self) -> float:
-        """Move pending losses to ``self.losses``; return their mean over steps and ranks."""
+    def _keep_pending(self) -> torch.Tensor | None:
+        """Move pending losses to ``self.losses``; return them stacked (None if there were none)."""
         if not self._pending:
-            return float("nan")
+            return None
         stacked = torch.stack(self._pending).float()
         self._pending = []
         self.losses += stacked.cpu().tolist()
+        return stacked
+
+    def _flush(self) -> float:
+        """Move pending losses to ``self.losses``; return their mean over steps and ranks."""
+        stacked = self._keep_pending()
+        if stacked is None:
+            return float("nan")
         loss = float(all_reduce_mean(stacked.mean()))
         if not math.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss} by step {self.step}; the last checkpoint in "
