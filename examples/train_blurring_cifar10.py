@@ -49,8 +49,9 @@ from lincorrupt.data import load_images, to_model_range
 from lincorrupt.metrics import FIDStats, dataset_stats, fid, inception_weights_path, load_inception, sample_stats
 from lincorrupt.nn import UNet
 from lincorrupt.train import CheckpointError, TrainConfig, Trainer, init_distributed
-from lincorrupt.train.checkpoint import load_latest
+from lincorrupt.train.checkpoint import load_latest, require_keys
 from lincorrupt.train.lock import RunLockedError
+from lincorrupt.train.trainer import STATE_KEYS
 from lincorrupt.train.cli import parse_config
 from lincorrupt.train.data_order import derive_seed
 from lincorrupt.train.evaluation import QualityEvaluator, feature_space
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     ckpt_state, ckpt_path = None, None
     if cfg.resume or cfg.sample_only:
         ckpt_path, ckpt_state = load_latest(cfg.checkpoint or out)  # falls back to .prev if the file is damaged
+        require_keys(ckpt_state, STATE_KEYS, ckpt_path)
     elif existing := [n for n in ("checkpoint.pt", "checkpoint.pt.prev") if (out / n).exists()]:
         raise CheckpointError(f"{out} already holds {' and '.join(existing)}: pass --resume to continue it, "
                               f"or another --out-dir")

@@ -333,6 +333,18 @@ def test_checkpoint_missing_an_entry_is_named(tmp_path):
         make_trainer(tmp_path, 1).resume(tmp_path / "checkpoint.pt")
 
 
+def test_script_names_a_missing_entry(script, data_root, tmp_path):
+    args = TINY + ["--data-root", str(data_root), "--num-workers", "0", "--out-dir", str(tmp_path)]
+    script.main(args + ["--steps", "1"])
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    del state["extra"], state["checksum"], state["format"]
+    (tmp_path / "checkpoint.pt.prev").unlink(missing_ok=True)
+    save_checkpoint(state, tmp_path / "checkpoint.pt")
+    for mode in ("--resume", "--sample-only"):
+        with pytest.raises(CheckpointError, match="lacks 'extra'"):
+            script.main(args + ["--steps", "2", mode])
+
+
 # ---------------------------------------------------------------- 7. one run per folder
 HOLD = textwrap.dedent("""
     import sys, time

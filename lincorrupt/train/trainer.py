@@ -57,7 +57,8 @@ __all__ = ["TrainConfig", "Trainer", "OPTIMIZERS", "PRECISIONS", "autocast_dtype
            "allow_tf32", "NonFiniteStateError", "STATE_KEYS"]
 
 #: The entries every checkpoint of :meth:`Trainer.state_dict` holds.
-STATE_KEYS = ("corruption", "shape", "step", "model", "ema", "optimizer", "scheduler", "scaler", "rng")
+STATE_KEYS = ("corruption", "shape", "step", "model", "ema", "optimizer", "scheduler", "scaler", "rng", "world_size",
+              "config", "extra")
 
 
 class NonFiniteStateError(FloatingPointError):
