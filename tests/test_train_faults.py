@@ -118,6 +118,7 @@ def wait_for_records(proc, metrics: Path, n: int, timeout: float = 120):
 
 
 # ---------------------------------------------------------------- 1. signals and failures
+@pytest.mark.slow  # subprocesses
 def test_sigterm_to_the_process_group_with_workers_saves_and_resume_is_bit_exact(script, data_root, tmp_path):
     """What SLURM does: SIGTERM to every process of the job, the DataLoader workers included."""
     args = TINY + ["--data-root", str(data_root), "--num-workers", "2", "--ckpt-every", "0"]
@@ -187,6 +188,7 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
         assert state["step"] == step and all(torch.isfinite(v).all() for v in tensors(state).values())
 
 
+@pytest.mark.slow  # subprocesses
 def test_interrupted_script_exit_code_is_128_plus_the_signal(data_root, tmp_path):
     proc = run_script(TINY + ["--data-root", str(data_root), "--num-workers", "0", "--out-dir", str(tmp_path),
                               "--steps", "100000"])
@@ -243,6 +245,7 @@ def test_verify_lists_every_unreadable_file(damaged):
     assert ImageFolder(root, SHAPE).verify() == [files[1], files[4]]
 
 
+@pytest.mark.slow  # a DataLoader worker
 def test_a_damaged_image_in_training_saves_first_and_names_the_file(tmp_path):
     files = sorted(write_images(tmp_path, 8))
     t = make_trainer(tmp_path / "run", 20, dataset=ImageFolder(tmp_path / "train", SHAPE), num_workers=1,
@@ -389,6 +392,7 @@ def test_lock_of_another_host_names_it_and_the_lock_is_exclusive_within_a_proces
     assert not (tmp_path / ".lock").exists()
 
 
+@pytest.mark.slow  # subprocesses
 def test_two_script_runs_into_one_folder(data_root, tmp_path):
     args = TINY + ["--data-root", str(data_root), "--num-workers", "0", "--out-dir", str(tmp_path)]
     first = run_script(args + ["--steps", "100000"])
@@ -465,6 +469,7 @@ def test_fid_problems_surface_before_training(script, data_root, tmp_path, rando
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow  # subprocesses
 def test_a_stopped_peer_fails_init_within_the_timeout():
     code = textwrap.dedent("""
         import time
