@@ -313,6 +313,13 @@ def test_flipped_bytes_are_detected_and_the_previous_checkpoint_is_used(tmp_path
         load_latest(tmp_path)
 
 
+def test_a_checkpoint_from_before_checksums_loads_with_a_warning(tmp_path, capsys):
+    from lincorrupt.train.checkpoint import FORMAT
+    torch.save({"format": FORMAT, "step": 7, "w": torch.ones(3)}, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")["step"] == 7
+    assert "has no checksum" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.bool])
 def test_checksum_changes_with_any_element_and_not_with_key_order(dtype):
     base = {"step": 3, "net": {"a": torch.zeros(5, 3).to(dtype), "b": torch.ones(2).to(dtype)}, "rng": [torch.zeros(4)]}

@@ -164,9 +164,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                               f"and is refused (weights_only loading): {_first_line(e)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a lincorrupt checkpoint (expected a dict with format={FORMAT!r})")
-    if "checksum" not in state:
-        raise CheckpointError(f"checkpoint {path} has no checksum, so its contents cannot be verified "
-                              f"(lincorrupt writes one into every checkpoint)")
+    if "checksum" not in state:  # written before checksums were recorded: still loaded, not to lose that run
+        print(f"warning: checkpoint {path} has no checksum (an older lincorrupt wrote it), so its contents "
+              f"cannot be verified", file=sys.stderr)
+        return state
     if state_checksum(state) != state["checksum"]:
         raise CheckpointError(f"checkpoint {path} is damaged: its contents do not match the checksum stored in it "
                               f"(a disk or copy error changed its bytes); the previous one, if any, is {path.name}.prev")

@@ -300,6 +300,7 @@ class Trainer:
         self._stop = False
         self.stop_signal: int | None = None  # the signal that stopped fit (None: none, or another rank's)
         self._updating = False  # inside the optimiser/EMA update of a step: the state is not consistent
+        self._fit_start = 0  # the step fit started from (a failure before any new step saves nothing)
         self._validated = False
         self._gen = torch.Generator(self.device)
 
