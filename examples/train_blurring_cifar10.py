@@ -16,7 +16,7 @@ optimisation recipe (batch 128, lr 2e-4, EMA 0.9999, ...), which the paper reuse
     # the baselines, same recipe
     python examples/train_blurring_cifar10.py --data-root data/cifar10-jpeg --corruption ddpm
     python examples/train_blurring_cifar10.py --data-root data/cifar10-jpeg --corruption ihdm
-    # continue after an interruption (SIGTERM/Ctrl-C save a checkpoint first)
+    # continue after an interruption (SIGTERM/Ctrl-C save a checkpoint first and exit with 128 + the signal)
     python examples/train_blurring_cifar10.py --data-root data/cifar10-jpeg --resume
     # samples from the EMA weights; FID on 50k samples (Inception weights from a local file)
     python examples/train_blurring_cifar10.py --sample-only
@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -57,8 +58,12 @@ import lincorrupt as lc
 from lincorrupt.data import load_images, to_model_range
 from lincorrupt.metrics import FIDStats, dataset_stats, fid, inception_weights_path, load_inception, sample_stats
 from lincorrupt.nn import UNet
-from lincorrupt.train import CheckpointError, TrainConfig, Trainer, find_checkpoint, init_distributed, load_checkpoint
+from lincorrupt.train import CheckpointError, TrainConfig, Trainer, init_distributed
+from lincorrupt.train.checkpoint import load_latest, require_keys
+from lincorrupt.train.distributed import DEFAULT_TIMEOUT
 from lincorrupt.train.cli import Interval, OptionError, given_options, option, parse_config
+from lincorrupt.train.lock import RunLockedError
+from lincorrupt.train.trainer import STATE_KEYS
 from lincorrupt.train.data_order import derive_seed
 from lincorrupt.train.evaluation import QualityEvaluator, feature_space
 
@@ -98,7 +103,8 @@ RESUMABLE = frozenset({
     "steps", "log_every", "sample_every", "ckpt_every", "sample_steps", "sampler", "grid_size", "progress",
     "eval_every", "eval_samples", "eval_steps", "eval_sampler", "eval_grid", "eval_features", "eval_data",
     "fid", "fid_samples", "fid_batch", "fid_steps", "fid_dims", "inception_weights", "fid_stats",
-    "resume", "sample_only", "checkpoint", "out_dir", "data_root", "download", "device",
+    "resume", "sample_only", "checkpoint", "out_dir", "data_root", "download", "skip_unreadable", "verify_data",
+    "device", "dist_timeout",
     "num_workers", "prefetch_factor", "grad_accum", "checkpoint_activations", "compile", "channels_last", "tf32",
 })
 
@@ -113,6 +119,9 @@ class Config(TrainConfig):
     data_root: str = option("data/cifar10", "A torchvision root or a folder of class subfolders.")
     download: str = option("", "Download this torchvision dataset into --data-root first (online only).",
                            choices=["", "cifar10", "fashion-mnist"])
+    skip_unreadable: bool = option(False, "Replace images that cannot be decoded by the next readable one (each "
+                                   "named on stderr, counted in metrics.jsonl) instead of stopping.")
+    verify_data: bool = option(False, "Decode every image before training and list the unreadable ones.")
     image_size: int = option(32, "Image height and width (CIFAR-10: 32).", bounds=AT_LEAST_1)
     channels: int = option(3, "Image channels (CIFAR-10: 3).", bounds=AT_LEAST_1)
     sigma_blur_max: float = option(20.0, "Blurring diffusion: largest blur in pixels (the paper's CIFAR-10: 20).",
@@ -145,6 +154,8 @@ class Config(TrainConfig):
                           choices=sorted(lc.SAMPLERS))
     out_dir: str = option("runs/{corruption}", "Output folder.")
     device: str = option("", "Device; empty: cuda when available, else cpu.")
+    dist_timeout: float = option(DEFAULT_TIMEOUT, "Seconds a torchrun process waits for its peers in a collective "
+                                 "(or to join) before failing.", bounds=POSITIVE)
     resume: bool = option(False, "Continue from --checkpoint (default: out-dir/checkpoint.pt) with its model and "
                           "recipe; of the flags given, only these may differ from its run, the others must repeat its "
                           "values: " + ", ".join("--" + name.replace("_", "-") for name in sorted(RESUMABLE)) + ".")
@@ -231,27 +242,33 @@ def prior_images(data, n: int, seed: int) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(Config, argv, description=__doc__.split("\n")[0])
     out = Path(cfg.out_dir)
-    weights = inception_weights_path(cfg.inception_weights or None) if cfg.fid else None  # fail before any work
+    weights = check_fid_setup(cfg) if cfg.fid else None  # fail before any work
     ckpt_state, ckpt_path = None, None
     if cfg.resume or cfg.sample_only:
-        ckpt_path = find_checkpoint(cfg.checkpoint or out)
-        ckpt_state = load_checkpoint(ckpt_path)
+        ckpt_path, ckpt_state = load_latest(cfg.checkpoint or out)  # falls back to .prev if the file is damaged
+        require_keys(ckpt_state, STATE_KEYS, ckpt_path)
         if "model_args" not in ckpt_state["extra"]:
             raise CheckpointError(f"{ckpt_path} holds no model_args (written by an older version of this script): "
                                   f"it cannot be rebuilt; train a new run")
         cfg = resumed_config(ckpt_state, given_options(Config, argv), ckpt_path)
         out = Path(cfg.out_dir)
-    elif (out / "checkpoint.pt").exists():
-        raise CheckpointError(f"{out} already holds checkpoint.pt: pass --resume to continue it, or another --out-dir")
+    elif existing := [n for n in ("checkpoint.pt", "checkpoint.pt.prev") if (out / n).exists()]:
+        raise CheckpointError(f"{out} already holds {' and '.join(existing)}: pass --resume to continue it, "
+                              f"or another --out-dir")
 
-    dist = init_distributed(cfg.device or None)
+    dist = init_distributed(cfg.device or None, timeout=cfg.dist_timeout)
     torch.manual_seed(derive_seed(cfg.seed, dist.rank))  # weight init (identical: DDP broadcasts rank 0's) and dropout
     args = ckpt_state["extra"]["model_args"] if ckpt_state else model_args(cfg)
     recipe = RECIPES[args["corruption"]]
     fit_prior = recipe.prior is not None and ckpt_state is None
     need_data = not cfg.sample_only or cfg.fid or fit_prior
     shape = tuple(args["shape"])
-    data = load_images(cfg.data_root, shape, download=cfg.download or None) if need_data else None
+    data = (load_images(cfg.data_root, shape, download=cfg.download or None, skip_unreadable=cfg.skip_unreadable)
+            if need_data else None)
+    if data is not None and cfg.verify_data:
+        verify_images(data, cfg.skip_unreadable, cfg.progress and dist.is_main)
+    if cfg.fid:
+        check_fid_cache(fid_cache_path(cfg, data, weights))
     corruption = build_corruption(args, ckpt_state["extra"]["buffers"] if ckpt_state else None)
     if fit_prior:
         corruption.prior = recipe.prior.fit(corruption, prior_images(data, min(cfg.prior_images, len(data)), cfg.seed))
@@ -270,10 +287,12 @@ def main(argv: list[str] | None = None) -> dict:
         summary["status"] = trainer.fit()
         summary["train_seconds"] = time.perf_counter() - start
         if summary["status"] == "interrupted":
+            summary["signal"] = trainer.stop_signal or signal.SIGTERM  # another rank's signal: a scheduler's SIGTERM
             print(f"interrupted at step {trainer.step}: checkpoint saved to {out / 'checkpoint.pt'}; rerun with --resume")
             return {**summary, "step": trainer.step, "losses": trainer.losses}
     summary["step"] = trainer.step
     if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
         trainer.sample_grid(out / "samples.png")
         summary["samples"] = str(out / "samples.png")
     if cfg.fid:
@@ -282,6 +301,47 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["losses"] = trainer.losses
     return summary
+
+
+def verify_images(data, skip_unreadable: bool, progress: bool) -> None:
+    """--verify-data: decode every image now; unreadable ones are an error naming them, or, with
+    --skip-unreadable, a count on stderr (they are then skipped in training)."""
+    if not hasattr(data, "verify"):  # torchvision's arrays: decoded already
+        return
+    bad = data.verify(progress=progress)
+    if bad and not skip_unreadable:
+        listed = "\n  ".join(map(str, bad[:20])) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+        raise ValueError(f"{len(bad)} of {len(data)} images cannot be decoded:\n  {listed}\n"
+                         f"replace or delete them, or pass --skip-unreadable to train without them")
+    if bad:
+        print(f"--verify-data: {len(bad)} of {len(data)} images cannot be decoded and are skipped", file=sys.stderr)
+
+
+def check_fid_setup(cfg: Config) -> Path:
+    """--fid: everything FID needs that can be checked before training (the Inception weights file
+    and its feature size, the sample count); returns the weights path."""
+    if cfg.fid_samples < 2:
+        raise ValueError(f"--fid-samples {cfg.fid_samples}: FID needs at least 2 samples (the paper protocol uses 50000)")
+    weights = inception_weights_path(cfg.inception_weights or None)
+    load_inception(weights, dims=cfg.fid_dims, device="cpu")  # raises on a damaged file or an unknown --fid-dims
+    return weights
+
+
+def fid_cache_path(cfg: Config, data, weights: Path) -> Path:
+    """The reference statistics cache: --fid-stats, else a name that pins the data, the weights and the feature size."""
+    key = hashlib.sha1(f"{Path(cfg.data_root).resolve()}|{len(data)}|{weights.resolve()}|{weights.stat().st_size}"
+                       f"|{cfg.fid_dims}".encode()).hexdigest()[:12]
+    return Path(cfg.fid_stats or Path(cfg.out_dir).parent / f"fid_ref_{Path(cfg.data_root).name}_{key}.npz")
+
+
+def check_fid_cache(cache: Path) -> None:
+    """A reference statistics cache that exists must be readable (checked before training)."""
+    if cache.is_file():
+        try:
+            FIDStats.load(cache)
+        except Exception as e:
+            raise ValueError(f"FID reference statistics {cache} cannot be read ({type(e).__name__}: {e}); "
+                             f"delete it to recompute them") from None
 
 
 def quality_evaluator(cfg: Config, shape: tuple[int, int, int], device) -> QualityEvaluator:
@@ -298,10 +358,7 @@ def evaluate_fid(cfg: Config, trainer: Trainer, data, weights: Path) -> float:
     """FID of ``cfg.fid_samples`` EMA samples against the training images (reference statistics cached)."""
     dist, device = trainer.dist, trainer.device
     inception = load_inception(weights, dims=cfg.fid_dims, device=device)
-    # the cache name pins what the statistics depend on: the data, the Inception weights, the feature size
-    key = hashlib.sha1(f"{Path(cfg.data_root).resolve()}|{len(data)}|{weights.resolve()}|{weights.stat().st_size}"
-                       f"|{cfg.fid_dims}".encode()).hexdigest()[:12]
-    cache = Path(cfg.fid_stats or Path(cfg.out_dir).parent / f"fid_ref_{Path(cfg.data_root).name}_{key}.npz")
+    cache = fid_cache_path(cfg, data, weights)
     ref = dataset_stats(data, inception, batch_size=cfg.fid_batch, cache=cache, progress=cfg.progress) if dist.is_main else None
     ema = trainer.sampling_model()
 
@@ -323,9 +380,11 @@ def evaluate_fid(cfg: Config, trainer: Trainer, data, weights: Path) -> float:
 
 if __name__ == "__main__":
     try:
-        main()
-    except (FileNotFoundError, ValueError, CheckpointError) as e:
+        summary = main()
+    except (FileNotFoundError, ValueError, CheckpointError, RunLockedError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+    if summary.get("status") == "interrupted":  # as shells report a process ended by a signal
+        sys.exit(128 + int(summary["signal"]))

@@ -7,13 +7,17 @@
 - ``folder``: class subfolders of images, ``root/<class>/*.png|jpg`` or ``root/<split>/<class>/...``
   (e.g. ``cifar10-jpeg.zip`` unpacked).
 
-Nothing downloads unless ``download=`` names a torchvision dataset.
+Nothing downloads unless ``download=`` names a torchvision dataset. An image file that cannot be
+decoded is an :class:`UnreadableImageError` naming the file, or, with ``skip_unreadable=True``,
+replaced by the next readable image and counted; :meth:`ImageFolder.verify` decodes every file
+up front and lists the unreadable ones.
 Datasets return uint8 tensors; :func:`to_model_range` maps a batch to [-1, 1] on the device.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -22,10 +26,37 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["ImageFolder", "TensorImages", "load_images", "to_model_range", "to_unit_range", "SOURCES"]
+__all__ = ["ImageFolder", "TensorImages", "UnreadableImageError", "load_images", "to_model_range", "to_unit_range",
+           "SOURCES"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff"}
 MODE_CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}
+
+
+class UnreadableImageError(ValueError):
+    """An image file whose header or contents cannot be decoded (truncated, damaged, not an image)."""
+
+
+def _unreadable(path: Path, error: BaseException) -> UnreadableImageError:
+    return UnreadableImageError(f"cannot decode image {path} ({type(error).__name__}: {error}); replace or delete it, "
+                                f"or skip unreadable images (skip_unreadable=True, --skip-unreadable); "
+                                f"verify() (--verify-data) lists every such file before training")
+
+
+def _decode(path: Path) -> torch.Tensor:
+    """The pixels of the image file ``path`` as uint8 (C, H, W) (palette images converted to RGB).
+
+    Raises:
+        UnreadableImageError: the file cannot be opened or its contents cannot be decoded.
+    """
+    try:
+        with Image.open(path) as img:
+            if img.mode not in MODE_CHANNELS or img.mode == "P":
+                img = img.convert("RGB")
+            x = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
+    except Exception as e:  # PIL raises OSError, SyntaxError, zlib.error, ... for damaged files
+        raise _unreadable(path, e) from None
+    return x[None] if x.ndim == 2 else x.permute(2, 0, 1)
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
@@ -73,30 +104,82 @@ class ImageFolder(Dataset):
     Args:
         root: folder of class subfolders.
         shape: expected (C, H, W); images are never resized or converted silently.
+        skip_unreadable: an image whose file cannot be decoded is replaced by the next readable
+            one (index ``i + 1``, ``i + 2``, ... cyclically; deterministic given the files), named
+            on stderr when first found and counted by :meth:`unreadable_count` (also across
+            DataLoader workers). Without it, such a file is an :class:`UnreadableImageError`.
+
+    Raises:
+        FileNotFoundError: no images under ``root``.
+        ValueError: an image's header gives another size or channel count than ``shape``.
+        UnreadableImageError: an image's header cannot be read (unless ``skip_unreadable``).
     """
 
-    def __init__(self, root: str | os.PathLike, shape: tuple[int, int, int]):
-        self.root, self.shape = Path(root), tuple(shape)
+    def __init__(self, root: str | os.PathLike, shape: tuple[int, int, int], skip_unreadable: bool = False):
+        self.root, self.shape, self.skip_unreadable = Path(root), tuple(shape), skip_unreadable
         self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not self.files:
             raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {self.root}")
-        for path in self.files:  # fail fast here, not inside a DataLoader worker (reads headers only)
-            with Image.open(path) as img:
-                found = (MODE_CHANNELS.get(img.mode, 3), img.height, img.width)
+        # one flag per file in shared memory: DataLoader workers mark what they skip, the main process counts
+        self.unreadable = torch.zeros(len(self.files), dtype=torch.bool).share_memory_()
+        for i, path in enumerate(self.files):  # fail fast here, not inside a DataLoader worker (reads headers only)
+            try:
+                with Image.open(path) as img:
+                    found = (MODE_CHANNELS.get(img.mode, 3), img.height, img.width)
+            except Exception as e:
+                self._mark(i, _unreadable(path, e))
+                continue
             _check_shape(found, self.shape, str(path))
+        if bool(self.unreadable.all()):
+            raise UnreadableImageError(f"none of the {len(self.files)} images under {self.root} can be read")
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def _mark(self, i: int, error: UnreadableImageError) -> None:
+        """Record file ``i`` as unreadable (saying so once), or raise ``error`` without ``skip_unreadable``."""
+        if not self.skip_unreadable:
+            raise error
+        if not self.unreadable[i]:
+            self.unreadable[i] = True
+            print(f"skipping unreadable image {self.files[i]} ({self.unreadable_count()} so far)", file=sys.stderr)
+
     def __getitem__(self, i: int) -> torch.Tensor:
-        path = self.files[i]
-        with Image.open(path) as img:
-            if img.mode not in MODE_CHANNELS or img.mode == "P":
-                img = img.convert("RGB")
-            x = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
-        x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
-        _check_shape(tuple(x.shape), self.shape, str(path))
-        return x
+        n = len(self.files)
+        for j in range(i, i + n):
+            k = j % n
+            if self.unreadable[k]:
+                continue
+            try:
+                x = _decode(self.files[k])
+            except UnreadableImageError as e:
+                self._mark(k, e)
+                continue
+            _check_shape(tuple(x.shape), self.shape, str(self.files[k]))
+            return x
+        raise UnreadableImageError(f"none of the {n} images under {self.root} can be read")
+
+    def unreadable_count(self) -> int:
+        """How many files were found unreadable so far (by this process and its DataLoader workers)."""
+        return int(self.unreadable.sum())
+
+    def verify(self, progress: bool = False) -> list[Path]:
+        """Decode every image now; return the unreadable files (also marked, so they are skipped).
+
+        Raises:
+            ValueError: a decoded image is not of ``shape``.
+        """
+        from tqdm.auto import tqdm
+        bad = []
+        for i, path in enumerate(tqdm(self.files, desc="verifying images", disable=not progress)):
+            try:
+                x = _decode(path)
+            except UnreadableImageError:
+                self.unreadable[i] = True
+                bad.append(path)
+                continue
+            _check_shape(tuple(x.shape), self.shape, str(path))
+        return bad
 
 
 def _cifar10(root: Path, train: bool, download: bool):
@@ -128,7 +211,7 @@ SOURCES = [*TORCHVISION, "folder"]
 
 
 def load_images(root: str | os.PathLike, shape: tuple[int, int, int], train: bool = True,
-                download: str | None = None) -> Dataset:
+                download: str | None = None, skip_unreadable: bool = False) -> Dataset:
     """The training (or test) images under ``root`` as a Dataset of uint8 (C, H, W) tensors.
 
     Args:
@@ -137,6 +220,7 @@ def load_images(root: str | os.PathLike, shape: tuple[int, int, int], train: boo
         train: the training split (else the test split).
         download: name of a torchvision dataset (``"cifar10"`` or ``"fashion-mnist"``) to download
             into ``root`` if absent (needs network); ``None`` never downloads.
+        skip_unreadable: for a folder of images, replace undecodable files (see :class:`ImageFolder`).
 
     Raises:
         FileNotFoundError: ``root`` does not exist or holds no recognised dataset.
@@ -158,4 +242,4 @@ def load_images(root: str | os.PathLike, shape: tuple[int, int, int], train: boo
     if folder is None:
         raise FileNotFoundError(f"{root} holds no recognised dataset: expected cifar-10-batches-py/, FashionMNIST/raw/, "
                                 f"or class subfolders of images (optionally under train/ and test/)")
-    return ImageFolder(folder, shape)
+    return ImageFolder(folder, shape, skip_unreadable=skip_unreadable)

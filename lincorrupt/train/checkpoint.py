@@ -1,15 +1,19 @@
-"""Checkpoints that lose nothing: atomic writes, the previous one kept, safe loading.
+"""Checkpoints that lose nothing: atomic writes, the previous one kept, checksums, safe loading.
 
 A checkpoint is a plain dict of tensors and Python primitives written with ``torch.save`` to
 a temporary file in the same folder, flushed to disk, then renamed over the target
 (``os.replace`` is atomic on POSIX), so a crash or SIGKILL at any moment leaves either the old
-or the new file, never half of one. The file it replaces is kept as ``<name>.prev``. Loading
-uses ``torch.load(weights_only=True)``: no arbitrary pickle.
+or the new file, never half of one. The file it replaces is kept as ``<name>.prev``. Each file
+stores a SHA-256 of its contents (every tensor's dtype, shape and bytes, every primitive, in a
+fixed key order), checked on load, so a damaged file is refused instead of loading wrong
+weights. Loading uses ``torch.load(weights_only=True)``: no arbitrary pickle.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -17,14 +21,40 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "find_checkpoint", "check_compatible",
-           "FORMAT"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_latest", "find_checkpoint",
+           "check_compatible", "require_keys", "remove_partial_saves", "state_checksum", "FORMAT"]
 
 FORMAT = "lincorrupt-checkpoint-v1"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated, foreign or incompatible."""
+    """A checkpoint file is missing, truncated, damaged, foreign or incompatible."""
+
+
+def _update(h, key: str, value: Any) -> None:
+    """Feed ``key`` and ``value`` (tensors, dicts, lists, primitives, nested) into the hash ``h``."""
+    h.update(f"{key}:{type(value).__name__}:".encode())
+    if isinstance(value, torch.Tensor):
+        t = value.detach().to("cpu").contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        for k in sorted(value, key=repr):
+            _update(h, f"{key}/{k!r}", value[k])
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _update(h, f"{key}/{i}", v)
+    else:
+        h.update(repr(value).encode())
+
+
+def state_checksum(state: dict[str, Any]) -> str:
+    """SHA-256 (hex) of ``state`` without its ``"checksum"`` entry: every tensor's dtype, shape and
+    bytes and every primitive's value, keys in sorted order (so it does not depend on insertion order)."""
+    h = hashlib.sha256()
+    for k in sorted(k for k in state if k != "checksum"):
+        _update(h, k, state[k])
+    return h.hexdigest()
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -38,7 +68,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+            state = {"format": FORMAT, **state}
+            torch.save({**state, "checksum": state_checksum(state)}, f)
             f.flush()
             os.fsync(f.fileno())
         if path.exists():
@@ -80,11 +111,44 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     raise CheckpointError(f"no checkpoint at {path} (nor {path.name}.prev); train first or pass the path of a .pt file")
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` with ``torch.load(weights_only=True)``.
+def load_latest(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
+    """The newest sound checkpoint at ``path`` (a file, or a folder holding ``checkpoint.pt``):
+    the file itself, else ``<file>.prev`` when the file is absent or damaged (saying so on stderr).
+
+    Returns:
+        (the path loaded, its state).
 
     Raises:
-        CheckpointError: the file is missing, truncated or corrupt, or not a lincorrupt checkpoint.
+        CheckpointError: neither exists, or both are damaged (naming both).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    prev = path.with_name(path.name + ".prev")
+    if not path.is_file() and not prev.is_file():
+        find_checkpoint(path)  # raises its error
+    errors = []
+    for candidate in (path, prev):
+        if not candidate.is_file():
+            continue
+        try:
+            state = load_checkpoint(candidate, map_location)
+        except CheckpointError as e:
+            errors.append(str(e))
+            continue
+        if errors:
+            print(f"warning: {errors[0]}\nfalling back to {candidate} (step {state.get('step', '?')})", file=sys.stderr)
+        return candidate, state
+    raise CheckpointError("no sound checkpoint: " + "; ".join(errors))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` with ``torch.load(weights_only=True)``
+    and verify its checksum.
+
+    Raises:
+        CheckpointError: the file is missing, truncated, damaged (checksum mismatch) or corrupt,
+            or not a lincorrupt checkpoint.
     """
     path = Path(path)
     if not path.is_file():
@@ -100,7 +164,40 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                               f"and is refused (weights_only loading): {_first_line(e)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a lincorrupt checkpoint (expected a dict with format={FORMAT!r})")
+    if "checksum" not in state:  # written before checksums were recorded: still loaded, not to lose that run
+        print(f"warning: checkpoint {path} has no checksum (an older lincorrupt wrote it), so its contents "
+              f"cannot be verified", file=sys.stderr)
+        return state
+    if state_checksum(state) != state["checksum"]:
+        raise CheckpointError(f"checkpoint {path} is damaged: its contents do not match the checksum stored in it "
+                              f"(a disk or copy error changed its bytes); the previous one, if any, is {path.name}.prev")
     return state
+
+
+def require_keys(state: dict[str, Any], keys: tuple[str, ...] | list[str], path: str | os.PathLike = "") -> None:
+    """Refuse a checkpoint that lacks any of ``keys``, naming the missing ones.
+
+    Raises:
+        CheckpointError: some keys are missing.
+    """
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(map(repr, missing))} (it has "
+                              f"{', '.join(map(repr, sorted(state)))}); expected a checkpoint written by Trainer.save")
+
+
+def remove_partial_saves(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files (``.<name>.*.tmp``) of saves that were killed before their rename.
+    Only safe while no other process saves into ``folder`` (hold its run lock).
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for tmp in Path(folder).glob(".*.pt.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
 
 
 def _first_line(e: BaseException) -> str:

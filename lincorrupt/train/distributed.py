@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -29,12 +30,18 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: str | torch.device | None = None) -> DistInfo:
+#: Seconds a process waits for its peers in a collective (or to join) before failing.
+DEFAULT_TIMEOUT = 1800.0
+
+
+def init_distributed(device: str | torch.device | None = None, timeout: float = DEFAULT_TIMEOUT) -> DistInfo:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 
     Args:
         device: ``"cuda"``, ``"cpu"`` or None (CUDA when available). On CUDA each process uses
             GPU ``LOCAL_RANK``.
+        timeout: seconds to wait for the peers in any collective; a peer that stopped or hangs
+            makes the others fail with an error after this long instead of blocking forever.
 
     Returns:
         The :class:`DistInfo` of this process (rank 0 of 1 without torchrun).
@@ -42,13 +49,16 @@ def init_distributed(device: str | torch.device | None = None) -> DistInfo:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type not in BACKENDS:
         raise ValueError(f"device {device}: expected one of {sorted(BACKENDS)}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank if world_size > 1 else (device.index or 0))
         torch.cuda.set_device(device)
     if world_size > 1 and not is_distributed():
-        dist.init_process_group(BACKENDS[device.type], device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(BACKENDS[device.type], device_id=device if device.type == "cuda" else None,
+                                timeout=timedelta(seconds=timeout))
     return DistInfo(rank, world_size, local_rank, device)
 
 

@@ -16,7 +16,10 @@ One step (DDPM, Ho et al. 2020, Algorithm 1, with the recipe of its CIFAR-10 run
 Because every random draw of step s is a function of (seed, s) and the RNG states, model, EMA,
 optimiser, scheduler and grad scaler are checkpointed, a resumed run continues exactly as if
 never stopped. SIGTERM/SIGINT finish the current step (under DDP: the steps up to the next log
-step, where the ranks agree on stopping), save and return.
+step, where the ranks agree on stopping), save and return; DataLoader workers ignore both
+signals, so a signal sent to the whole process group (as batch schedulers do) stops the run the
+same way. Any other exception that escapes the loop first saves the state after the last
+completed step, when it is finite. A state with a NaN or infinity is never written.
 
 Arguments are validated on the first step only; after it a step reads nothing back to the host
 (no ``.item()``, no data-dependent check), except at log steps.
@@ -29,6 +32,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,15 +45,25 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from lincorrupt.data.images import to_model_range, to_unit_range
-from lincorrupt.train.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from lincorrupt.train.checkpoint import (CheckpointError, check_compatible, load_checkpoint, remove_partial_saves,
+                                         require_keys, save_checkpoint)
 from lincorrupt.train.cli import Interval, OptionError, check_options, option
 from lincorrupt.train.data_order import StepBatchSampler, derive_seed, sample_seeds
-from lincorrupt.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, is_distributed
+from lincorrupt.train.distributed import DEFAULT_TIMEOUT, DistInfo, all_gather_objects, all_reduce_mean, is_distributed
 from lincorrupt.train.ema import EMA
+from lincorrupt.train.lock import RunLock
 from lincorrupt.validation import is_validating, validate_args
 
 __all__ = ["TrainConfig", "Trainer", "OPTIMIZERS", "PRECISIONS", "autocast_dtype", "make_optimizer", "default_workers",
-           "allow_tf32"]
+           "allow_tf32", "NonFiniteStateError", "STATE_KEYS"]
+
+#: The entries every checkpoint of :meth:`Trainer.state_dict` holds.
+STATE_KEYS = ("corruption", "shape", "step", "model", "ema", "optimizer", "scheduler", "scaler", "rng", "world_size",
+              "config", "extra")
+
+
+class NonFiniteStateError(FloatingPointError):
+    """The model, EMA or optimiser state holds NaN or infinity (and is therefore not saved)."""
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 #: Devices and parameter dtypes for which torch has fused Adam/AdamW kernels (one kernel per
@@ -297,25 +311,39 @@ class Trainer:
         self.losses: list[float] = []  # per-step losses of this process's run (flushed at log steps)
         self._pending: list[torch.Tensor] = []
         self._stop = False
+        self.stop_signal: int | None = None  # the signal that stopped fit (None: none, or another rank's)
+        self._updating = False  # inside the optimiser/EMA update of a step: the state is not consistent
+        self._fit_start = 0  # the step fit started from (a failure before any new step saves nothing)
         self._validated = False
         self._gen = torch.Generator(self.device)
 
     # ----------------------------------------------------------------- state
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs (collective when distributed: gathers every rank's RNG)."""
+    def _rng_state(self) -> dict[str, torch.Tensor]:
         rng = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def _set_rng_state(self, rng: dict[str, torch.Tensor]) -> None:
+        torch.set_rng_state(rng["cpu"].cpu())  # RNG states are CPU byte tensors, whatever map_location did
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+
+    def state_dict(self, collective: bool = True) -> dict[str, Any]:
+        """Everything a resumed run needs. ``collective`` (distributed runs): gather every rank's RNG
+        (every rank must call it); else only this rank's (dropout streams then restart on resume)."""
+        rng = self._rng_state()
         return {
             "corruption": type(self.corruption).__name__, "shape": list(self.shape), "step": self.step,
             "model": self.model.state_dict(), "ema": self.ema.module.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "rng": all_gather_objects(rng),
+            "scaler": self.scaler.state_dict(), "rng": all_gather_objects(rng) if collective else [rng],
             "world_size": self.dist.world_size, "config": asdict(self.cfg), "extra": self.extra,
         }
 
     def load_state_dict(self, state: dict[str, Any], path: str = "") -> None:
-        """Restore a checkpoint's state (refused if it was written for another corruption or shape)."""
+        """Restore a checkpoint's state (refused if it lacks an entry, or was written for another corruption or shape)."""
+        require_keys(state, STATE_KEYS, path)
         check_compatible(state, type(self.corruption).__name__, self.shape, path)
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(state["ema"])
@@ -326,15 +354,18 @@ class Trainer:
         self.step = int(state["step"])
         rngs = state["rng"]
         if len(rngs) == self.dist.world_size:  # else: dropout streams restart (all other draws are step-seeded)
-            rng = rngs[self.dist.rank]
-            torch.set_rng_state(rng["cpu"].cpu())  # RNG states are CPU byte tensors, whatever map_location did
-            if "cuda" in rng and self.device.type == "cuda":
-                torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+            self._set_rng_state(rngs[self.dist.rank])
 
-    def save(self, path: str | Path | None = None) -> Path:
-        """Write a checkpoint (rank 0 writes; every rank must call this)."""
+    def save(self, path: str | Path | None = None, collective: bool = True) -> Path:
+        """Write a checkpoint (rank 0 writes; with ``collective``, every rank must call this).
+
+        Raises:
+            NonFiniteStateError: the model, EMA or optimiser state holds NaN or infinity; nothing
+                is written, so the files on disk stay as they were.
+        """
         path = Path(path or self.out_dir / "checkpoint.pt")
-        state = self.state_dict()
+        state = self.state_dict(collective)
+        check_finite(state, self.step, path)
         if self.dist.is_main:
             save_checkpoint(state, path)
         return path
@@ -345,7 +376,9 @@ class Trainer:
 
     # ----------------------------------------------------------------- step
     def batches(self):
-        """Infinite iterator over this rank's uint8 batches, starting at ``self.step``."""
+        """Infinite iterator over this rank's uint8 batches, starting at ``self.step``. Its workers
+        ignore SIGTERM and SIGINT (they stop with this process), so a signal to the whole process
+        group reaches the training loop instead of killing the data loading under it."""
         sampler = StepBatchSampler(len(self.dataset), self.cfg.batch_size, self.dist.rank, self.dist.world_size,
                                    seed=self.cfg.seed, start_step=self.step)
         workers = default_workers() if self.cfg.num_workers == -1 else self.cfg.num_workers
@@ -353,6 +386,7 @@ class Trainer:
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
                             prefetch_factor=self.cfg.prefetch_factor if workers > 0 else None,
+                            worker_init_fn=_ignore_stop_signals if workers > 0 else None,
                             # its own generator: creating the iterator must not consume the global RNG (dropout)
                             generator=torch.Generator().manual_seed(derive_seed(self.cfg.seed, self.step, self.dist.rank)))
         return iter(loader)
@@ -403,6 +437,7 @@ class Trainer:
                         self.scaler.scale(loss / k if k > 1 else loss).backward()
                 losses.append(loss.detach())
         self._validated = True
+        self._updating = True  # from here to the step count, a failure leaves a half-updated state
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
@@ -411,49 +446,105 @@ class Trainer:
         self.scheduler.step()
         self.ema.update(self.model)
         self.step += 1
+        self._updating = False
         self.last_grad_norm = grad_norm
         return losses[0] if k == 1 else torch.stack(losses).mean()
 
     # ----------------------------------------------------------------- loop
     def fit(self) -> str:
-        """Train until ``config.steps``; returns ``"done"`` or ``"interrupted"`` (SIGTERM/SIGINT, checkpoint saved)."""
+        """Train until ``config.steps``; returns ``"done"`` or ``"interrupted"`` (SIGTERM/SIGINT, checkpoint
+        saved; :attr:`stop_signal` names the signal).
+
+        Rank 0 holds the run folder's lock (:class:`lincorrupt.train.lock.RunLock`) meanwhile. An
+        exception that escapes the loop first saves the state after the last completed step, if
+        it is finite (under DDP, rank 0's state; the peers may be gone), then propagates.
+
+        Raises:
+            ValueError: ``self.step`` (a resumed checkpoint's) is beyond ``config.steps``.
+            lincorrupt.train.lock.RunLockedError: another live process trains into ``out_dir``.
+            NonFiniteStateError: the state became non-finite by a checkpoint step (not written).
+        """
         cfg, main = self.cfg, self.dist.is_main
-        if main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.step > cfg.steps:
+            raise ValueError(f"the checkpoint is at step {self.step}, beyond steps={cfg.steps}; "
+                             f"pass steps >= {self.step} to continue training it")
+        with RunLock(self.out_dir) if main else contextlib.nullcontext():
+            if main:
+                for tmp in remove_partial_saves(self.out_dir):
+                    print(f"removed {tmp}, left by a save that was killed", file=sys.stderr)
+            return self._fit(cfg, main)
+
+    def _fit(self, cfg: TrainConfig, main: bool) -> str:
+        if self.step == cfg.steps:  # nothing to train: the files on disk (and .prev) stay as they are
+            return "done"
+        self._fit_start = self.step
         self.model.train()
         logger = _Logger(self.out_dir, enabled=main)
-        batches = self.batches()
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (main and cfg.progress), dynamic_ncols=True)
         status, tick, tick_step = "done", time.perf_counter(), self.step
-        with _stop_on_signals(self):
-            while self.step < cfg.steps:
-                self._pending.append(self.train_step(next(batches)))
-                step = self.step
-                log_step = step % cfg.log_every == 0 or step == cfg.steps
-                stop = self._agree_stop(log_step)
-                if log_step or stop:
-                    now = time.perf_counter()
-                    ips = (step - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
-                    loss = self._flush()
-                    logger.log({"step": step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
-                                "grad_norm": float(self.last_grad_norm), "images_per_s": ips})
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.1f}")
-                    tick, tick_step = now, step
-                bar.update(1)
-                if cfg.sample_every and step % cfg.sample_every == 0 and main:
-                    self.sample_grid(self.out_dir / f"samples_{step:07d}.png")
-                if self.evaluator and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-                    self.evaluate(logger)
-                if stop:
-                    status = "interrupted"
-                    break
-                if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step != cfg.steps:
-                    self.save()
-        self.save()
-        bar.close()
-        logger.close()
+        try:
+            batches = self.batches()
+            with _stop_on_signals(self):
+                while self.step < cfg.steps:
+                    rng = self._rng_state()  # the state after the last step, restored if this step fails
+                    try:
+                        self._pending.append(self.train_step(next(batches)))
+                    except BaseException:
+                        if not self._updating:
+                            self._set_rng_state(rng)
+                        raise
+                    step = self.step
+                    log_step = step % cfg.log_every == 0 or step == cfg.steps
+                    stop = self._agree_stop(log_step)
+                    if log_step or stop:
+                        now = time.perf_counter()
+                        ips = (step - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
+                        loss = self._flush()
+                        logger.log({"step": step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                                    "grad_norm": float(self.last_grad_norm), "images_per_s": ips,
+                                    **_unreadable_record(self.dataset)})
+                        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.1f}")
+                        tick, tick_step = now, step
+                    bar.update(1)
+                    if cfg.sample_every and step % cfg.sample_every == 0 and main:
+                        self.sample_grid(self.out_dir / f"samples_{step:07d}.png")
+                    if self.evaluator and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                        self.evaluate(logger)
+                    if stop:
+                        status = "interrupted"
+                        break
+                    if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step != cfg.steps:
+                        self.save()
+            self.save()
+        except BaseException as error:
+            self._keep_pending()  # the losses of the completed steps (no collective: the peers may be gone)
+            self._save_after_failure(error)
+            raise
+        finally:
+            bar.close()
+            logger.close()
         self._flush()
         return status
+
+    def _save_after_failure(self, error: BaseException) -> None:
+        """Save the state after the last completed step on the way out of a failed loop, when it is
+        consistent (the failure was not inside an optimiser update) and finite; never masks ``error``."""
+        if self.step == self._fit_start:  # nothing new: the files on disk (and .prev) stay as they are
+            return
+        if isinstance(error, FloatingPointError) or self._updating:
+            why = "it is not finite" if isinstance(error, FloatingPointError) else "the failure interrupted an update"
+            print(f"not saving step {self.step} after {type(error).__name__}: {why}", file=sys.stderr)
+            return
+        try:
+            # under DDP the peers may be gone or stuck: no collective, rank 0 writes its own state
+            path = self.save(collective=not is_distributed())
+        except Exception as e:
+            print(f"could not save step {self.step} after {type(error).__name__}: {type(e).__name__}: {e}",
+                  file=sys.stderr)
+            return
+        if self.dist.is_main:
+            print(f"training failed at step {self.step + 1} ({type(error).__name__}); saved step {self.step} "
+                  f"to {path}", file=sys.stderr)
 
     def evaluate(self, logger: "_Logger | None" = None) -> dict[str, Any]:
         """Run the evaluator on the EMA model now; log its record and redraw ``quality.png``."""
@@ -475,13 +566,20 @@ class Trainer:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
 
-    def _flush(self) -> float:
-        """Move pending losses to ``self.losses``; return their mean over steps and ranks."""
+    def _keep_pending(self) -> torch.Tensor | None:
+        """Move pending losses to ``self.losses``; return them stacked (None if there were none)."""
         if not self._pending:
-            return float("nan")
+            return None
         stacked = torch.stack(self._pending).float()
         self._pending = []
         self.losses += stacked.cpu().tolist()
+        return stacked
+
+    def _flush(self) -> float:
+        """Move pending losses to ``self.losses``; return their mean over steps and ranks."""
+        stacked = self._keep_pending()
+        if stacked is None:
+            return float("nan")
         loss = float(all_reduce_mean(stacked.mean()))
         if not math.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss} by step {self.step}; the last checkpoint in "
@@ -503,6 +601,40 @@ class Trainer:
                            method=self.cfg.sampler, generator=g, device=self.device, progress=False)
         save_image(to_unit_range(x.float().cpu()), path, nrow=int(math.ceil(math.sqrt(n))))
         return x
+
+
+def check_finite(state: dict[str, Any], step: int, path: str | Path = "") -> None:
+    """Refuse a state whose model, EMA or optimiser tensors hold NaN or infinity (one host sync).
+
+    Raises:
+        NonFiniteStateError: naming the step and the first non-finite tensors.
+    """
+    tensors = {f"{part}.{name}": t for part in ("model", "ema") for name, t in state[part].items()}
+    for i, s in state["optimizer"]["state"].items():
+        tensors.update({f"optimizer.state.{i}.{k}": t for k, t in s.items() if isinstance(t, torch.Tensor)})
+    tensors = {k: t for k, t in tensors.items() if t.is_floating_point() or t.is_complex()}
+    if not tensors:
+        return
+    finite = torch.stack([torch.isfinite(t).all() for t in tensors.values()])
+    if bool(finite.all()):
+        return
+    bad = [k for k, ok in zip(tensors, finite.tolist()) if not ok]
+    raise NonFiniteStateError(f"the training state at step {step} holds NaN or infinity (in {', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}); not saved, so {path or 'the checkpoint'} still "
+                              f"holds an earlier, finite step: resume from it with a lower lr or more warm-up")
+
+
+def _unreadable_record(dataset) -> dict[str, int]:
+    """``{"unreadable_images": n}`` for a dataset that skips and counts unreadable images, else ``{}``."""
+    count = getattr(dataset, "unreadable_count", None)
+    return {"unreadable_images": count()} if callable(count) else {}
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: SIGTERM/SIGINT to the process group are for the training loop;
+    the worker exits when the main process does (torch's worker watchdog)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _Logger:
@@ -539,6 +671,7 @@ def _stop_on_signals(trainer: Trainer):
     """SIGTERM/SIGINT set a flag; the loop finishes its step, saves and returns (main thread only)."""
     def handler(signum, frame):
         trainer._stop = True
+        trainer.stop_signal = signum
 
     try:
         previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
