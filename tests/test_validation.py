@@ -11,15 +11,20 @@ from test_train_resume import make_trainer
 
 
 class HostReads(TorchDispatchMode):
-    """Records every ``aten._local_scalar_dense`` (``.item()``, ``bool(tensor)``, ...) with a label of when it ran."""
+    """Records every ``aten._local_scalar_dense`` (``.item()``, ``bool(tensor)``, ...) in ``reads`` and
+    every ``aten.lift_fresh`` (``torch.tensor(python data)``) in ``uploads``, each with a label of when
+    it ran. On CUDA both make the host wait for the GPU: a read of a result, or a blocking copy of
+    host memory to the device."""
 
     def __init__(self, label=lambda: None):
         super().__init__()
-        self.label, self.reads = label, []
+        self.label, self.reads, self.uploads = label, [], []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten._local_scalar_dense.default:
             self.reads.append(self.label())
+        elif func is torch.ops.aten.lift_fresh.default:
+            self.uploads.append(self.label())
         return func(*args, **(kwargs or {}))
 
 
@@ -86,5 +91,7 @@ def test_trainer_steps_between_log_steps_read_nothing_back_to_the_host(tmp_path)
     in_steps = {s for s, in_step in mode.reads if in_step}
     between = {s for s, in_step in mode.reads if not in_step}
     assert in_steps <= {0}, "only the first step validates its arguments"
+    uploads = {s for s, in_step in mode.uploads if in_step}
+    assert uploads <= {0}, "no step after the first makes a tensor from host data (a blocking copy on CUDA)"
     assert between <= {0, 3, 6, 7}, "only the set-up (the data loader's seed), log steps and the end read values"
     assert lc.validation.is_validating()  # the Trainer leaves the global switch as it was

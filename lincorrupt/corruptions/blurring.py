@@ -63,8 +63,8 @@ class BlurringDiffusion(DiagonalizableCorruption):
         ``logaddexp(log1p(-min_scale) - lambda tau_t, log min_scale)``, which stays finite where
         ``exp(-lambda tau_t)`` underflows and is exactly ``-lambda tau_t`` for ``min_scale = 0``."""
         log_decay = math.log1p(-self.min_scale) - self.frequencies_squared.to(t.dtype) * tau
-        log_floor = torch.tensor(math.log(self.min_scale) if self.min_scale > 0 else -math.inf,
-                                 dtype=t.dtype, device=t.device)
+        # a fill on the device, not torch.tensor(): a host-to-device copy would wait for the GPU every step
+        log_floor = torch.full_like(log_decay, math.log(self.min_scale) if self.min_scale > 0 else -math.inf)
         return torch.logaddexp(log_decay, log_floor)
 
     def extra_repr(self) -> str:
