@@ -13,7 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import lincorrupt as lc
-from conftest import CORRUPTIONS, SHAPE
+from helpers.corruptions import CORRUPTIONS, SHAPE
 
 f64 = torch.float64
 times = st.floats(0.0, 1.0, allow_nan=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from test_docs_site import MACHINE_PATH
+from helpers.docs import MACHINE_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted(

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.docs import MACHINE_PATH
+
 ROOT = Path(__file__).resolve().parent.parent
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -251,9 +253,6 @@ def test_every_markdown_heading_is_a_heading_of_the_built_page(built_site):
     assert not lost, "Markdown headings missing from the built pages:\n" + "\n".join(lost)
 
 
-# A path that exists only on the machine that wrote the page: a temporary folder, a home or
-# work directory, or the team's shared folder beside the checkout.
-MACHINE_PATH = re.compile(r"(?<![\w.])(?:/tmp/|/work/|/home/|/Users/)|\.\./shared\b")
 
 
 def test_built_site_shows_no_machine_specific_paths(built_site):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lincorrupt as lc
-from conftest import CORRUPTIONS, SHAPE
+from helpers.corruptions import CORRUPTIONS, SHAPE
 
 
 def identity_model(z, t):

@@ -154,3 +154,15 @@ def test_relative_imports_resolve_to_the_modules_they_name():
     assert f"{PACKAGE}.coefficients" in graph[f"{PACKAGE}.corruption"]  # from .coefficients import ...
     assert f"{PACKAGE}.sampling.samplers" in graph[f"{PACKAGE}.sampling"]  # from .samplers import ... in __init__
     assert f"{PACKAGE}.corruption" in graph[f"{PACKAGE}.sampling.samplers"]  # from ..corruption import ...
+
+
+def test_tests_share_code_through_helpers_not_by_importing_each_other():
+    tests = Path(__file__).parent
+    crossed = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            crossed += [f"{path.relative_to(tests)}:{node.lineno} imports {n}" for n in names
+                        if n.split(".")[0].startswith("test_") or n.split(".")[0] == "conftest"]
+    assert not crossed, "tests import other test modules (move the shared code to tests/helpers/):\n" + "\n".join(crossed)

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import CORRUPTIONS
+from helpers.corruptions import CORRUPTIONS
 from scipy.stats import multivariate_normal
-from test_sampling import D, SHAPE, Truth
+from helpers.gaussian import D, SHAPE, Truth
 
 import lincorrupt as lc
 from lincorrupt.likelihood import diffusion_term, elbo, prior_term, reconstruction_term

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import CORRUPTIONS
-from test_sampling import D, SHAPE, make
+from helpers.corruptions import CORRUPTIONS
+from helpers.gaussian import D, SHAPE, make
 
 import lincorrupt as lc
 

@@ -9,7 +9,7 @@ import functools
 
 import torch
 
-from test_train_resume import make_trainer
+from helpers.training import make_trainer
 
 
 def test_compiled_training_checkpoints_plain_state_and_resumes_either_way(tmp_path, monkeypatch):

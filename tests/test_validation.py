@@ -6,8 +6,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lincorrupt as lc
-from conftest import SHAPE
-from test_train_resume import make_trainer
+from helpers.corruptions import SHAPE
+from helpers.training import make_trainer
 
 
 class HostReads(TorchDispatchMode):
