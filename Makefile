@@ -22,8 +22,9 @@ $(KATEX): docs/_katex/package-lock.json
 
 docs-deps: $(KATEX)
 
-# tests/test_docs_site.py runs `mkdocs build --strict` and opens the site in headless Chromium.
+# ruff (configured in pyproject.toml) first; tests/test_docs_site.py runs `mkdocs build --strict` and opens the site in headless Chromium.
 test: $(VENV)/.installed $(KATEX)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 docs: $(VENV)/.installed $(KATEX)

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import warnings
 import math
 import time
+import warnings
 import zipfile
 from pathlib import Path
 

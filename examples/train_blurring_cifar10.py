@@ -60,12 +60,12 @@ from lincorrupt.metrics import FIDStats, dataset_stats, fid, inception_weights_p
 from lincorrupt.nn import UNet
 from lincorrupt.train import CheckpointError, TrainConfig, Trainer, init_distributed
 from lincorrupt.train.checkpoint import load_latest, require_keys
-from lincorrupt.train.distributed import DEFAULT_TIMEOUT
 from lincorrupt.train.cli import Interval, OptionError, given_options, option, parse_config
+from lincorrupt.train.data_order import derive_seed
+from lincorrupt.train.distributed import DEFAULT_TIMEOUT
+from lincorrupt.train.evaluation import QualityEvaluator, feature_space
 from lincorrupt.train.lock import RunLockedError
 from lincorrupt.train.trainer import STATE_KEYS
-from lincorrupt.train.data_order import derive_seed
-from lincorrupt.train.evaluation import QualityEvaluator, feature_space
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ uniform offset, all times of a batch equally spaced), which leaves the estimate 
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor

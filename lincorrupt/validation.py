@@ -16,7 +16,7 @@ Each public call checks each input once.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 __all__ = ["set_validate_args", "validate_args", "is_validating"]
 

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lincorrupt.data import DEBIAN_DIR, load_fashion_mnist
-from lincorrupt.metrics import FEATURE_NETS, extract_features, frechet_distance, kid, load_feature_net
-from lincorrupt.metrics import feature_nets
+from lincorrupt.metrics import FEATURE_NETS, extract_features, feature_nets, frechet_distance, kid, load_feature_net
 
 RECORD = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "feature_nets.json").read_text())
 needs_fashion_mnist = pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is missing")

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers.corruptions import CORRUPTIONS
 from scipy.stats import multivariate_normal
-from helpers.gaussian import D, SHAPE, Truth
 
 import lincorrupt as lc
+from helpers.corruptions import CORRUPTIONS
+from helpers.gaussian import SHAPE, D, Truth
 from lincorrupt.likelihood import diffusion_term, elbo, prior_term, reconstruction_term
 
 f64 = torch.float64

@@ -4,8 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from lincorrupt.metrics import (ENV_VAR, WEIGHTS_FILE, FIDStats, activations, dataset_stats, fid,
-                                inception_weights_path, load_inception, sample_stats)
+from lincorrupt.metrics import (
+    ENV_VAR,
+    WEIGHTS_FILE,
+    FIDStats,
+    activations,
+    dataset_stats,
+    fid,
+    inception_weights_path,
+    load_inception,
+    sample_stats,
+)
 
 
 @pytest.fixture(scope="module")

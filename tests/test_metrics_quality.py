@@ -13,8 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import linalg
 
-from lincorrupt.metrics import frechet_distance, kid, precision_recall
-from lincorrupt.metrics import quality
+from lincorrupt.metrics import frechet_distance, kid, precision_recall, quality
 
 # pytorch-fid calls scipy's sqrtm with its deprecated disp argument
 pytestmark = pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated:DeprecationWarning")

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers.corruptions import CORRUPTIONS
-from helpers.gaussian import D, SHAPE, make
 
 import lincorrupt as lc
+from helpers.corruptions import CORRUPTIONS
+from helpers.gaussian import SHAPE, D, make
 
 f64 = torch.float64
 

@@ -3,13 +3,11 @@ denoiser of Gaussian data, whose samples must reproduce the data's mean and cova
 
 import numpy as np
 import pytest
-import scipy.fft
 import torch
 
 import lincorrupt as lc
+from helpers.gaussian import SHAPE, D, make
 from lincorrupt.sampling import ancestral, ddim
-
-from helpers.gaussian import D, SHAPE, Truth, make
 
 f64 = torch.float64
 

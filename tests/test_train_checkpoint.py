@@ -1,7 +1,6 @@
 """Checkpoints: atomic, previous one kept, safe loading, clear errors, survive SIGKILL mid-write."""
 
 import os
-import pickle
 import signal
 import subprocess
 import sys

@@ -3,7 +3,6 @@
 import itertools
 
 import pytest
-import torch
 
 from lincorrupt.train import StepBatchSampler
 from lincorrupt.train.data_order import derive_seed

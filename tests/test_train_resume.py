@@ -8,11 +8,8 @@ import pytest
 import torch
 
 import lincorrupt as lc
-from lincorrupt.data import TensorImages
-from lincorrupt.nn import UNet
-from lincorrupt.train import CheckpointError, TrainConfig, Trainer
-
 from helpers.training import SHAPE, assert_same_state, make_trainer
+from lincorrupt.train import CheckpointError, TrainConfig
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):

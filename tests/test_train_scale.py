@@ -1,6 +1,5 @@
 """Training at scale: gradient accumulation, activation checkpointing, TF32, DataLoader workers, per-image draws."""
 
-import itertools
 
 import numpy as np
 import pytest

@@ -7,6 +7,7 @@ today's messages.
 """
 # --8<-- [start:ihdm-eps]
 import torch
+
 import lincorrupt as lc
 
 c = lc.IHDM(shape=(1, 28, 28))

@@ -5,7 +5,12 @@
 Included in docs/getting-started.md; tests/test_docs_tutorial.py runs it.
 """
 # --8<-- [start:first]
-import gzip, numpy as np, torch, torchvision
+import gzip
+
+import numpy as np
+import torch
+import torchvision
+
 import lincorrupt as lc
 from lincorrupt.nn import UNet
 

@@ -7,6 +7,7 @@ Included in docs/train-python.md; tests/test_docs_tutorial.py runs it on a tiny 
 # --8<-- [start:train]
 import torch
 import torchvision
+
 import lincorrupt as lc
 from lincorrupt.data import load_images, to_unit_range
 from lincorrupt.nn import UNet

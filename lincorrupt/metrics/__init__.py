@@ -1,9 +1,18 @@
 """Evaluation: FID with pytorch-fid's Inception (weights from a local file, never downloaded); Fréchet distance,
 KID and precision/recall of any feature matrices."""
 
-from lincorrupt.metrics.frechet import (ENV_VAR, WEIGHTS_FILE, FIDStats, activations, dataset_stats, fid,
-                                    inception_weights_path, load_inception, sample_stats)
 from lincorrupt.metrics.feature_nets import FEATURE_NETS, extract_features, load_feature_net
+from lincorrupt.metrics.frechet import (
+                                    ENV_VAR,
+                                    WEIGHTS_FILE,
+                                    FIDStats,
+                                    activations,
+                                    dataset_stats,
+                                    fid,
+                                    inception_weights_path,
+                                    load_inception,
+                                    sample_stats,
+)
 from lincorrupt.metrics.quality import frechet_distance, kid, precision_recall
 
 __all__ = ["ENV_VAR", "WEIGHTS_FILE", "FIDStats", "activations", "dataset_stats", "fid", "inception_weights_path",

@@ -13,9 +13,9 @@ greyscale is repeated to three channels. Samples are generated and embedded batc
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 from unittest import mock
 
 import numpy as np
@@ -23,8 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from lincorrupt.data.images import to_unit_range
 from lincorrupt.collectives import all_gather_objects
+from lincorrupt.data.images import to_unit_range
 
 __all__ = ["ENV_VAR", "WEIGHTS_FILE", "FIDStats", "activations", "dataset_stats", "fid", "inception_weights_path",
            "load_inception", "sample_stats"]
@@ -109,7 +109,7 @@ class FIDStats:
     n: int
 
     @classmethod
-    def of(cls, feats: np.ndarray) -> "FIDStats":
+    def of(cls, feats: np.ndarray) -> FIDStats:
         if len(feats) < 2:
             raise ValueError(f"FID needs at least 2 images, got {len(feats)}")
         return cls(feats.mean(0), np.cov(feats, rowvar=False), len(feats))
@@ -123,7 +123,7 @@ class FIDStats:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "FIDStats":
+    def load(cls, path: str | os.PathLike) -> FIDStats:
         with np.load(path, allow_pickle=False) as f:
             return cls(f["mu"], f["sigma"], int(f["n"]))
 

@@ -4,7 +4,8 @@ with the options that act on every sampler alike: a bound on ``x_hat`` (:func:`c
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor

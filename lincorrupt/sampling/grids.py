@@ -10,7 +10,7 @@ the denoised estimate of the point before it, so the last time is never evaluate
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

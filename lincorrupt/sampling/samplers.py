@@ -21,7 +21,7 @@ the second- and third-order rules use two and three denoiser outputs. A coordina
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

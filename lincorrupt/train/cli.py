@@ -12,7 +12,8 @@ import argparse
 import dataclasses
 import math
 import typing
-from typing import Any, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 __all__ = ["parse_config", "given_options", "option", "Interval", "OptionError", "check_options"]
 

@@ -9,15 +9,23 @@ compares them with the reference features of held-out images; the numbers go to
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from lincorrupt.data.images import to_unit_range
-from lincorrupt.metrics import (FEATURE_NETS, activations, extract_features, frechet_distance, kid, load_feature_net,
-                                load_inception, precision_recall)
+from lincorrupt.metrics import (
+    FEATURE_NETS,
+    activations,
+    extract_features,
+    frechet_distance,
+    kid,
+    load_feature_net,
+    load_inception,
+    precision_recall,
+)
 from lincorrupt.train.distributed import all_gather_objects
 
 __all__ = ["QualityEvaluator", "feature_space", "quantize", "plot_quality"]

@@ -58,7 +58,7 @@ class RunLock:
         self.path = Path(folder) / LOCK_NAME
         self.held = False
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
         for _ in range(3):  # a stale lock is moved aside (atomically) and the creation retried
@@ -109,7 +109,7 @@ class RunLock:
                 self.path.unlink(missing_ok=True)
             self.held = False
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

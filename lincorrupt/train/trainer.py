@@ -34,9 +34,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,11 +46,16 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from lincorrupt.data.images import to_model_range, to_unit_range
-from lincorrupt.train.checkpoint import (CheckpointError, check_compatible, load_checkpoint, remove_partial_saves,
-                                         require_keys, save_checkpoint)
+from lincorrupt.train.checkpoint import (
+    check_compatible,
+    load_checkpoint,
+    remove_partial_saves,
+    require_keys,
+    save_checkpoint,
+)
 from lincorrupt.train.cli import Interval, OptionError, check_options, option
 from lincorrupt.train.data_order import StepBatchSampler, derive_seed, sample_seeds
-from lincorrupt.train.distributed import DEFAULT_TIMEOUT, DistInfo, all_gather_objects, all_reduce_mean, is_distributed
+from lincorrupt.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, is_distributed
 from lincorrupt.train.ema import EMA
 from lincorrupt.train.lock import RunLock
 from lincorrupt.validation import is_validating, validate_args
@@ -188,7 +194,7 @@ def kernel_options(params: list[torch.Tensor]) -> dict[str, bool]:
     return {"fused": True, "foreach": False} if fused else {"fused": False, "foreach": True}
 
 
-def make_optimizer(config: "TrainConfig", model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The configured Adam/AdamW over ``model``'s parameters, fused where they allow it, else foreach."""
     params = list(model.parameters())
     return OPTIMIZERS[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay,
@@ -274,7 +280,7 @@ class Trainer:
     def __init__(self, model: nn.Module, corruption: nn.Module, dataset: Dataset, config: TrainConfig,
                  dist: DistInfo | None = None, extra: dict[str, Any] | None = None,
                  loss_fn: Callable = _default_loss, sample_fn: Callable = _default_sample,
-                 evaluator: Callable[["Trainer"], dict[str, Any]] | None = None):
+                 evaluator: Callable[[Trainer], dict[str, Any]] | None = None):
         self.cfg, self.dist = config, dist or DistInfo()
         self.device = self.dist.device
         self.corruption = corruption.to(self.device)
@@ -546,7 +552,7 @@ class Trainer:
             print(f"training failed at step {self.step + 1} ({type(error).__name__}); saved step {self.step} "
                   f"to {path}", file=sys.stderr)
 
-    def evaluate(self, logger: "_Logger | None" = None) -> dict[str, Any]:
+    def evaluate(self, logger: _Logger | None = None) -> dict[str, Any]:
         """Run the evaluator on the EMA model now; log its record and redraw ``quality.png``."""
         from lincorrupt.train.evaluation import plot_quality
         record = {"step": self.step, **self.evaluator(self)}
