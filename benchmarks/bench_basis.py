@@ -83,8 +83,8 @@ def crossover(threads: int, repeats: int) -> list[str]:
         x = torch.randn(max(1, 2**21 // (n * n)), n, n)
         d = basis_module.dct_matrix(n, torch.float32)
         times = best_times({
-            "matmul": lambda: torch.matmul(d, torch.matmul(x, d.mT)),
-            "pocketfft": lambda: scipy.fft.dctn(x.numpy(), axes=(-2, -1), norm="ortho", workers=threads),
+            "matmul": lambda d=d, x=x: torch.matmul(d, torch.matmul(x, d.mT)),
+            "pocketfft": lambda x=x: scipy.fft.dctn(x.numpy(), axes=(-2, -1), norm="ortho", workers=threads),
         }, repeats)
         rows.append(f"| {n}x{n} | {threads} | {times['matmul'] * 1e3:.2f} | {times['pocketfft'] * 1e3:.2f} | "
                     f"{times['pocketfft'] / times['matmul']:.2f} |")

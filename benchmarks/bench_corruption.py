@@ -71,7 +71,8 @@ def main() -> None:
     worst = 0.0
     for name, build in BUILDERS.items():
         c = build(shape)
-        times = best_of({"build": lambda: build(shape), "diffuse": lambda: c.diffuse(x, t)}, args.repeats)
+        times = best_of({"build": lambda build=build: build(shape), "diffuse": lambda c=c: c.diffuse(x, t)},
+                        args.repeats)
         ratio = times["build"] / times["diffuse"]
         worst = max(worst, ratio)
         print(f"{name:<24} {1e3 * times['build']:>10.1f} {1e3 * times['diffuse']:>11.1f} {ratio:>7.1f}x")

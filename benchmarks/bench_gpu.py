@@ -17,6 +17,7 @@ Without CUDA it says so and exits with status 0.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -67,7 +68,7 @@ def bench_training(name: str, batch: int, steps: int, warmup: int) -> tuple[floa
         for _ in range(warmup):  # also compiles
             trainer.train_step(x)
         torch.cuda.reset_peak_memory_stats()
-        seconds = timed(lambda: trainer.train_step(x), steps)
+        seconds = timed(functools.partial(trainer.train_step, x), steps)
         peak = torch.cuda.max_memory_allocated() / 2**30
     del trainer
     torch.cuda.empty_cache()

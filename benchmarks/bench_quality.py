@@ -106,7 +106,8 @@ class Budget:
 
 FULL = Budget(unet=dict(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(7,), dropout=0.0, groups=8),
               steps=4000, batch_size=32, samples=5000, curve_samples=1000,
-              curve_nfe={"dpm++2m": (10, 20, 50), "dpm++3m": (10, 22, 50), "ancestral": (50, 100, 250)}, bpd_images=10_000, eval_every=1000, eval_samples=500, kid_subset=1000,
+              curve_nfe={"dpm++2m": (10, 20, 50), "dpm++3m": (10, 22, 50), "ancestral": (50, 100, 250)},
+              bpd_images=10_000, eval_every=1000, eval_samples=500, kid_subset=1000,
               test_images=10_000)
 TINY = Budget(unet=dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, groups=4),
               steps=4, batch_size=8, samples=24, curve_samples=12,
@@ -239,7 +240,8 @@ def nfe_plot(results: dict, base: dict, path: Path) -> None:
         for (method, grid_name), marker in zip(CURVE_SAMPLERS, "o^s"):
             points = [p for p in results[name]["nfe_curve"] if p["method"] == method]
             for ax, key in zip(axes, ("fid", "kid_x1e3")):
-                ax.plot([p["nfe"] for p in points], [p[key] for p in points], marker + ("-" if name == NFE_CURVES[0] else "--"),
+                ax.plot([p["nfe"] for p in points], [p[key] for p in points],
+                        marker + ("-" if name == NFE_CURVES[0] else "--"),
                         label=f"{name}, {method}/{grid_name}")
     for ax, key, label in zip(axes, ("fid", "kid_x1e3"), ("FID", "KID x 1e3")):
         ax.axhline(base[key], color="grey", lw=0.8, ls=":", label="training images (floor)")
@@ -261,7 +263,8 @@ def table(results: dict, base: dict) -> str:
         rows.append(f"| {name} | {r['prediction']} | {r['sampler']} | {r['fid']:.2f} | {r['kid_x1e3']:.2f} ± "
                     f"{r['kid_std_x1e3']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['bpd']:.3f} "
                     f"({r['bpd_reconstruction']:.3f}) | {r['steps']} steps, {r['train_seconds'] / 60:.0f} min |")
-    rows.append(f"| training images (floor) | | | {base['fid']:.2f} | {base['kid_x1e3']:.2f} ± {base['kid_std_x1e3']:.2f} "
+    rows.append(f"| training images (floor) | | | {base['fid']:.2f} | "
+                f"{base['kid_x1e3']:.2f} ± {base['kid_std_x1e3']:.2f} "
                 f"| {base['precision']:.3f} | {base['recall']:.3f} | | |")
     return "\n".join(rows)
 
@@ -272,18 +275,21 @@ def curve_table(results: dict, base: dict) -> str:
         for p in results[name]["nfe_curve"]:
             rows.append(f"| {name} | {p['method']}/{p['grid']} | {p['nfe']} | {p['fid']:.2f} | {p['kid_x1e3']:.2f} ± "
                         f"{p['kid_std_x1e3']:.2f} | {p['precision']:.3f} | {p['recall']:.3f} |")
-    rows.append(f"| training images (floor) | | | {base['fid']:.2f} | {base['kid_x1e3']:.2f} ± {base['kid_std_x1e3']:.2f} "
+    rows.append(f"| training images (floor) | | | {base['fid']:.2f} | "
+                f"{base['kid_x1e3']:.2f} ± {base['kid_std_x1e3']:.2f} "
                 f"| {base['precision']:.3f} | {base['recall']:.3f} |")
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tiny", action="store_true", help="a seconds-long run of the same code (tests it, not the numbers)")
+    p.add_argument("--tiny", action="store_true",
+                   help="a seconds-long run of the same code (tests it, not the numbers)")
     p.add_argument("--out", default="out/quality", help="runs: checkpoints and logs")
     p.add_argument("--results", default="docs/assets/quality", help="tables and figures")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
-    p.add_argument("--jobs", type=int, default=None, help="models trained at once, one thread each (default 2; 1 --tiny)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="models trained at once, one thread each (default 2; 1 --tiny)")
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # a worker process: one model
     args = p.parse_args(argv)
     budget = TINY if args.tiny else FULL
@@ -330,12 +336,14 @@ def main(argv: list[str] | None = None) -> dict:
         quality_png = out / name / "run" / "quality.png"
         if quality_png.exists():
             (results_dir / f"training_{name}.png").write_bytes(quality_png.read_bytes())
-    machine = f"{platform.machine()}, {torch.get_num_threads()} threads ({platform.processor() or 'cpu'}), torch {torch.__version__}"
+    machine = (f"{platform.machine()}, {torch.get_num_threads()} threads ({platform.processor() or 'cpu'}), "
+               f"torch {torch.__version__}")
     command = " ".join(["python benchmarks/bench_quality.py", *(sys.argv[1:] if argv is None else argv)])
     report = {"command": command, "machine": machine, "wall_seconds": time.perf_counter() - start,
               "budget": {k: v for k, v in budget.__dict__.items()}, "floor": base, "models": results}
     (results_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = (f"Quality in Fashion-MNIST classifier features ({budget.samples} samples against the 10,000 test images)\n\n"
+    text = (f"Quality in Fashion-MNIST classifier features ({budget.samples} samples "
+            f"against the 10,000 test images)\n\n"
             f"{table(results, base['full'])}\n\nQuality against NFE ({budget.curve_samples} samples per point)\n\n"
             f"{curve_table(results, base['curve'])}\n\nCommand: `{command}`; machine: {machine}; "
             f"wall time of this invocation: {report['wall_seconds'] / 60:.0f} min\n")

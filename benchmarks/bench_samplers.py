@@ -385,7 +385,8 @@ def main() -> None:
             if cname == name:
                 cells = [fmt(e) if impl != "ratio" else f"{e:.4f}" if math.isfinite(e) and e > 0 else "n/a"
                          for e in errs]
-                print(f"| {name:10} | {impl:10} | {method:9} | {grid:9} | " + " | ".join(f"{v:>7}" for v in cells) + " |")
+                print(f"| {name:10} | {impl:10} | {method:9} | {grid:9} | "
+                      + " | ".join(f"{v:>7}" for v in cells) + " |")
     for note in sorted(notes):
         print(f"note: {note}")
     if args.plot:
@@ -395,18 +396,20 @@ def main() -> None:
     pairs = [(m, g) for m in DETERMINISTIC for g in GRIDS]
     print("NFE at which each sampler/grid matches ancestral sampling on the uniform grid with 250 / 1000 steps "
           "(KL of that ancestral run in the header; >N: not reached within N)")
-    header = f"| {'sampler/grid':17} | " + " | ".join(f"{name} 250 / 1000" for name in ("blurring", "ddpm", "ihdm")) + " |"
+    header = (f"| {'sampler/grid':17} | "
+              + " | ".join(f"{name} 250 / 1000" for name in ("blurring", "ddpm", "ihdm")) + " |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     cells, targets = {}, {}
     for name in ("blurring", "ddpm", "ihdm"):
         c = corruptions(args.size, mean, cov)[name]
         oracle = Oracle(c, mean, cov)
-        err = lambda method, grid, n: oracle.kl(*lincorrupt_moments(oracle, method, lc.GRIDS[grid](c, n)))
+        err = lambda method, grid, n, oracle=oracle, c=c: oracle.kl(
+            *lincorrupt_moments(oracle, method, lc.GRIDS[grid](c, n)))
         for steps in (250, 1000):
             targets[name, steps] = target = err("ancestral", "uniform", steps)
             for m, g in pairs:
-                cells[m, g, name, steps] = nfe_to_reach(lambda n: err(m, g, n), target, hi=steps)
+                cells[m, g, name, steps] = nfe_to_reach(lambda n, m=m, g=g, err=err: err(m, g, n), target, hi=steps)
     print(f"| {'(ancestral KL)':17} | " + " | ".join(
         f"{fmt(targets[name, 250]):>7} / {fmt(targets[name, 1000]):<7}".center(len(f'{name} 250 / 1000'))
         for name in ("blurring", "ddpm", "ihdm")) + " |")

@@ -166,7 +166,8 @@ def draw_tutorial(path: Path) -> None:
     """The tutorial's corruption (docs/tutorial_code/colour_fade.py) on a tinted Fashion-MNIST image."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("colour_fade", Path(__file__).parent / "tutorial_code" / "colour_fade.py")
+    tutorial_file = Path(__file__).parent / "tutorial_code" / "colour_fade.py"
+    spec = importlib.util.spec_from_file_location("colour_fade", tutorial_file)
     tutorial = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tutorial)
     x = tutorial.colourful_fashion_mnist(n=8)[7]
@@ -199,7 +200,8 @@ def copy_demo(demo_dir: Path, dest: Path = DEMO_DIR) -> None:
             _save_small_png(demo_dir / name, dest / name)
         else:
             shutil.copy2(demo_dir / name, dest / name)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                            cwd=ROOT, capture_output=True, text=True).stdout.strip()
     provenance = {
         "files": list(DEMO_FILES),
         "made_by": f"examples/demo.py --out {demo_dir}",

@@ -168,12 +168,13 @@ def main(argv: list[str] | None = None) -> dict:
     records = loss_curve(run / "metrics.jsonl", out / "loss.png")
     minutes = (time.perf_counter() - start) / 60
     params = sum(w.numel() for w in trainer.model.parameters())
+    losses = f"loss {records[0]['loss']:.3f} (first 10 steps) -> {records[-1]['loss']:.3f} (last 10)"
     text = f"""# lincorrupt demo: blurring diffusion on Fashion-MNIST (CPU)
 
 - data: {len(data)} Fashion-MNIST training images, 28x28 greyscale, from {shown(root, out, REPO)}
 - corruption: BlurringDiffusion(sigma_blur_max=20, min_scale=0.001, log-SNR in [-10, 10]), {cfg.prediction}-prediction
 - network: DDPM UNet, 16 channels, multipliers 1-2-4, {params / 1e6:.2f}M parameters
-- training: {trainer.step} steps of batch {cfg.batch_size}{this_run} in {train_minutes:.1f} min; loss {records[0]['loss']:.3f} (first 10 steps) -> {records[-1]['loss']:.3f} (last 10)
+- training: {trainer.step} steps of batch {cfg.batch_size}{this_run} in {train_minutes:.1f} min; {losses}
 - sampling: 64 images, {args.sample_steps} ancestral steps, EMA weights
 - total time: {minutes:.1f} min
 
@@ -182,7 +183,8 @@ Continue training: .venv/bin/python examples/demo.py --out {shown(out, REPO)} --
 """
     (out / "summary.md").write_text(text)
     print(text)
-    return {"minutes": minutes, "steps": trainer.step, "first_loss": records[0]["loss"], "last_loss": records[-1]["loss"]}
+    return {"minutes": minutes, "steps": trainer.step,
+            "first_loss": records[0]["loss"], "last_loss": records[-1]["loss"]}
 
 
 if __name__ == "__main__":

@@ -203,7 +203,8 @@ def model_args(cfg: Config) -> dict[str, Any]:
             "prediction": cfg.prediction, "unet": cfg.unet_kwargs()}
 
 
-def build_corruption(args: dict[str, Any], buffers: dict[str, torch.Tensor] | None = None) -> lc.DiagonalizableCorruption:
+def build_corruption(args: dict[str, Any],
+                     buffers: dict[str, torch.Tensor] | None = None) -> lc.DiagonalizableCorruption:
     """The corruption of ``model_args``; with a checkpoint's ``buffers``, its fitted prior and buffers too."""
     recipe = RECIPES[args["corruption"]]
     corruption = recipe.corruption(tuple(args["shape"]), **args["settings"])
@@ -288,7 +289,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary["train_seconds"] = time.perf_counter() - start
         if summary["status"] == "interrupted":
             summary["signal"] = trainer.stop_signal or signal.SIGTERM  # another rank's signal: a scheduler's SIGTERM
-            print(f"interrupted at step {trainer.step}: checkpoint saved to {out / 'checkpoint.pt'}; rerun with --resume")
+            print(f"interrupted at step {trainer.step}: checkpoint saved to {out / 'checkpoint.pt'}; "
+                  "rerun with --resume")
             return {**summary, "step": trainer.step, "losses": trainer.losses}
     summary["step"] = trainer.step
     if dist.is_main:
@@ -321,7 +323,8 @@ def check_fid_setup(cfg: Config) -> Path:
     """--fid: everything FID needs that can be checked before training (the Inception weights file
     and its feature size, the sample count); returns the weights path."""
     if cfg.fid_samples < 2:
-        raise ValueError(f"--fid-samples {cfg.fid_samples}: FID needs at least 2 samples (the paper protocol uses 50000)")
+        raise ValueError(f"--fid-samples {cfg.fid_samples}: FID needs at least 2 samples "
+                         "(the paper protocol uses 50000)")
     weights = inception_weights_path(cfg.inception_weights or None)
     load_inception(weights, dims=cfg.fid_dims, device="cpu")  # raises on a damaged file or an unknown --fid-dims
     return weights
@@ -359,7 +362,8 @@ def evaluate_fid(cfg: Config, trainer: Trainer, data, weights: Path) -> float:
     dist, device = trainer.dist, trainer.device
     inception = load_inception(weights, dims=cfg.fid_dims, device=device)
     cache = fid_cache_path(cfg, data, weights)
-    ref = dataset_stats(data, inception, batch_size=cfg.fid_batch, cache=cache, progress=cfg.progress) if dist.is_main else None
+    ref = (dataset_stats(data, inception, batch_size=cfg.fid_batch, cache=cache, progress=cfg.progress)
+           if dist.is_main else None)
     ema = trainer.sampling_model()
 
     def draw(n: int, g: torch.Generator) -> torch.Tensor:
@@ -372,7 +376,8 @@ def evaluate_fid(cfg: Config, trainer: Trainer, data, weights: Path) -> float:
     value = fid(ref, stats) if dist.is_main else float("nan")
     if dist.is_main:
         record = {"fid": value, "num_samples": stats.n, "sampler": cfg.sampler, "sampler_steps": cfg.fid_steps,
-                  "dims": cfg.fid_dims, "step": trainer.step, "reference": str(cache), "inception_weights": str(weights)}
+                  "dims": cfg.fid_dims, "step": trainer.step, "reference": str(cache),
+                  "inception_weights": str(weights)}
         (Path(cfg.out_dir) / "fid.json").write_text(json.dumps(record, indent=2) + "\n")
         print(f"FID ({stats.n} samples, {cfg.fid_steps} steps) = {value:.3f}")
     return value

@@ -93,17 +93,17 @@ def test_identity_basis_is_identity():
 
 def test_frequencies_are_the_heat_equation_eigenvalues():
     # The continuous Laplacian's Neumann eigenfunctions cos(pi k (y + 1/2) / H) sampled at the
-    # pixel centres are the DCT-II basis vectors, with eigenvalue (pi k / H)^2 + (pi l / W)^2.
+    # pixel centres are the DCT-II basis vectors, with eigenvalue (pi k / H)^2 + (pi j / W)^2.
     h, w = 5, 7
     basis = lc.DCTBasis(h, w)
     lam = basis.frequencies_squared()
-    k, l = 3, 2
+    k, j = 3, 2
     y = torch.arange(h, dtype=torch.float64)[:, None] + 0.5
     x = torch.arange(w, dtype=torch.float64)[None, :] + 0.5
-    mode = torch.cos(np.pi * k * y / h) * torch.cos(np.pi * l * x / w)
+    mode = torch.cos(np.pi * k * y / h) * torch.cos(np.pi * j * x / w)
     u = basis.to_basis(mode)
-    assert u.abs().argmax() == k * w + l  # a single DCT coordinate
-    assert lam[k, l].item() == pytest.approx((np.pi * k / h) ** 2 + (np.pi * l / w) ** 2)
+    assert u.abs().argmax() == k * w + j  # a single DCT coordinate
+    assert lam[k, j].item() == pytest.approx((np.pi * k / h) ** 2 + (np.pi * j / w) ** 2)
 
 
 def test_bad_bases_are_refused():

@@ -1,4 +1,5 @@
-"""benchmarks/bench_quality.py --tiny: the study's code end to end in seconds (the numbers mean nothing at this size)."""
+"""benchmarks/bench_quality.py --tiny: the study's code end to end in seconds
+(the numbers mean nothing at this size)."""
 
 import importlib.util
 import json
@@ -33,5 +34,6 @@ def test_tiny_study_writes_its_report(tmp_path):
     for figure in ("samples.png", "nfe.png", "training_blurring.png", "training_ihdm.png"):
         assert (tmp_path / "results" / figure).stat().st_size > 0
     # a finished model is not rerun
-    again = module.main(["--tiny", "--models", "ihdm", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r2")])
+    again = module.main(["--tiny", "--models", "ihdm", "--out", str(tmp_path / "runs"),
+                         "--results", str(tmp_path / "r2")])
     assert again["models"]["ihdm"] == saved["models"]["ihdm"]

@@ -202,7 +202,8 @@ def test_ihdm_levels_match_the_paper_configuration():
     freqs = (np.pi * np.arange(8) / 8)[:, None] ** 2 + (np.pi * np.arange(8) / 8)[None, :] ** 2
     for k in [1, 2, 100, 200]:
         alpha, sigma = c.alpha_sigma(torch.tensor([k / K], dtype=f64))
-        np.testing.assert_allclose(alpha[0, 0].numpy(), np.exp(-freqs * sigma_b[k - 1] ** 2 / 2), rtol=1e-5, atol=1e-300)
+        np.testing.assert_allclose(alpha[0, 0].numpy(), np.exp(-freqs * sigma_b[k - 1] ** 2 / 2),
+                                   rtol=1e-5, atol=1e-300)
         np.testing.assert_allclose(sigma.flatten().numpy(), 0.02)  # 0.01 on [0, 1] = 0.02 on [-1, 1]
     alpha0, _ = c.alpha_sigma(torch.zeros(1, dtype=f64))
     assert torch.all(alpha0 == 1)  # level 0: the clean image
@@ -371,7 +372,8 @@ FAULTS = {  # a fault at time index k, coordinate i of the flattened coefficient
     "nan": lambda la, ls, k, i, size: la[k].view(-1).__setitem__(i, math.nan),
     "alpha-overflow": lambda la, ls, k, i, size: la[k].view(-1).__setitem__(i, 700 + 20 * size),
     "sigma-zero": lambda la, ls, k, i, size: ls[k].view(-1).__setitem__(i % ls[k].numel(), -math.inf),
-    "alpha-zero": lambda la, ls, k, i, size: la[k:].view(len(la) - k, -1)[:, i].fill_(-math.inf),  # allowed at t = 1 only
+    # allowed at t = 1 only
+    "alpha-zero": lambda la, ls, k, i, size: la[k:].view(len(la) - k, -1)[:, i].fill_(-math.inf),
     "none": lambda la, ls, k, i, size: None,
 }
 
@@ -441,9 +443,11 @@ def test_blurring_log_d_equals_the_50_digit_formula_for_any_min_scale(min_scale,
     log_alpha, _ = c.log_alpha_sigma(tt)
     log_a = 0.5 * -np.logaddexp(0, -lc.schedules.cosine_logsnr(tt).item())  # log sqrt(sigmoid(logsnr))
     tau = mpmath.mpf(20.0) ** 2 * mpmath.sin(mpmath.mpf(t) * mpmath.pi / 2) ** 4 / 2
-    freqs = (np.pi * np.arange(SHAPE[1]) / SHAPE[1])[:, None] ** 2 + (np.pi * np.arange(SHAPE[2]) / SHAPE[2])[None, :] ** 2
+    freqs = ((np.pi * np.arange(SHAPE[1]) / SHAPE[1])[:, None] ** 2
+             + (np.pi * np.arange(SHAPE[2]) / SHAPE[2])[None, :] ** 2)
     m = mpmath.mpf(min_scale)
-    expected = [[float(log_a + mpmath.log((1 - m) * mpmath.exp(-mpmath.mpf(f) * tau) + m)) for f in row] for row in freqs]
+    expected = [[float(log_a + mpmath.log((1 - m) * mpmath.exp(-mpmath.mpf(f) * tau) + m)) for f in row]
+                for row in freqs]
     np.testing.assert_allclose(log_alpha[0, 0].numpy(), expected, rtol=1e-12, atol=1e-12)
 
 

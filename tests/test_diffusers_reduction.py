@@ -70,7 +70,7 @@ def assert_same_path(ours, theirs, rtol, atol):
     (traj_a, x_a), (traj_b, x_b) = ours, theirs
     assert len(traj_a) == len(traj_b)
     for step, (a, b) in enumerate(zip(traj_a, traj_b)):
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"step {step}: {m}")
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m, step=step: f"step {step}: {m}")
     torch.testing.assert_close(x_a, x_b, rtol=rtol, atol=atol)
 
 
@@ -117,7 +117,8 @@ def test_bounded_ancestral_is_ddpm_scheduler_with_clip_or_thresholding(steps, pr
     assert_same_path(ours, theirs, rtol=1e-9, atol=1e-9)
 
 
-@given(steps=steps_st, prediction=prediction_st, seed=seed_st, eta=st.floats(0.0, 1.0), bound=st.sampled_from(sorted(BOUNDS)))
+@given(steps=steps_st, prediction=prediction_st, seed=seed_st, eta=st.floats(0.0, 1.0),
+       bound=st.sampled_from(sorted(BOUNDS)))
 def test_bounded_ddim_is_ddim_scheduler_with_the_clipped_model_output(steps, prediction, seed, eta, bound):
     """lincorrupt's DDIM uses the eps implied by the bounded x_hat: diffusers' use_clipped_model_output."""
     config, x_transform = BOUNDS[bound]

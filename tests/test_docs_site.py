@@ -26,6 +26,8 @@ from helpers.docs import MACHINE_PATH
 ROOT = Path(__file__).resolve().parent.parent
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+needs_chromium = pytest.mark.skipif(CHROMIUM is None,
+                                    reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
 
 
 @pytest.fixture(scope="session")
@@ -154,7 +156,7 @@ def _open_in_chromium(page: Path) -> dict:
     return json.loads(html.unescape(match.group(1)))
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
+@needs_chromium
 @pytest.mark.parametrize("page", ["index.html", "concepts.html", "train-python.html", "faq.html", "limits.html",
                                   "reference/losses.html"])
 def test_math_renders_in_chromium(built_site, page):
@@ -262,7 +264,8 @@ def test_built_site_shows_no_machine_specific_paths(built_site):
     found = []
     for page in sorted(site_dir.rglob("*.html")):
         for match in MACHINE_PATH.finditer(page.read_text(encoding="utf-8")):
-            found.append(f"{page.relative_to(site_dir)}: ...{page.read_text(encoding='utf-8')[max(0, match.start() - 60):match.end() + 40]!r}")
+            excerpt = page.read_text(encoding="utf-8")[max(0, match.start() - 60):match.end() + 40]
+            found.append(f"{page.relative_to(site_dir)}: ...{excerpt!r}")
     assert not found, "machine-specific paths in the built site:\n" + "\n".join(found)
 
 
@@ -309,7 +312,8 @@ def test_reference_shows_the_api_once_and_no_internals(built_site):
                 duplicated.append(f"{seen[id(obj)]} and {i}")
             seen.setdefault(id(obj), i)
     assert not duplicated, "one object documented twice:\n" + "\n".join(duplicated)
-    assert pages["sampling"][0].endswith(".sample"), f"the Sampling page must open with sample, not {pages['sampling'][:3]}"
+    assert pages["sampling"][0].endswith(".sample"), (
+        f"the Sampling page must open with sample, not {pages['sampling'][:3]}")
 
 
 def _entry_html(site_dir: Path, page: str, entry_id: str) -> str:
@@ -367,7 +371,8 @@ window.addEventListener("load", () => {
   document.querySelectorAll("article table").forEach((table) => {
     const box = table.closest(".md-typeset__scrollwrap") || table.parentElement;
     const width = table.getBoundingClientRect().width;
-    if (width > box.clientWidth + 1) wide.push(`${Math.round(width)} px > ${box.clientWidth} px: ${table.rows[0].textContent.trim().replace(/\\s+/g, " ")}`);
+    const head = table.rows[0].textContent.trim().replace(/\\s+/g, " ");
+    if (width > box.clientWidth + 1) wide.push(`${Math.round(width)} px > ${box.clientWidth} px: ${head}`);
   });
   const out = document.createElement("pre");
   out.id = "table-probe";
@@ -378,7 +383,7 @@ window.addEventListener("load", () => {
 """
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
+@needs_chromium
 @pytest.mark.parametrize("page", ["results.html", "benchmarks.html", "train-python.html"])
 def test_tables_fit_the_text_column(built_site, page):
     """On a 1280-pixel-wide window every table of numbers fits the text column: nothing is cut

@@ -36,7 +36,8 @@ def test_every_snippet_section_exists():
         if page.name == "README.md":  # notes for doc writers, not a page
             continue
         for file, section in re.findall(r'^\s*--8<-- "([^":]+)(?::([\w-]+))?"', page.read_text(), re.MULTILINE):
-            source = next((d / file for d in (CODE, DOCS / "assets" / "demo", DOCS / "assets" / "quality") if (d / file).is_file()), CODE / file)
+            folders = (CODE, DOCS / "assets" / "demo", DOCS / "assets" / "quality")
+            source = next((d / file for d in folders if (d / file).is_file()), CODE / file)
             assert source.is_file(), f"{page.name} includes missing {file}"
             if section:
                 text = source.read_text()
@@ -134,9 +135,11 @@ def test_inline_python_blocks_run(name, capsys):
     for block in blocks:
         exec(compile(block, f"docs/{name}", "exec"), {"__name__": f"docs_{name}"})
     printed = capsys.readouterr().out.splitlines()
-    quoted = {line for text in re.findall(r"^```text\n(.*?)^```", page, re.DOTALL | re.MULTILINE) for line in text.splitlines()}
+    blocks = re.findall(r"^```text\n(.*?)^```", page, re.DOTALL | re.MULTILINE)
+    quoted = {line for text in blocks for line in text.splitlines()}
     for line in quoted:
-        assert line in printed, f"docs/{name} quotes output its code no longer prints:\n{line}\nit prints:\n" + "\n".join(printed)
+        assert line in printed, (f"docs/{name} quotes output its code no longer prints:\n{line}\nit prints:\n"
+                                 + "\n".join(printed))
 
 
 @pytest.mark.parametrize("section", ["ihdm-eps", "invalid", "missing-files"])

@@ -78,7 +78,8 @@ def test_mismatched_devices(c):
 
 def test_model_returning_the_wrong_shape(c, x):
     bad = lambda z, t: z[:, :1]
-    with pytest.raises(ValueError, match=r"the model returned shape \(3, 1, 4, 6\) for input z_t of shape \(3, 2, 4, 6\)"):
+    with pytest.raises(ValueError,
+                       match=r"the model returned shape \(3, 1, 4, 6\) for input z_t of shape \(3, 2, 4, 6\)"):
         lc.diffusion_loss(bad, c, x)
     with pytest.raises(ValueError, match="the model returned shape"):
         lc.sample(bad, c, 2, steps=3)
@@ -201,7 +202,8 @@ def test_non_finite_data_are_refused_where_they_enter(c, x, bad):
         "x": [lambda: c.diffuse(poisoned, 0.5), lambda: lc.diffusion_loss(identity_model, c, poisoned),
               lambda: c.posterior(z, poisoned, 0.2, 0.5)],
         "z_t": [lambda: c.posterior(poisoned, x, 0.2, 0.5), lambda: c.convert(x, poisoned, 0.5)],
-        "noise": [lambda: c.diffuse(x, 0.5, noise=poisoned), lambda: lc.diffusion_loss(identity_model, c, x, noise=poisoned)],
+        "noise": [lambda: c.diffuse(x, 0.5, noise=poisoned),
+                  lambda: lc.diffusion_loss(identity_model, c, x, noise=poisoned)],
     }
     for name, entries in calls.items():
         for call in entries:

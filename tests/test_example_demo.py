@@ -23,7 +23,8 @@ def write_idx_root(root: Path, n: int = 40) -> Path:
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     for split in ("train", "t10k"):
-        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + np.stack(crops).tobytes())
+        images = struct.pack(">IIII", 2051, n, 28, 28) + np.stack(crops).tobytes()
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(images)
         (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + bytes(n))
     return root
 

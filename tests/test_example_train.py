@@ -55,7 +55,8 @@ def test_train_checkpoint_resume_sample_fid(script, data_root, tmp_path, random_
     assert first["status"] == "done" and first["step"] == 2 and (tmp_path / "run" / "samples.png").is_file()
     resumed = script.main(args + ["--steps", "4", "--resume"])
     assert resumed["step"] == 4 and len(resumed["losses"]) == 2
-    straight = script.main(TINY + ["--data-root", str(data_root), "--out-dir", str(tmp_path / "straight"), "--steps", "4"])
+    straight = script.main(TINY + ["--data-root", str(data_root), "--out-dir", str(tmp_path / "straight"),
+                                   "--steps", "4"])
     assert first["losses"] + resumed["losses"] == straight["losses"]  # exact resume through the script
     fid = script.main(args + ["--sample-only", "--fid", "--fid-samples", "6", "--fid-batch", "3", "--fid-steps", "3",
                               "--fid-dims", "64", "--inception-weights", str(random_weights)])
@@ -140,7 +141,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_as_interrupted(data_root, tmp_path
 def test_grad_accum_and_checkpoint_activations_flags_train_like_the_plain_run(script, data_root, tmp_path):
     args = TINY + ["--data-root", str(data_root), "--steps", "2", "--dropout", "0", "--sample-steps", "1"]
     plain = script.main(args + ["--out-dir", str(tmp_path / "plain")])
-    scaled = script.main(args + ["--out-dir", str(tmp_path / "scaled"), "--grad-accum", "2", "--checkpoint-activations"])
+    scaled = script.main(args + ["--out-dir", str(tmp_path / "scaled"), "--grad-accum", "2",
+                                 "--checkpoint-activations"])
     assert scaled["status"] == "done" and len(scaled["losses"]) == 2
     np.testing.assert_allclose(scaled["losses"], plain["losses"], rtol=1e-5)
     config = load_checkpoint(tmp_path / "scaled" / "checkpoint.pt")["config"]
@@ -174,7 +176,8 @@ def test_resume_rebuilds_from_the_checkpoint_and_records_the_config_it_used(scri
     out = trained["out"]
     before = load_checkpoint(out / "checkpoint.pt")
     # only the flags that may change, everything else from the checkpoint (no --image-size 16: the default is 32)
-    resumed = script.main(["--out-dir", str(out), "--data-root", str(data_root), "--resume", "--steps", "3", "--log-every", "3", "--no-progress", "--device", "cpu",
+    resumed = script.main(["--out-dir", str(out), "--data-root", str(data_root), "--resume", "--steps", "3",
+                           "--log-every", "3", "--no-progress", "--device", "cpu",
                            "--num-workers", "0", "--sample-steps", "2", "--lr", "0.0002"])
     after = load_checkpoint(out / "checkpoint.pt")
     expected = {**before["config"], "steps": 3, "log_every": 3, "sample_steps": 2, "resume": True}

@@ -165,4 +165,5 @@ def test_tests_share_code_through_helpers_not_by_importing_each_other():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             crossed += [f"{path.relative_to(tests)}:{node.lineno} imports {n}" for n in names
                         if n.split(".")[0].startswith("test_") or n.split(".")[0] == "conftest"]
-    assert not crossed, "tests import other test modules (move the shared code to tests/helpers/):\n" + "\n".join(crossed)
+    assert not crossed, ("tests import other test modules (move the shared code to tests/helpers/):\n"
+                         + "\n".join(crossed))

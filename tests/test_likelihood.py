@@ -77,7 +77,7 @@ def test_the_bound_does_not_depend_on_what_the_model_predicts(name, steps):
     t = torch.tensor([0.05, 0.3, 0.6, 0.95], dtype=f64)
     x_model = lambda z, t: torch.tanh(z) * (1 - t.view(-1, 1, 1, 1))
     kinds = ("x", "v") if name == "ihdm" and steps else ("x", "eps", "v")  # (*)
-    values = {p: diffusion_term(lambda z, t: c.convert(x_model(z, t), z, t, "x", p), c, x, t, noise, p, steps)
+    values = {p: diffusion_term(lambda z, t, p=p: c.convert(x_model(z, t), z, t, "x", p), c, x, t, noise, p, steps)
               for p in kinds}
     for p in kinds:
         torch.testing.assert_close(values[p], values["x"], rtol=1e-6, atol=1e-8)

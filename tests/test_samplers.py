@@ -182,7 +182,8 @@ def _mpmath_exp_integrals(hs):
     for h in hs:
         h = mpmath.mpf(h)
         for n in range(3):
-            rows[n].append(mpmath.quad(lambda tau: mpmath.exp(tau - h) * tau**n / mpmath.factorial(n), [0, h]))
+            integrand = lambda tau, h=h, n=n: mpmath.exp(tau - h) * tau**n / mpmath.factorial(n)
+            rows[n].append(mpmath.quad(integrand, [0, h]))
     return rows
 
 
@@ -194,7 +195,7 @@ def test_every_corruption_and_grid_ends_at_the_denoised_estimate(name, method, s
     target = torch.randn(1, *c.shape, generator=torch.Generator().manual_seed(0))
     for grid in lc.GRIDS:
         calls = []
-        model = lambda z, t: (calls.append(t), target.expand_as(z))[1]
+        model = lambda z, t, calls=calls: (calls.append(t), target.expand_as(z))[1]
         x = lc.sample(model, c, 3, steps=steps, method=method, grid=grid, prediction="x",
                       generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(x, target.expand(3, *c.shape))

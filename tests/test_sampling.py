@@ -79,7 +79,8 @@ def test_ancestral_step_in_the_identity_basis_is_ho_et_al_algorithm_2():
     model = lambda z, tt: (captured.append(z.clone()), eps_hat)[1]
     start_and_noise = torch.Generator().manual_seed(3)
     z_t = torch.randn(2, *SHAPE, generator=start_and_noise, dtype=f64)
-    ancestral(lc.Denoiser(model, c, "eps"), c, z_t, torch.tensor([500, 499, 0], dtype=f64) / T, generator=start_and_noise)
+    times = torch.tensor([500, 499, 0], dtype=f64) / T
+    ancestral(lc.Denoiser(model, c, "eps"), c, z_t, times, generator=start_and_noise)
     betas = np.linspace(1e-4, 0.02, T)
     ab = np.cumprod(1 - betas)
     i = 500
@@ -115,11 +116,17 @@ def test_a_sampler_converts_the_model_output_only_to_the_forms_it_uses(method, p
     output is never converted to eps. Each sampler still evaluates the model once per interval."""
     calls = {"to_x": 0, "to_eps": 0, "model": 0}
     kind = type(lc.PREDICTIONS[prediction])
+
+    def counting(name):
+        original = getattr(kind, name)
+
+        def counted(self, c, u_t, out):
+            calls[name] += 1
+            return original(self, c, u_t, out)
+        return counted
+
     for name in ("to_x", "to_eps"):
-        def counted(self, c, u_t, out, _name=name, _original=getattr(kind, name)):
-            calls[_name] += 1
-            return _original(self, c, u_t, out)
-        monkeypatch.setattr(kind, name, counted)
+        monkeypatch.setattr(kind, name, counting(name))
 
     def model(z, t):
         calls["model"] += 1
@@ -180,7 +187,8 @@ def saharia_threshold(x, p, max_value=None):
 def test_dynamic_threshold_is_saharias_formula(p, max_value):
     from lincorrupt.sampling import dynamic_threshold
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(5, 2, 4, 6, generator=g, dtype=f64) * torch.tensor([0.2, 1.0, 2.0, 4.0, 10.0], dtype=f64).view(-1, 1, 1, 1)
+    scales = torch.tensor([0.2, 1.0, 2.0, 4.0, 10.0], dtype=f64).view(-1, 1, 1, 1)
+    x = torch.randn(5, 2, 4, 6, generator=g, dtype=f64) * scales
     got = dynamic_threshold(x, p, max_value)
     np.testing.assert_allclose(got.numpy(), saharia_threshold(x.numpy(), p, max_value), rtol=1e-12, atol=1e-15)
     assert got.abs().max() <= 1
@@ -234,7 +242,8 @@ def two_point_denoiser(c, points):
 @pytest.mark.parametrize("options", [{"clip": True}, {"threshold": 0.995}, {"threshold": 0.5, "threshold_max": 3.0}])
 def test_bounds_leave_an_exact_denoiser_of_data_inside_the_range_alone(method, options):
     c = lc.DDPM(SHAPE, schedule="cosine") if method == "ancestral" else lc.BlurringDiffusion(SHAPE)
-    points = torch.stack([torch.linspace(-1, 1, D, dtype=f64), torch.linspace(1, -0.5, D, dtype=f64) ** 3]).view(2, *SHAPE)
+    points = torch.stack([torch.linspace(-1, 1, D, dtype=f64),
+                          torch.linspace(1, -0.5, D, dtype=f64) ** 3]).view(2, *SHAPE)
     model = two_point_denoiser(c, points)
     kw = dict(steps=8, method=method, prediction="x", dtype=f64)
     plain = lc.sample(model, c, 4, generator=torch.Generator().manual_seed(2), **kw)

@@ -83,7 +83,8 @@ WRITER = textwrap.dedent("""
     import sys, torch
     from lincorrupt.train import save_checkpoint
     path, step = sys.argv[1], 0
-    big = torch.randn(6_000_000, generator=torch.Generator().manual_seed(0))  # 24 MB: each write takes a while, so kills land mid-write
+    # 24 MB: each write takes a while, so kills land mid-write
+    big = torch.randn(6_000_000, generator=torch.Generator().manual_seed(0))
     while True:
         step += 1
         save_checkpoint({"step": step, "w": big + step}, path)

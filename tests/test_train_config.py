@@ -104,7 +104,8 @@ def outside(draw):
     value = draw(st.one_of(options))
     hints = typing.get_type_hints(cls)
     if hints[f.name] is int and math.isfinite(value):
-        value = math.floor(value) if math.isfinite(b.low) and value < b.low + (1 if b.low_open else 0) else math.ceil(value)
+        below = math.isfinite(b.low) and value < b.low + (1 if b.low_open else 0)
+        value = math.floor(value) if below else math.ceil(value)
     if typing.get_origin(hints[f.name]) is tuple:
         value = (2, value)
     return cls, f.name, value

@@ -46,7 +46,8 @@ def run(cmd, env):
 def test_two_process_ddp_equals_single_process(tmp_path, grad_accum):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    launcher_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
     env.update(PYTHONPATH=os.getcwd(), OMP_NUM_THREADS="1")
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
     run([sys.executable, str(script), str(tmp_path / "one"), "1"], env)
@@ -55,7 +56,8 @@ def test_two_process_ddp_equals_single_process(tmp_path, grad_accum):
     one, two = (torch.load(tmp_path / d / "result.pt", weights_only=True) for d in ("one", "two"))
     assert one["grad"].abs().max() > 0
     torch.testing.assert_close(two["grad"], one["grad"], rtol=1e-4, atol=1e-7)
-    logs = [[json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("one", "two")]
+    logs = [[json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+            for d in ("one", "two")]
     for a, b in zip(*logs):  # the global-batch loss and the averaged gradient's norm, step by step
         assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * a["grad_norm"]
     for name, p in one["model"].items():

@@ -290,7 +290,9 @@ def flip_tensor_bytes(path: Path, n: int = 400) -> None:
     data = bytearray(path.read_bytes())
     local = info.header_offset  # the local file header: signature, ..., name length at 26, extra length at 28
     assert data[local:local + 4] == b"PK\x03\x04"
-    start = local + 30 + int.from_bytes(data[local + 26:local + 28], "little") + int.from_bytes(data[local + 28:local + 30], "little")
+    name_length = int.from_bytes(data[local + 26:local + 28], "little")
+    extra_length = int.from_bytes(data[local + 28:local + 30], "little")
+    start = local + 30 + name_length + extra_length
     for k in np.random.default_rng(0).choice(info.file_size, min(n, info.file_size), replace=False):
         data[start + int(k)] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -309,7 +311,8 @@ def test_flipped_bytes_are_detected_and_the_previous_checkpoint_is_used(tmp_path
     assert used == tmp_path / "checkpoint.pt.prev" and state["step"] == 1
     assert f"checkpoint {path} is damaged" in capsys.readouterr().err
     flip_tensor_bytes(used)
-    with pytest.raises(CheckpointError, match="no sound checkpoint.*checkpoint.pt is damaged.*checkpoint.pt.prev is damaged"):
+    with pytest.raises(CheckpointError,
+                       match="no sound checkpoint.*checkpoint.pt is damaged.*checkpoint.pt.prev is damaged"):
         load_latest(tmp_path)
 
 

@@ -124,7 +124,8 @@ def test_tf32_has_no_effect_on_cpu(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 is a CUDA setting")
-@pytest.mark.parametrize("precision, tf32, inside", [("fp32", True, True), ("fp32", False, False), ("bf16", True, False)])
+@pytest.mark.parametrize("precision, tf32, inside",
+                         [("fp32", True, True), ("fp32", False, False), ("bf16", True, False)])
 def test_tf32_on_cuda_for_fp32_networks_only(tmp_path, precision, tf32, inside):
     from lincorrupt.train.distributed import DistInfo
     torch.manual_seed(0)

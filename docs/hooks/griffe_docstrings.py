@@ -129,7 +129,8 @@ def _walk(obj: griffe.Object):
 def option_call(node: ast.AST) -> ast.Call | None:
     """The ``option(default, help, ...)`` call a field is assigned, else None."""
     call = getattr(node, "value", None)
-    if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "option" and len(call.args) == 2:
+    if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "option"
+            and len(call.args) == 2):
         return call
     return None
 

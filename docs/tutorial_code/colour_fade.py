@@ -151,7 +151,7 @@ def train(c, x, steps=40, batch_size=16, prediction="v", seed=0):
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(seed)
     losses = []
-    for step in range(steps):
+    for _ in range(steps):
         batch = x[torch.randint(len(x), (batch_size,), generator=g)]
         loss = lc.diffusion_loss(model, c, batch, prediction=prediction, generator=g)
         opt.zero_grad()
@@ -196,7 +196,8 @@ def shape_first_colour_last(c, frames, every=10):
     rows = []
     for t, x_hat in frames[::every] + frames[-1:]:
         u = c.basis.to_basis(x_hat)
-        rows.append((t, agreement(u[:, 0, detail], final[:, 0, detail]), agreement(u[:, 1:, detail], final[:, 1:, detail])))
+        rows.append((t, agreement(u[:, 0, detail], final[:, 0, detail]),
+                     agreement(u[:, 1:, detail], final[:, 1:, detail])))
         print(f"t={t:.2f}: luminance detail {rows[-1][1]:.2f}, colour detail {rows[-1][2]:.2f}")
     return rows
 

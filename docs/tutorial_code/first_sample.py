@@ -21,9 +21,11 @@ c = lc.BlurringDiffusion(shape=(1, 28, 28))                      # the paper's d
 model = UNet(image_size=28, in_channels=1, ch=16, ch_mult=(1, 2), num_res_blocks=1,
              attn_resolutions=(), dropout=0.0, groups=8)
 opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-for step in range(50):
+for _ in range(50):
     loss = lc.diffusion_loss(model, c, x[torch.randint(len(x), (16,))], prediction="v")
-    opt.zero_grad(); loss.backward(); opt.step()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
 
 samples = lc.sample(model.eval(), c, 16, steps=50, prediction="v")   # (16, 1, 28, 28), not clipped
 torchvision.utils.save_image((samples + 1) / 2, "first_samples.png", nrow=8)   # clamps to [0, 1]

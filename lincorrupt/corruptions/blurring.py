@@ -50,7 +50,8 @@ class BlurringDiffusion(DiagonalizableCorruption):
         super().__init__(shape, basis, prior)
         self.sigma_blur_max, self.min_scale = float(sigma_blur_max), float(min_scale)
         self.logsnr_min, self.logsnr_max = float(logsnr_min), float(logsnr_max)
-        self.register_buffer("frequencies_squared", basis.frequencies_squared())  # float64: exp(-lambda tau) is sensitive
+        # float64: exp(-lambda tau) is sensitive
+        self.register_buffer("frequencies_squared", basis.frequencies_squared())
 
     def log_alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         t = t.view(-1, 1, 1, 1)

@@ -51,8 +51,10 @@ class IHDM(DiagonalizableCorruption):
         basis = DCTBasis(shape[-2], shape[-1])
         super().__init__(shape, basis, prior if prior is not None else GaussianPrior())
         self.sigma, self.data_range = float(sigma), float(data_range)
-        self.sigma_blur_min, self.sigma_blur_max, self.num_steps = float(sigma_blur_min), float(sigma_blur_max), num_steps
-        self.register_buffer("frequencies_squared", basis.frequencies_squared())  # float64: exp(-lambda tau) is sensitive
+        self.sigma_blur_min, self.sigma_blur_max = float(sigma_blur_min), float(sigma_blur_max)
+        self.num_steps = num_steps
+        # float64: exp(-lambda tau) is sensitive
+        self.register_buffer("frequencies_squared", basis.frequencies_squared())
 
     def log_alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         tau = log_spaced_blur_tau(t.view(-1, 1, 1, 1), self.sigma_blur_min, self.sigma_blur_max, self.num_steps)

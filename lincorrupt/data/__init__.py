@@ -10,4 +10,5 @@ from lincorrupt.data.images import (
     to_unit_range,
 )
 
-__all__ = ["DEBIAN_DIR", "load_fashion_mnist", "read_idx", "ImageFolder", "TensorImages", "UnreadableImageError", "load_images", "to_model_range", "to_unit_range"]
+__all__ = ["DEBIAN_DIR", "load_fashion_mnist", "read_idx", "ImageFolder", "TensorImages", "UnreadableImageError",
+           "load_images", "to_model_range", "to_unit_range"]

@@ -240,6 +240,6 @@ def load_images(root: str | os.PathLike, shape: tuple[int, int, int], train: boo
             return TensorImages(load(root, train, False), shape, f"{root} ({name})")
     folder = _class_folder(root, train)
     if folder is None:
-        raise FileNotFoundError(f"{root} holds no recognised dataset: expected cifar-10-batches-py/, FashionMNIST/raw/, "
-                                f"or class subfolders of images (optionally under train/ and test/)")
+        raise FileNotFoundError(f"{root} holds no recognised dataset: expected cifar-10-batches-py/, "
+                                f"FashionMNIST/raw/, or class subfolders of images (optionally under train/ and test/)")
     return ImageFolder(folder, shape, skip_unreadable=skip_unreadable)

@@ -56,7 +56,8 @@ class Classifier(nn.Module):
     def check_images(self, x: torch.Tensor) -> None:
         """Raise ValueError unless ``x`` is a finite (N, *shape) float batch in [-1, 1]."""
         if x.ndim != 4 or tuple(x.shape[1:]) != self.shape:
-            raise ValueError(f"feature net: images have shape {tuple(x.shape)}, expected (N, {', '.join(map(str, self.shape))})")
+            raise ValueError(f"feature net: images have shape {tuple(x.shape)}, "
+                             f"expected (N, {', '.join(map(str, self.shape))})")
         if not x.is_floating_point():
             raise ValueError(f"feature net: images are {x.dtype}, expected float in [-1, 1] (map uint8 with "
                              f"lincorrupt.data.to_model_range)")

@@ -61,7 +61,8 @@ def inception_weights_path(weights: str | os.PathLike | None = None) -> Path:
 
 def load_inception(weights: str | os.PathLike | None = None, dims: int = 2048,
                    device: str | torch.device = "cpu") -> torch.nn.Module:
-    """pytorch-fid's ``InceptionV3`` (the TF FID network) returning the ``dims``-feature block, weights from a local file."""
+    """pytorch-fid's ``InceptionV3`` (the TF FID network) returning the ``dims``-feature block,
+    weights from a local file."""
     from pytorch_fid import inception as pf
     if dims not in pf.InceptionV3.BLOCK_INDEX_BY_DIM:
         raise ValueError(f"dims={dims}: expected one of {sorted(pf.InceptionV3.BLOCK_INDEX_BY_DIM)}")
@@ -69,7 +70,8 @@ def load_inception(weights: str | os.PathLike | None = None, dims: int = 2048,
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"cannot read Inception weights {path} ({type(e).__name__}); expected pytorch-fid's {WEIGHTS_FILE}") from None
+        raise ValueError(f"cannot read Inception weights {path} ({type(e).__name__}); "
+                         f"expected pytorch-fid's {WEIGHTS_FILE}") from None
     try:
         with mock.patch.object(pf, "load_state_dict_from_url", lambda *a, **k: state):
             model = pf.InceptionV3([pf.InceptionV3.BLOCK_INDEX_BY_DIM[dims]])
@@ -147,8 +149,8 @@ def fid(a: FIDStats, b: FIDStats) -> float:
     return float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2 * trace_root)
 
 
-def dataset_stats(dataset: Dataset, inception: torch.nn.Module, batch_size: int = 200, cache: str | os.PathLike | None = None,
-                  num_workers: int = 0, progress: bool = True) -> FIDStats:
+def dataset_stats(dataset: Dataset, inception: torch.nn.Module, batch_size: int = 200,
+                  cache: str | os.PathLike | None = None, num_workers: int = 0, progress: bool = True) -> FIDStats:
     """Reference statistics of a Dataset of uint8 (C, H, W) images, cached in ``cache`` (.npz) when given."""
     if cache is not None and Path(cache).is_file():
         stats = FIDStats.load(cache)

@@ -149,11 +149,13 @@ class UNet(nn.Module):
         ch_mult = tuple(ch_mult)
         levels = len(ch_mult)
         if levels < 1 or image_size % 2 ** (levels - 1):
-            raise ValueError(f"UNet: image_size={image_size} must be divisible by 2**(len(ch_mult)-1)={2 ** (levels - 1)}"
-                             f" (ch_mult={ch_mult}); pad the images or use fewer levels")
+            raise ValueError(f"UNet: image_size={image_size} must be divisible by "
+                             f"2**(len(ch_mult)-1)={2 ** (levels - 1)} (ch_mult={ch_mult}); "
+                             "pad the images or use fewer levels")
         widths = {ch} | {ch * m for m in ch_mult}
         if any(w % groups for w in widths):
-            raise ValueError(f"UNet: groups={groups} must divide every width {sorted(widths)}; choose ch as a multiple of groups")
+            raise ValueError(f"UNet: groups={groups} must divide every width {sorted(widths)}; "
+                             "choose ch as a multiple of groups")
         self.image_size, self.in_channels = image_size, in_channels
         self.out_channels = out_channels or in_channels
         self.ch, self.time_scale = ch, time_scale

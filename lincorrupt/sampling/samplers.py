@@ -46,7 +46,7 @@ def ancestral(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor
               generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
     """Ancestral sampling from ``p(u_s | u_t) = q(u_s | u_t, x = x_hat)`` per coordinate
     (Ho et al. 2020, Algorithm 2; Hoogeboom & Salimans 2023, sec. 3.3)."""
-    for k, (t, s, c_t, c_s) in enumerate(_intervals(corruption, times, progress)):
+    for k, (t, _, c_t, c_s) in enumerate(_intervals(corruption, times, progress)):
         u_x = denoise.x_hat(u, t, c_t)
         if k == len(times) - 2:
             return u_x
@@ -84,7 +84,7 @@ def ddim(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor, tim
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"ddim needs 0 <= eta <= 1, got {eta}")
-    for k, (t, s, c_t, c_s) in enumerate(_intervals(corruption, times, progress)):
+    for k, (t, _, c_t, c_s) in enumerate(_intervals(corruption, times, progress)):
         u_x, u_eps = denoise(u, t, c_t)
         if k == len(times) - 2:
             return u_x
@@ -168,7 +168,8 @@ def _exp_integrals(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
     Closed forms ``c_0 = -expm1(-h)``, ``c_n = h^n / n! - c_(n-1)``; for ``|h| < _SERIES_BELOW``
     the series ``c_n = sum_(k > n) (-1)^(k - n - 1) h^k / k!`` (20 terms: exact to float64 there),
-    as the closed forms cancel to a relative error of ``eps / h^2`` for small ``h``. ``c_n(0) = 0``, so a frozen coordinate (``h = 0``) does not move.
+    as the closed forms cancel to a relative error of ``eps / h^2`` for small ``h``. ``c_n(0) = 0``,
+    so a frozen coordinate (``h = 0``) does not move.
     """
     small = h.abs() < _SERIES_BELOW
     hs = torch.where(small, h, 0.0)

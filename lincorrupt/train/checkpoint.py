@@ -170,7 +170,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         return state
     if state_checksum(state) != state["checksum"]:
         raise CheckpointError(f"checkpoint {path} is damaged: its contents do not match the checksum stored in it "
-                              f"(a disk or copy error changed its bytes); the previous one, if any, is {path.name}.prev")
+                              "(a disk or copy error changed its bytes); "
+                              f"the previous one, if any, is {path.name}.prev")
     return state
 
 
@@ -205,7 +206,8 @@ def _first_line(e: BaseException) -> str:
     return lines[0][:200] if lines else type(e).__name__
 
 
-def check_compatible(state: dict[str, Any], corruption: str, shape: tuple[int, ...], path: str | os.PathLike = "") -> None:
+def check_compatible(state: dict[str, Any], corruption: str, shape: tuple[int, ...],
+                     path: str | os.PathLike = "") -> None:
     """Refuse to load a checkpoint trained with another corruption class or data shape.
 
     Raises:

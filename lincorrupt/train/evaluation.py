@@ -107,7 +107,8 @@ def plot_quality(metrics: str | Path, path: str | Path) -> None:
 
 
 def feature_space(name: str, shape: tuple[int, int, int], device: str | torch.device = "cpu",
-                  inception_weights: str | None = None, inception_dims: int = 2048) -> tuple[Callable[[torch.Tensor], np.ndarray], str]:
+                  inception_weights: str | None = None,
+                  inception_dims: int = 2048) -> tuple[Callable[[torch.Tensor], np.ndarray], str]:
     """A feature map for :class:`QualityEvaluator` and its label.
 
     Args:

@@ -304,7 +304,8 @@ class Trainer:
         self.tf32 = config.tf32 and self.device.type == "cuda" and self.dtype is None
         net, self.ddp = self.model, None
         if self.dist.world_size > 1:
-            net = self.ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            net = self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
         self.net = _Autocast(net, self.dtype, config.channels_last)
         if config.compile:  # compiles a wrapper: self.model, the EMA and the saved state keep their plain names
             self.net = torch.compile(self.net)
@@ -348,7 +349,8 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any], path: str = "") -> None:
-        """Restore a checkpoint's state (refused if it lacks an entry, or was written for another corruption or shape)."""
+        """Restore a checkpoint's state (refused if it lacks an entry, or was written for another corruption
+        or shape)."""
         require_keys(state, STATE_KEYS, path)
         check_compatible(state, type(self.corruption).__name__, self.shape, path)
         self.model.load_state_dict(state["model"])
@@ -394,7 +396,8 @@ class Trainer:
                             prefetch_factor=self.cfg.prefetch_factor if workers > 0 else None,
                             worker_init_fn=_ignore_stop_signals if workers > 0 else None,
                             # its own generator: creating the iterator must not consume the global RNG (dropout)
-                            generator=torch.Generator().manual_seed(derive_seed(self.cfg.seed, self.step, self.dist.rank)))
+                            generator=torch.Generator().manual_seed(
+                                derive_seed(self.cfg.seed, self.step, self.dist.rank)))
         return iter(loader)
 
     def draw(self, step: int, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -598,8 +601,10 @@ class Trainer:
         return _TF32(net) if self.tf32 else net
 
     @torch.no_grad()
-    def sample_grid(self, path: str | Path, n: int | None = None, steps: int | None = None, seed: int = 0) -> torch.Tensor:
-        """Sample ``n`` images with the EMA model and save them as a grid; returns them unclipped (only the PNG is clamped)."""
+    def sample_grid(self, path: str | Path, n: int | None = None, steps: int | None = None,
+                    seed: int = 0) -> torch.Tensor:
+        """Sample ``n`` images with the EMA model and save them as a grid; returns them unclipped
+        (only the PNG is clamped)."""
         from torchvision.utils import save_image
         n, steps = n or self.cfg.grid_size, steps or self.cfg.sample_steps
         g = torch.Generator(self.device).manual_seed(seed)

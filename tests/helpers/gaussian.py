@@ -63,7 +63,8 @@ class Truth:
 
     def sampler_moments(self, steps, method):
         """Exact mean and covariance of the sampler's output, propagated through its affine steps
-        u_s = M u_t + b + noise, with the textbook formulas (the posterior of Kingma et al. 2021, eq. 32-33; Song et al. eq. 12)."""
+        u_s = M u_t + b + noise, with the textbook formulas (the posterior of Kingma et al. 2021, eq. 32-33;
+        Song et al. eq. 12)."""
         mean, P = self.prior_moments()
         times = np.linspace(1, 0, steps + 1)
         for t, s_ in zip(times[:-1], times[1:]):
