@@ -1,14 +1,9 @@
 """examples/train_blurring_cifar10.py end to end on a tiny UNet and a folder of real photo crops."""
 
-import importlib.util
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import matplotlib.cbook
 import numpy as np
@@ -17,10 +12,10 @@ import torch
 from PIL import Image
 
 import lincorrupt as lc
+from helpers.example import SCRIPT, load_script, run_script
 from lincorrupt.metrics import WEIGHTS_FILE
 from lincorrupt.train import CheckpointError, load_checkpoint
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_blurring_cifar10.py"
 TINY = ["--image-size", "16", "--ch", "16", "--ch-mult", "1,2", "--num-res-blocks", "1", "--attn-resolutions", "8",
         "--groups", "8", "--batch-size", "4", "--num-workers", "0", "--sample-steps", "3", "--grid-size", "4",
         "--log-every", "1", "--warmup-steps", "2", "--no-progress", "--device", "cpu"]
@@ -28,11 +23,7 @@ TINY = ["--image-size", "16", "--ch", "16", "--ch-mult", "1,2", "--num-res-block
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("train_blurring_cifar10", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script()
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +100,6 @@ def test_bad_input_is_named(script, data_root, tmp_path, monkeypatch):
         script.main(base + ["--ch-mult", "1,x"])
     with pytest.raises(SystemExit):
         script.main(base + ["--sampler", "euler"])
-
-
-def run_script(args, **kw):
-    env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[1]), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(SCRIPT), *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
 
 
 def test_cli_error_has_no_traceback(tmp_path):

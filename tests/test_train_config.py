@@ -5,10 +5,8 @@ examples/train_blurring_cifar10.py (which adds the corruption, network and evalu
 """
 
 import dataclasses
-import importlib.util
 import math
 import re
-import sys
 import typing
 from pathlib import Path
 
@@ -16,21 +14,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers.example import load_script
 from lincorrupt.train import TrainConfig
 from lincorrupt.train.cli import OptionError, given_options, parse_config
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_blurring_cifar10.py"
-
-
-def load_example_config():
-    spec = importlib.util.spec_from_file_location("train_blurring_cifar10", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module.Config
-
-
-CONFIGS = {"TrainConfig": TrainConfig, "Config": load_example_config()}
+CONFIGS = {"TrainConfig": TrainConfig, "Config": load_script().Config}
 
 # Values that are wrong whatever the code declares (the reference of this test): a step count
 # below 1, a learning rate or clip norm that is not positive, a decay or probability outside

@@ -2,7 +2,6 @@
 and images, two runs in one folder, peers that stop. Tiny networks on CPU; subprocesses where a
 signal or a second process is the point."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -21,6 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import lincorrupt as lc
+from helpers.example import ROOT, load_script, run_script
 from lincorrupt.data import ImageFolder, TensorImages, UnreadableImageError
 from lincorrupt.nn import UNet
 from lincorrupt.train import CheckpointError, TrainConfig, Trainer, load_checkpoint, save_checkpoint
@@ -28,8 +28,6 @@ from lincorrupt.train.checkpoint import load_latest, state_checksum
 from lincorrupt.train.lock import RunLock, RunLockedError
 from lincorrupt.train.trainer import NonFiniteStateError
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "examples" / "train_blurring_cifar10.py"
 SHAPE = (3, 8, 8)
 TINY = ["--image-size", "8", "--ch", "8", "--ch-mult", "1,2", "--num-res-blocks", "1", "--attn-resolutions", "4",
         "--groups", "4", "--batch-size", "4", "--sample-steps", "2", "--grid-size", "2", "--log-every", "1",
@@ -88,19 +86,9 @@ def truncate(path: Path) -> None:
     path.write_bytes(data[: (scan + len(data)) // 2])
 
 
-def run_script(args, **kw):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(SCRIPT), *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
-
-
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("train_blurring_cifar10_faults", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_blurring_cifar10_faults")
 
 
 @pytest.fixture(scope="module")
