@@ -141,7 +141,7 @@ def test_a_sampler_converts_the_model_output_only_to_the_forms_it_uses(method, p
 # ---------------------------------------------------------------- DDIM numerics at extreme SNR ratios
 def _mp_ddim(log_alpha_s, log_sigma_s, log_alpha_t, log_sigma_t, eta):
     """DDIM's sqrt(sigma_s^2 - eta^2 sigma2_{t->s}) and eta sqrt(sigma2_{t->s}) from the textbook forms
-    (DESIGN.md sec. 1: sigma2_{t|s} = sigma_t^2 - alpha_{t|s}^2 sigma_s^2, sigma2_{t->s} = (1/sigma_s^2 +
+    (Kingma et al. 2021, eq. 32-33: sigma2_{t|s} = sigma_t^2 - alpha_{t|s}^2 sigma_s^2, sigma2_{t->s} = (1/sigma_s^2 +
     alpha_{t|s}^2 / sigma2_{t|s})^-1), at 80 digits, where their cancellation does not matter."""
     import mpmath
     mpmath.mp.dps = 80
