@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from einops import rearrange
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -56,7 +57,7 @@ def _decode(path: Path) -> torch.Tensor:
             x = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
     except Exception as e:  # PIL raises OSError, SyntaxError, zlib.error, ... for damaged files
         raise _unreadable(path, e) from None
-    return x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+    return x[None] if x.ndim == 2 else rearrange(x, "h w c -> c h w")
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
@@ -185,7 +186,7 @@ class ImageFolder(Dataset):
 def _cifar10(root: Path, train: bool, download: bool):
     from torchvision.datasets import CIFAR10
     ds = CIFAR10(str(root), train=train, download=download)
-    return torch.from_numpy(ds.data).permute(0, 3, 1, 2)
+    return rearrange(torch.from_numpy(ds.data), "n h w c -> n c h w")
 
 
 def _fashion_mnist(root: Path, train: bool, download: bool):
