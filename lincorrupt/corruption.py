@@ -168,7 +168,10 @@ class DiagonalizableCorruption(nn.Module):
         ``d/dt SNR = SNR * d/dt log SNR``; the continuous-time ELBO weight (VDM eq. 17) is
         ``-1/2 d/dt SNR_t``.
         """
-        t = self.check_time(t, "t")
+        return self.d_log_snr_dt_at(self.check_time(t, "t"))
+
+    def d_log_snr_dt_at(self, t: Tensor) -> Tensor:
+        """:meth:`d_log_snr_dt` at times ``t`` (B,) already checked by :meth:`check_time` (no second check)."""
         _, tangent = torch.func.jvp(lambda t: self.coefficients_at(t).logsnr, (t,), (torch.ones_like(t),))
         return tangent
 

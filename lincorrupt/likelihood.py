@@ -101,7 +101,7 @@ def diffusion_term(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
     error2 = (out - pred.target(c, basis.to_basis(x), basis.to_basis(noise))) ** 2
     log_x_scale2 = 2 * pred.log_x_scale(c)  # an error e in the output is an error (dx/dout) e in x
     if steps is None:  # -1/2 SNR' = -1/2 (d log SNR / dt) SNR
-        minus_dlogsnr = (-0.5 * corruption.d_log_snr_dt(t)).clamp(min=0)
+        minus_dlogsnr = (-0.5 * corruption.d_log_snr_dt_at(t)).clamp(min=0)
         log_weight = math.log(1 - t_min) + torch.log(minus_dlogsnr) + c.logsnr + log_x_scale2
     else:  # T/2 (SNR_s - SNR_t) = T/2 SNR_s (1 - exp(logsnr_t - logsnr_s))
         c_s = corruption.coefficients_at((t - (1 - t_min) / steps).clamp(min=0))

@@ -36,10 +36,9 @@ def elbo_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: 
     (``-1/2 d log SNR / dt`` for eps-prediction). Use with ``reduction="sum"`` for the bound
     in nats (without the prior and reconstruction terms).
     """
-    t = corruption.check_time(t, "t")  # once; d log SNR / dt as in corruption.d_log_snr_dt, without a second check
+    t = corruption.check_time(t, "t")
     c = corruption.coefficients_at(t)
-    _, d_logsnr = torch.func.jvp(lambda t: corruption.coefficients_at(t).logsnr, (t,), (torch.ones_like(t),))
-    return -0.5 * d_logsnr * torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
+    return -0.5 * corruption.d_log_snr_dt_at(t) * torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
 
 
 _REDUCTIONS = {
