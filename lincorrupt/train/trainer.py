@@ -136,10 +136,14 @@ class TrainConfig:
     grad_clip: float = option(1.0, "Clip the gradient's global norm to this value (DDPM's code: 1).", bounds=POSITIVE)
     ema_decay: float = option(0.9999, "Decay of the exponential moving average of the weights used for sampling, "
                               "in [0, 1) (DDPM: 0.9999; 0: the raw weights).", bounds=Interval(0, 1, high_open=True))
+    ema_warmup_power: float = option(0.0, "EMA warm-up: update n uses decay min(ema_decay, 1 - (1 + n)^-power), "
+                                     "so short runs forget the initial weights (k-diffusion: 2/3 up to ~100k steps, "
+                                     "3/4 beyond; 0: off, DDPM's constant decay).", bounds=Interval(0, 1))
     optimizer: str = option("adam", "Adam (DDPM) or AdamW; AdamW only differs with weight_decay > 0.",
                             choices=sorted(OPTIMIZERS))
     weight_decay: float = option(0.0, "Weight decay of the optimiser (DDPM: none).", bounds=Interval(0))
-    hflip: bool = option(True, "Random horizontal flips of the training images (DDPM's CIFAR-10).")
+    hflip: bool = option(True, "Random horizontal flips of the training images (DDPM's CIFAR-10; turn it off for "
+                         "data whose orientation matters, e.g. Fashion-MNIST's shoes all face left).")
     prediction: str = option("eps", "What the network predicts: eps, x or v (eps with the unweighted loss: DDPM "
                              "and blurring diffusion).", choices=["eps", "x", "v"])
     precision: str = option("auto", "Autocast of the network on CUDA: auto (bf16 where supported, else fp16), "
@@ -298,7 +302,7 @@ class Trainer:
                 raise ValueError(f"checkpoint_activations=True: {type(model).__name__} has no checkpoint_activations "
                                  "attribute (lincorrupt.nn.UNet has)")
             self.model.checkpoint_activations = True
-        self.ema = EMA(self.model, config.ema_decay)
+        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup_power)
         self.dtype = autocast_dtype(config.precision, self.device)
         # TF32 for fp32 runs on CUDA, in the network's forward and the backward only
         self.tf32 = config.tf32 and self.device.type == "cuda" and self.dtype is None
@@ -453,7 +457,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        self.ema.update(self.model)
+        self.ema.update(self.model, self.step)
         self.step += 1
         self._updating = False
         self.last_grad_norm = grad_norm
