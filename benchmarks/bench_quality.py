@@ -1,31 +1,35 @@
-"""Sample quality of trained models: blurring diffusion against its no-blur ablation, DDPM and IHDM on Fashion-MNIST.
+"""Does blur help? Blurring diffusion against the same schedule without blur on Fashion-MNIST, made fair.
 
-    .venv/bin/python benchmarks/bench_quality.py                 # the full study (~1.5 h on a 2-core CPU)
+    .venv/bin/python benchmarks/bench_quality.py --resume            # the study (or what is left of it)
+    .venv/bin/python benchmarks/bench_quality.py --resume --phase train   # train only; evaluate later
     .venv/bin/python benchmarks/bench_quality.py --tiny --out /tmp/q --results /tmp/q   # seconds: tests the code
+    python benchmarks/bench_quality.py --device cuda --resume        # the GPU mode: 10x the images per step
 
-Every model gets the same UNet, optimiser, seed, batch and number of steps; only the corruption
-(and, for IHDM, its own recipe) differs:
+Every model gets the same UNet (0.69M parameters), Adam at lr 1e-3 with 200 warm-up steps, batch 32,
+EMA decay 0.999 with k-diffusion's warm-up (power 2/3), no horizontal flips (Fashion-MNIST's shoes
+all face one way), and the same budget; only the corruption and the prediction differ:
 
-- ``blurring``: BlurringDiffusion at the paper's settings, sigma_B,max = 20 on 32x32 scaled to
-  28x28 (17.5: the same attenuation of the lowest frequency), min_scale 0.001, log-SNR in [-10, 10];
-- ``no-blur``: the paper's ablation, the same cosine schedule with ``sigma_blur_max=0``;
-- ``ddpm``: DDPM with the linear beta schedule (Ho et al.);
-- ``ihdm``: IHDM with its recipe: x-prediction, the empirical prior of blurred training images
-  (sigma_B,max 24 on 32x32 scaled to 21).
+- ``blur{w}-v``: BlurringDiffusion with sigma_B,max = w in {17.5, 10, 5, 2} (17.5 is the paper's 20 on
+  32x32 scaled to 28x28), min_scale 0.001, log-SNR in [-10, 10], v-prediction;
+- ``noblur-v``: the paper's ablation, the same cosine schedule with ``sigma_blur_max=0``;
+- ``blur17.5-eps`` and ``noblur-eps``: the paper's own recipe, eps-prediction with the unweighted loss.
 
-The three Gaussian diffusions predict v (the velocity generalised to non-variance-preserving
-processes): eps-prediction, the blurring paper's choice, divides by alpha_t ~ 1e-5 at high
-frequencies near t = 1, which a network trained for minutes on a CPU cannot afford.
+The two headline models (blur17.5-v, noblur-v) train three times the base budget, evaluated at each
+third, with two training seeds each; every other model trains the base budget once (seed 0). Because
+the learning rate is constant after warm-up, a headline run at its first third *is* the base-budget
+model, so the width sweep compares like with like.
 
-Each model is then evaluated on 5,000 samples (the sampler and grid the sampler guide recommends for
-its corruption) against the 10,000 test images in the features of the shipped Fashion-MNIST
-classifier (:func:`lincorrupt.metrics.load_feature_net`): FID, KID, precision and recall, plus
-test-set bits per dimension. For blurring and no-blur, quality against NFE (dpm++2m, dpm++3m
-and ancestral sampling, 1,000 samples per point). The floor is the same metrics for 5,000 training images. Models run as
-``--jobs`` parallel processes of one thread each; a model whose ``result.json`` exists is not rerun.
+Each evaluation: 5,000 EMA samples (:data:`SAMPLER`: the sampler, grid and NFE the sampler
+benchmark found converged at 28x28 with an exact denoiser) against the 10,000 test images in the
+shipped Fashion-MNIST classifier's features (FID, KID, precision, recall); test bits/dim; the radially
+averaged DCT power spectrum of the samples relative to the test images per frequency band; the
+network's denoising error per band relative to the linear (Wiener) estimator of the training data's
+Gaussian fit at t in {0.1, 0.15, 0.2, 0.3}; and, at the first evaluation, the raw weights as well.
 
-Writes to --results: results.md, results.json, samples.png (a grid per model), nfe.png, and each
-model's quality-during-training plot; --out holds the runs (checkpoints, metrics.jsonl).
+Runs are resumable: ``--resume`` continues every run folder that exists (training from its last
+checkpoint, skipping evaluations already written) and starts the ones that don't; without it the
+script refuses to touch an existing ``--out``. Each evaluation records the commit it ran on.
+Writes to --results: results.md, results.json, samples.png, training.png; --out holds the runs.
 """
 
 from __future__ import annotations
@@ -34,11 +38,12 @@ import argparse
 import json
 import math
 import platform
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,85 +54,137 @@ from lincorrupt.data import TensorImages, load_fashion_mnist, to_model_range
 from lincorrupt.metrics import extract_features, frechet_distance, kid, load_feature_net, precision_recall
 from lincorrupt.nn import UNet
 from lincorrupt.train import TrainConfig, Trainer
-from lincorrupt.train.evaluation import QualityEvaluator, quantize
+from lincorrupt.train.checkpoint import load_checkpoint
+from lincorrupt.train.distributed import DistInfo
+from lincorrupt.train.evaluation import quantize
 
 SHAPE = (1, 28, 28)
-SCALE = 28 / 32  # blur widths are in pixels: scale the 32x32 papers' values to keep each frequency's attenuation
+SCALE = 28 / 32  # blur widths are in pixels: scale the 32x32 paper's values to keep each frequency's attenuation
+ROOT = Path(__file__).resolve().parents[1]
+
+#: How every model is sampled for its evaluations: (sampler, grid, NFE).
+SAMPLER = ("dpm++2m", "logsnr", 50)
+WIENER_TIMES = (0.1, 0.15, 0.2, 0.3)
 
 
 @dataclass(frozen=True)
 class Model:
-    """A corruption built from the training images, the prediction it trains with, and how to sample it."""
+    """A corruption and the prediction its network is trained with."""
 
-    build: Callable[[torch.Tensor], lc.DiagonalizableCorruption]
+    build: Callable[[], lc.DiagonalizableCorruption]
     prediction: str
-    sampler: str
-    grid: str
-    nfe: int
 
 
-def _ihdm(train: torch.Tensor) -> lc.DiagonalizableCorruption:
-    c = lc.IHDM(SHAPE, sigma_blur_max=24.0 * SCALE)
-    index = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:1000]
-    c.prior = lc.EmpiricalPrior.fit(c, to_model_range(train[index]))
-    return c
+def _blurring(width: float) -> Callable[[], lc.DiagonalizableCorruption]:
+    return lambda: lc.BlurringDiffusion(SHAPE, sigma_blur_max=width, min_scale=1e-3)
 
 
-# Samplers: the sampler guide's recommendation per corruption, at the NFE where it matches 1000-step ancestral
-# sampling with an exact denoiser (blurring 22, DDPM 15, IHDM 28); no-blur takes blurring's, so the two differ
-# only in the corruption.
 MODELS: dict[str, Model] = {
-    "blurring": Model(lambda train: lc.BlurringDiffusion(SHAPE, sigma_blur_max=20.0 * SCALE, min_scale=1e-3), "v",
-                      "dpm++3m", "logsnr", 22),
-    "no-blur": Model(lambda train: lc.BlurringDiffusion(SHAPE, sigma_blur_max=0.0), "v", "dpm++3m", "logsnr", 22),
-    "ddpm": Model(lambda train: lc.DDPM(SHAPE, schedule="linear"), "v", "dpm++3m", "logsnr", 15),
-    "ihdm": Model(_ihdm, "x", "dpm++3m", "info", 28),
+    "blur17.5-v": Model(_blurring(20.0 * SCALE), "v"),
+    "blur10-v": Model(_blurring(10.0), "v"),
+    "blur5-v": Model(_blurring(5.0), "v"),
+    "blur2-v": Model(_blurring(2.0), "v"),
+    "noblur-v": Model(_blurring(0.0), "v"),
+    "blur17.5-eps": Model(_blurring(20.0 * SCALE), "eps"),
+    "noblur-eps": Model(_blurring(0.0), "eps"),
 }
-NFE_CURVES = ("blurring", "no-blur")  # models measured against NFE with each (sampler, grid) of CURVE_SAMPLERS
-CURVE_SAMPLERS = (("dpm++2m", "logsnr"), ("dpm++3m", "logsnr"), ("ancestral", "uniform"))
+HEADLINE = ("blur17.5-v", "noblur-v")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: a model, a seed and its length in base budgets (evaluated after each)."""
+
+    model: str
+    seed: int = 0
+    budgets: int = 1
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}-s{self.seed}"
+
+
+# In order of importance: a run that is cut short leaves the most useful ones done.
+RUNS: tuple[Run, ...] = (
+    Run("blur17.5-v", 0, 3), Run("noblur-v", 0, 3),
+    Run("blur17.5-eps"), Run("noblur-eps"), Run("blur10-v"), Run("blur5-v"), Run("blur2-v"),
+    Run("blur17.5-v", 1, 3), Run("noblur-v", 1, 3),
+)
 
 
 @dataclass(frozen=True)
 class Budget:
-    """Everything that sets the study's size (the full study or the --tiny code check)."""
+    """Everything that sets the study's size (the CPU study, the GPU mode, or the --tiny code check)."""
 
     unet: dict
-    steps: int
+    steps: int  # the base budget
     batch_size: int
     samples: int
-    curve_samples: int
-    curve_nfe: dict[str, tuple[int, ...]]  # sampler -> NFEs of the quality-against-NFE curves
     bpd_images: int
-    eval_every: int
-    eval_samples: int
     kid_subset: int
     test_images: int
+    wiener_images: int
+    sampler: tuple[str, str, int] = SAMPLER
+    jobs: int = 2
+    train_images: int | None = None  # None: all 60,000
+    extra: dict = field(default_factory=dict)
 
 
-FULL = Budget(unet=dict(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(7,), dropout=0.0, groups=8),
-              steps=4000, batch_size=32, samples=5000, curve_samples=1000,
-              curve_nfe={"dpm++2m": (10, 20, 50), "dpm++3m": (10, 22, 50), "ancestral": (50, 100, 250)},
-              bpd_images=10_000, eval_every=1000, eval_samples=500, kid_subset=1000,
-              test_images=10_000)
+UNET = dict(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(7,), dropout=0.0, groups=8)
+FULL = Budget(unet=UNET, steps=1500, batch_size=32, samples=5000, bpd_images=2000, kid_subset=1000,
+              test_images=10_000, wiener_images=500)
+GPU = Budget(unet=UNET, steps=1500, batch_size=320, samples=5000, bpd_images=2000, kid_subset=1000,
+             test_images=10_000, wiener_images=500, jobs=6)
 TINY = Budget(unet=dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, groups=4),
-              steps=4, batch_size=8, samples=24, curve_samples=12,
-              curve_nfe={"dpm++2m": (2, 3), "dpm++3m": (22,), "ancestral": (3,)},
-              bpd_images=8, eval_every=2, eval_samples=12, kid_subset=8, test_images=200)
+              steps=2, batch_size=8, samples=24, bpd_images=8, kid_subset=8, test_images=200, wiener_images=16,
+              sampler=("dpm++2m", "logsnr", 3), jobs=2, train_images=512)
 
 
-def sample_features(ema, corruption, prediction, net, n, steps, method, grid, seed,
-                    batch=250) -> tuple[np.ndarray, torch.Tensor]:
-    """Features of ``n`` samples (quantised to 8 bits, as saved images) and the first 64 samples."""
-    feats, first = [], None
-    for k, start in enumerate(range(0, n, batch)):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + k)
-        x = quantize(lc.sample(ema, corruption, min(batch, n - start), steps=steps, prediction=prediction,
-                               method=method, grid=grid, generator=g))
-        first = x[:64] if first is None else first
-        feats.append(extract_features(net, x))
-    return np.concatenate(feats), first
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
+# ----------------------------------------------------------------------------------- training
+def config(run: Run, budget: Budget, steps: int, out: Path) -> TrainConfig:
+    return TrainConfig(steps=steps, batch_size=budget.batch_size, lr=1e-3, warmup_steps=min(200, steps),
+                       ema_decay=0.999, ema_warmup_power=2 / 3, hflip=False, prediction=MODELS[run.model].prediction,
+                       seed=run.seed, num_workers=0, log_every=50, sample_every=0, ckpt_every=250, progress=False,
+                       out_dir=str(out / run.name / "run"))
+
+
+def train(run: Run, budget: Budget, out: Path, device: torch.device) -> None:
+    """Train ``run`` to each multiple of the base budget, keeping a copy of the checkpoint at each."""
+    images, _ = load_fashion_mnist(train=True)
+    images = images[:budget.train_images]
+    folder = out / run.name
+    for k in range(1, run.budgets + 1):
+        target = k * budget.steps
+        kept = folder / f"step{target}.pt"
+        if kept.exists():
+            continue
+        torch.manual_seed(run.seed)  # the initial weights
+        unet = UNet(image_size=SHAPE[1], in_channels=SHAPE[0], **budget.unet)
+        trainer = Trainer(unet, MODELS[run.model].build(), TensorImages(images, SHAPE),
+                          config(run, budget, target, out), DistInfo(device=device))
+        latest = folder / "run" / "checkpoint.pt"
+        if latest.exists():
+            trainer.resume(latest)
+        start = time.perf_counter()
+        if trainer.fit() != "done":
+            sys.exit(f"{run.name}: training stopped before step {target}")
+        seconds = json.loads((folder / "train_seconds.json").read_text()) if (folder / "train_seconds.json").exists() \
+            else {}
+        seconds[str(target)] = seconds.get(str(target), 0.0) + time.perf_counter() - start
+        (folder / "train_seconds.json").write_text(json.dumps(seconds) + "\n")
+        shutil.copyfile(latest, kept)
+        print(f"{run.name}: step {target} kept", flush=True)
+
+
+# ----------------------------------------------------------------------------------- evaluation
 def quality(real: np.ndarray, fake: np.ndarray, kid_subset: int) -> dict:
     """FID, KID (x 1e3, mean and std over 100 subsets), precision and recall (k = 3, equal set sizes)."""
     k_mean, k_std = kid(real, fake, subsets=100, subset_size=min(kid_subset, len(fake)))
@@ -136,220 +193,276 @@ def quality(real: np.ndarray, fake: np.ndarray, kid_subset: int) -> dict:
             "precision": precision, "recall": recall, "samples": len(fake)}
 
 
-def reference(budget: Budget) -> tuple[torch.nn.Module, torch.Tensor, np.ndarray]:
-    """The Fashion-MNIST feature net, the test images every model is compared with, and their features."""
-    net, test_x = load_feature_net("fashion-mnist"), load_fashion_mnist(train=False)[0][:budget.test_images]
-    return net, test_x, extract_features(net, test_x)
+def draw(net, corruption, prediction, n, sampler, seed, device, batch=500) -> torch.Tensor:
+    """``n`` samples quantised to 8 bits (as saved images), on the CPU."""
+    method, grid, nfe = sampler
+    out = []
+    for k, start in enumerate(range(0, n, batch)):
+        g = torch.Generator(device).manual_seed(seed * 1_000_003 + k)
+        x = lc.sample(net, corruption, min(batch, n - start), steps=nfe, prediction=prediction, method=method,
+                      grid=grid, generator=g, device=device)
+        out.append(quantize(x).cpu())
+    return torch.cat(out)
 
 
-def run_model(name: str, budget: Budget, out: Path) -> dict:
-    """Train one model, then evaluate it; writes and returns ``out/name/result.json``."""
-    torch.manual_seed(0)
-    spec, run = MODELS[name], out / name / "run"
-    train_x, _ = load_fashion_mnist(train=True)
-    net, test_x, real = reference(budget)
-    corruption = spec.build(train_x)
-    cfg = TrainConfig(steps=budget.steps, batch_size=budget.batch_size, lr=1e-3, warmup_steps=min(200, budget.steps),
-                      ema_decay=0.999, prediction=spec.prediction, num_workers=0, log_every=50, sample_every=0,
-                      ckpt_every=1000, sampler=spec.sampler, sample_steps=spec.nfe, progress=False, out_dir=str(run),
-                      eval_every=budget.eval_every)
-    evaluator = QualityEvaluator(lambda x: extract_features(net, x), real, "Fashion-MNIST classifier",
-                                 num_samples=budget.eval_samples, steps=10, sampler=spec.sampler, grid=spec.grid,
-                                 kid_subset_size=budget.kid_subset)
-    unet = UNet(image_size=SHAPE[1], in_channels=SHAPE[0], **budget.unet)
-    trainer = Trainer(unet, corruption, TensorImages(train_x, SHAPE), cfg, evaluator=evaluator)
-    if (run / "checkpoint.pt").exists():
-        trainer.resume(run / "checkpoint.pt")
+@dataclass
+class Reference:
+    """What every evaluation compares with: the feature net, test images and their features, the data's fit."""
+
+    net: torch.nn.Module
+    test_x: torch.Tensor  # (N, 1, 28, 28) in [-1, 1]
+    real: np.ndarray
+    spectral: object  # lincorrupt.metrics.spectral's Gaussian fit of the training images
+
+    @classmethod
+    def build(cls, budget: Budget) -> Reference:
+        from lincorrupt.metrics import spectral
+        net = load_feature_net("fashion-mnist")
+        test_x = to_model_range(load_fashion_mnist(train=False)[0][:budget.test_images])
+        train_x = to_model_range(load_fashion_mnist(train=True)[0][:budget.train_images])
+        return cls(net, test_x, extract_features(net, test_x), spectral.GaussianFit.of(train_x))
+
+
+def evaluate(run: Run, step: int, budget: Budget, out: Path, ref: Reference, device: torch.device,
+             raw_too: bool) -> dict:
+    """The evaluation of ``run`` at ``step``: written to ``out/run/eval{step}.json`` and returned."""
+    from lincorrupt.metrics import spectral
+    spec, path = MODELS[run.model], out / run.name / f"eval{step}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    state = load_checkpoint(out / run.name / f"step{step}.pt")
+    corruption = spec.build().to(device)
+    nets = {}
+    for part in ("ema", "model") if raw_too else ("ema",):
+        unet = UNet(image_size=SHAPE[1], in_channels=SHAPE[0], **budget.unet)
+        unet.load_state_dict(state[part])
+        nets[part] = unet.to(device).eval().requires_grad_(False)
     start = time.perf_counter()
-    trainer.fit()
-    train_seconds = time.perf_counter() - start
-    ema = trainer.sampling_model()
-
-    start = time.perf_counter()
-    fake, grid = sample_features(ema, corruption, spec.prediction, net, budget.samples, spec.nfe, spec.sampler,
-                                 spec.grid, seed=1)
-    result = {"model": name, "prediction": spec.prediction, "sampler": f"{spec.sampler}/{spec.grid}/{spec.nfe}",
-              "corruption": repr(corruption), "parameters": sum(p.numel() for p in unet.parameters()),
-              "steps": trainer.step, "train_seconds": train_seconds,
-              **quality(real, fake, budget.kid_subset)}
-    torch.save(grid, out / name / "grid.pth")
-
-    g = torch.Generator().manual_seed(2)
-    bound = [lc.elbo(ema, corruption, to_model_range(test_x[i:i + 500]), prediction=spec.prediction, generator=g)
-             for i in range(0, budget.bpd_images, 500)]
-    per_dim = math.prod(SHAPE) * math.log(2)
-    result["bpd"] = float(torch.cat([b.total for b in bound]).mean() / per_dim)
-    result["bpd_reconstruction"] = float(torch.cat([b.reconstruction for b in bound]).mean() / per_dim)
-    result["bpd_images"] = budget.bpd_images
-
-    if name in NFE_CURVES:
-        curve = []
-        for method, grid_name in CURVE_SAMPLERS:
-            for nfe in budget.curve_nfe[method]:
-                if (method, grid_name, nfe) == (spec.sampler, spec.grid, spec.nfe):  # the main samples' first ones
-                    f = fake[:budget.curve_samples]
-                else:
-                    f, _ = sample_features(ema, corruption, spec.prediction, net, budget.curve_samples, nfe, method,
-                                           grid_name, seed=3)
-                curve.append({"method": method, "grid": grid_name, "nfe": nfe,
-                              **quality(real, f, budget.kid_subset // 2)})
-                print(f"{name}: {method}/{grid_name} {nfe} NFE: FID {curve[-1]['fid']:.2f}", flush=True)
-        result["nfe_curve"] = curve
+    bands = spectral.radial_bands(*SHAPE[1:])
+    result = {"run": run.name, "model": run.model, "seed": run.seed, "step": step, "prediction": spec.prediction,
+              "images_seen": step * budget.batch_size, "sampler": "/".join(map(str, budget.sampler)),
+              "commit": commit(), "corruption": repr(corruption)}
+    for part, net in nets.items():
+        x = draw(net, corruption, spec.prediction, budget.samples, budget.sampler, seed=1, device=device)
+        metrics = quality(ref.real, extract_features(ref.net, x), budget.kid_subset)
+        metrics["spectrum_ratio"] = spectral.spectrum_ratio(x, ref.test_x, bands).tolist()
+        result["ema" if part == "ema" else "raw"] = metrics
+        if part == "ema":
+            torch.save(x[:64].clone(), out / run.name / f"grid{step}.pth")
+    ema = nets["ema"]
+    g = torch.Generator(device).manual_seed(2)
+    test = ref.test_x[:budget.bpd_images].to(device)
+    bound = [lc.elbo(ema, corruption, test[i:i + 500], prediction=spec.prediction, generator=g)
+             for i in range(0, len(test), 500)]
+    result["bpd"] = float(torch.cat([b.total for b in bound]).mean().cpu() / (math.prod(SHAPE) * math.log(2)))
+    errors = spectral.denoising_band_errors(ema, corruption, ref.spectral, test[:budget.wiener_images].double(),
+                                            WIENER_TIMES, bands, spec.prediction,
+                                            generator=torch.Generator(device).manual_seed(3))
+    result["wiener_ratio"] = {str(t): [float(v) for v in r] for t, r in errors.items()}
     result["eval_seconds"] = time.perf_counter() - start
-    (out / name / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{name}: {json.dumps({k: v for k, v in result.items() if k != 'nfe_curve'})}", flush=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{run.name} @ {step}: FID {result['ema']['fid']:.2f}", flush=True)
     return result
 
 
-def floor(budget: Budget) -> dict:
+def work(run: Run, budget: Budget, out: Path, device: torch.device, phase: str) -> None:
+    """Everything ``run`` still needs: training, then (unless ``phase == 'train'``) its evaluations."""
+    train(run, budget, out, device)
+    if phase == "train":
+        return
+    ref = Reference.build(budget)
+    for k in range(1, run.budgets + 1):
+        evaluate(run, k * budget.steps, budget, out, ref, device, raw_too=k == 1)
+
+
+def floor(budget: Budget, ref: Reference) -> dict:
     """The metrics of real training images against the test set: what a perfect model would score."""
     train_x, _ = load_fashion_mnist(train=True)
-    net, _, real = reference(budget)
-    index = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))
-    out = {"full": quality(real, extract_features(net, train_x[index[:budget.samples]]), budget.kid_subset)}
-    out["curve"] = quality(real, extract_features(net, train_x[index[:budget.curve_samples]]), budget.kid_subset // 2)
-    return out
+    index = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))[:budget.samples]
+    return quality(ref.real, extract_features(ref.net, train_x[index]), budget.kid_subset)
 
 
 # ----------------------------------------------------------------------------------- report
-def grids(results: dict, out: Path, path: Path) -> None:
+def collect(out: Path, budget: Budget) -> dict[str, list[dict]]:
+    """Every evaluation written so far, per run, in step order."""
+    found = {}
+    for run in RUNS:
+        evals = sorted((json.loads(p.read_text()) for p in (out / run.name).glob("eval*.json")),
+                       key=lambda r: r["step"])
+        if evals:
+            found[run.name] = evals
+    return found
+
+
+def base_table(evals: dict[str, list[dict]], budget: Budget, base: dict) -> str:
+    """Every model at the base budget (seed 0): the width sweep and eps against v."""
+    rows = ["| model | prediction | FID | KID x 1e3 | precision | recall | test bpd | commit |",
+            "|---|---|---|---|---|---|---|---|"]
+    for run in RUNS:
+        r = next((e for e in evals.get(run.name, []) if e["step"] == budget.steps), None)
+        if run.seed == 0 and r is not None:
+            q = r["ema"]
+            rows.append(f"| {run.model} | {r['prediction']} | {q['fid']:.2f} | {q['kid_x1e3']:.2f} ± "
+                        f"{q['kid_std_x1e3']:.2f} | {q['precision']:.3f} | {q['recall']:.3f} | {r['bpd']:.3f} | "
+                        f"{r['commit']} |")
+    rows.append(f"| training images (floor) | | {base['fid']:.2f} | {base['kid_x1e3']:.2f} ± "
+                f"{base['kid_std_x1e3']:.2f} | {base['precision']:.3f} | {base['recall']:.3f} | | |")
+    return "\n".join(rows)
+
+
+def trend_table(evals: dict[str, list[dict]]) -> str:
+    """The headline models over training: FID per seed, and the blur / no-blur ratio (mean ± spread)."""
+    rows = ["| step | images seen | " + " | ".join(f"{m} FID (seeds)" for m in HEADLINE) + " | ratio blur / no-blur |",
+            "|---|---|---|---|---|"]
+    steps = sorted({e["step"] for m in HEADLINE for run in RUNS if run.model == m for e in evals.get(run.name, [])})
+    for step in steps:
+        per_model, seen = {}, None
+        for m in HEADLINE:
+            per_model[m] = {run.seed: e["ema"]["fid"] for run in RUNS if run.model == m
+                            for e in evals.get(run.name, []) if e["step"] == step}
+            seen = seen or next((e["images_seen"] for run in RUNS if run.model == m for e in evals.get(run.name, [])
+                                 if e["step"] == step), None)
+        ratios = [per_model[HEADLINE[0]][s] / per_model[HEADLINE[1]][s]
+                  for s in per_model[HEADLINE[0]] if s in per_model[HEADLINE[1]]]
+        ratio = (f"{np.mean(ratios):.2f}" + (f" ± {np.std(ratios):.2f} ({len(ratios)} seeds)" if len(ratios) > 1
+                                             else " (1 seed)")) if ratios else ""
+        cells = [", ".join(f"{v:.2f}" for _, v in sorted(per_model[m].items())) for m in HEADLINE]
+        rows.append(f"| {step} | {seen:,} | " + " | ".join(cells) + f" | {ratio} |")
+    return "\n".join(rows)
+
+
+def band_table(evals: dict[str, list[dict]], key: str, budget: Budget) -> str:
+    """Per-band diagnostics of the seed-0 models at the base budget: spectrum ratio or Wiener ratio."""
+    rows = []
+    for run in RUNS:
+        r = next((e for e in evals.get(run.name, []) if e["step"] == budget.steps), None)
+        if run.seed or r is None:
+            continue
+        if key == "spectrum":
+            rows.append((run.model, "", r["ema"]["spectrum_ratio"]))
+        else:
+            rows.extend((run.model, t, values) for t, values in r["wiener_ratio"].items())
+    if not rows:
+        return ""
+    bands = len(rows[0][2])
+    head = "| model | " + ("t | " if key != "spectrum" else "") + " | ".join(f"band {b}" for b in range(bands)) + " |"
+    lines = [head, "|" + "---|" * (bands + (2 if key != "spectrum" else 1))]
+    for model, t, values in rows:
+        lines.append(f"| {model} | " + (f"{t} | " if key != "spectrum" else "") + " | ".join(f"{v:.2f}" for v in values)
+                     + " |")
+    return "\n".join(lines)
+
+
+def figures(evals: dict[str, list[dict]], budget: Budget, out: Path, results: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from torchvision.utils import make_grid
-    test_x, _ = load_fashion_mnist(train=False)
-    panels = {"test images": to_model_range(test_x[:64])}
-    panels.update({name: torch.load(out / name / "grid.pth") for name in results})
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9))
-    for ax, (name, x) in zip(np.atleast_1d(axes), panels.items()):
-        ax.imshow(make_grid(x.add(1).div(2).clamp(0, 1), nrow=8, padding=1)[0].numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(name if name == "test images" else f"{name} ({results[name]['sampler'].split('/')[-1]} NFE)",
-                     fontsize=9)
-        ax.axis("off")
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for run in RUNS:
+        points = evals.get(run.name, [])
+        if points:
+            ax.plot([p["images_seen"] for p in points], [p["ema"]["fid"] for p in points], "o-" if run.seed == 0
+                    else "s--", label=f"{run.model} (seed {run.seed})", ms=4)
+    ax.set(xlabel="training images seen", ylabel="FID, Fashion-MNIST classifier features", yscale="log")
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(results / "training.png", dpi=120)
+    plt.close(fig)
+    panels = {"test images": to_model_range(load_fashion_mnist(train=False)[0][:64])}
+    for run in RUNS:
+        last = evals.get(run.name, [])
+        if run.seed == 0 and last:
+            panels[f"{run.model} @ {last[-1]['step']}"] = torch.load(out / run.name / f"grid{last[-1]['step']}.pth")
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.7))
+    for axis, (name, x) in zip(np.atleast_1d(axes), panels.items()):
+        axis.imshow(make_grid(x.add(1).div(2).clamp(0, 1), nrow=8, padding=1)[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        axis.set_title(name, fontsize=8)
+        axis.axis("off")
+    fig.tight_layout()
+    fig.savefig(results / "samples.png", dpi=130)
     plt.close(fig)
 
 
-def nfe_plot(results: dict, base: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for name in (n for n in NFE_CURVES if n in results):
-        for (method, grid_name), marker in zip(CURVE_SAMPLERS, "o^s"):
-            points = [p for p in results[name]["nfe_curve"] if p["method"] == method]
-            for ax, key in zip(axes, ("fid", "kid_x1e3")):
-                ax.plot([p["nfe"] for p in points], [p[key] for p in points],
-                        marker + ("-" if name == NFE_CURVES[0] else "--"),
-                        label=f"{name}, {method}/{grid_name}")
-    for ax, key, label in zip(axes, ("fid", "kid_x1e3"), ("FID", "KID x 1e3")):
-        ax.axhline(base[key], color="grey", lw=0.8, ls=":", label="training images (floor)")
-        ax.set_xscale("log")
-        ax.set_xlabel("network evaluations (NFE)")
-        ax.set_ylabel(f"{label}, Fashion-MNIST classifier features")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"quality against NFE ({base['samples']} samples per point)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def report(budget: Budget, out: Path, results: Path, command: str, wall: float, device: torch.device) -> dict:
+    ref = Reference.build(budget)
+    evals, base = collect(out, budget), floor(budget, ref)
+    results.mkdir(parents=True, exist_ok=True)
+    figures(evals, budget, out, results)
+    machine = (f"{platform.machine()}, {torch.get_num_threads()} thread(s) per process, {budget.jobs} processes, "
+               f"device {device}, torch {torch.__version__}")
+    done = {run.name: [e["step"] for e in evals.get(run.name, [])] for run in RUNS}
+    summary = {"command": command, "machine": machine, "wall_seconds_of_last_invocation": wall,
+               "budget": {k: v for k, v in budget.__dict__.items()}, "floor": base, "evaluations": evals,
+               "done": done}
+    (results / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    text = (f"Base budget: {budget.steps} steps of batch {budget.batch_size}; "
+            f"sampler {'/'.join(map(str, budget.sampler))}; {budget.samples} samples against "
+            f"{budget.test_images} test images, Fashion-MNIST classifier features.\n\n"
+            f"Every model at the base budget (seed 0)\n\n{base_table(evals, budget, base)}\n\n"
+            f"The headline models over training\n\n{trend_table(evals)}\n\n"
+            f"DCT power of the samples relative to the test images, per radial band\n\n"
+            f"{band_table(evals, 'spectrum', budget)}\n\n"
+            f"Denoising error per band relative to the Wiener estimator of the data's Gaussian fit (> 1: worse than "
+            f"linear)\n\n{band_table(evals, 'wiener', budget)}\n\n"
+            f"Evaluations done: {json.dumps(done)}\n\nCommand: `{command}`; machine: {machine}\n")
+    (results / "results.md").write_text(text)
+    print(text)
+    return summary
 
 
-def table(results: dict, base: dict) -> str:
-    rows = ["| model | prediction | sampler (grid, NFE) | FID | KID x 1e3 | precision | recall | test bpd "
-            "(decoder part) | training |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        rows.append(f"| {name} | {r['prediction']} | {r['sampler']} | {r['fid']:.2f} | {r['kid_x1e3']:.2f} ± "
-                    f"{r['kid_std_x1e3']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['bpd']:.3f} "
-                    f"({r['bpd_reconstruction']:.3f}) | {r['steps']} steps, {r['train_seconds'] / 60:.0f} min |")
-    rows.append(f"| training images (floor) | | | {base['fid']:.2f} | "
-                f"{base['kid_x1e3']:.2f} ± {base['kid_std_x1e3']:.2f} "
-                f"| {base['precision']:.3f} | {base['recall']:.3f} | | |")
-    return "\n".join(rows)
-
-
-def curve_table(results: dict, base: dict) -> str:
-    rows = ["| model | sampler/grid | NFE | FID | KID x 1e3 | precision | recall |", "|---|---|---|---|---|---|---|"]
-    for name in (n for n in NFE_CURVES if n in results):
-        for p in results[name]["nfe_curve"]:
-            rows.append(f"| {name} | {p['method']}/{p['grid']} | {p['nfe']} | {p['fid']:.2f} | {p['kid_x1e3']:.2f} ± "
-                        f"{p['kid_std_x1e3']:.2f} | {p['precision']:.3f} | {p['recall']:.3f} |")
-    rows.append(f"| training images (floor) | | | {base['fid']:.2f} | "
-                f"{base['kid_x1e3']:.2f} ± {base['kid_std_x1e3']:.2f} "
-                f"| {base['precision']:.3f} | {base['recall']:.3f} |")
-    return "\n".join(rows)
-
-
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict | None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true",
                    help="a seconds-long run of the same code (tests it, not the numbers)")
-    p.add_argument("--out", default="out/quality", help="runs: checkpoints and logs")
+    p.add_argument("--out", default="out/quality", help="runs: checkpoints, logs and evaluations")
     p.add_argument("--results", default="docs/assets/quality", help="tables and figures")
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="models trained at once, one thread each (default 2; 1 --tiny)")
-    p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # a worker process: one model
+    p.add_argument("--runs", default=None, help="comma-separated subset of the run names "
+                   f"({','.join(r.name for r in RUNS)})")
+    p.add_argument("--resume", action="store_true", help="continue the runs in --out (and start the missing ones)")
+    p.add_argument("--phase", choices=["all", "train", "report"], default="all",
+                   help="train only, or also evaluate; report: only write the results from what is there")
+    p.add_argument("--jobs", type=int, default=None, help="runs at once, one process and thread each")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU mode trains with 10x the batch)")
+    p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # a worker process: one run
     args = p.parse_args(argv)
-    budget = TINY if args.tiny else FULL
-    out, results_dir = Path(args.out), Path(args.results)
-    names = [n for n in args.models.split(",") if n]
-    unknown = sorted(set(names) - set(MODELS))
+    device = torch.device(args.device)
+    budget = TINY if args.tiny else GPU if device.type == "cuda" else FULL
+    out, results = Path(args.out), Path(args.results)
+    runs = {r.name: r for r in RUNS}
+    names = args.runs.split(",") if args.runs else list(runs)
+    unknown = sorted(set(names) - set(runs))
     if unknown:
-        p.error(f"unknown models {unknown}; expected some of {sorted(MODELS)}")
+        p.error(f"unknown runs {unknown}; expected some of {list(runs)}")
     load_feature_net("fashion-mnist"), load_fashion_mnist(train=False)  # fail before any work
-    # One thread per process: a small network gains little from a second, and on a shared machine OpenMP's
-    # waiting threads cost more than they bring; parallelism comes from --jobs processes instead.
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # parallelism comes from --jobs processes
     if args.only:
-        return run_model(args.only, budget, out)
-
+        return work(runs[args.only], budget, out, device, args.phase)
+    if out.exists() and any(out.iterdir()) and not args.resume and args.phase != "report":
+        p.error(f"{out} already holds runs; pass --resume to continue them (nothing is overwritten), "
+                f"or choose another --out")
     start = time.perf_counter()
-    todo = [n for n in names if not (out / n / "result.json").exists()]
-    jobs = args.jobs or (1 if args.tiny else 2)
-    if jobs == 1:
-        for name in todo:
-            run_model(name, budget, out)
-    else:
+    if args.phase != "report":
         out.mkdir(parents=True, exist_ok=True)
-        pending, running = list(todo), []
+        pending, running = list(names), []
+        jobs = args.jobs or budget.jobs
         while pending or running:
             while pending and len(running) < jobs:
                 name = pending.pop(0)
-                cmd = [sys.executable, __file__, "--only", name, "--out", str(out)] + (["--tiny"] if args.tiny else [])
+                cmd = [sys.executable, __file__, "--only", name, "--out", str(out), "--phase", args.phase,
+                       "--device", args.device] + (["--tiny"] if args.tiny else [])
                 with open(out / f"{name}.log", "a") as log:  # the child keeps its own copy of the handle
                     running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
-            time.sleep(1)
+            time.sleep(0.5)
             for name, proc in list(running):
                 if proc.poll() is not None:
                     running.remove((name, proc))
                     if proc.returncode:
-                        sys.exit(f"error: model {name} failed (exit {proc.returncode}); see {out / f'{name}.log'}")
-    results = {n: json.loads((out / n / "result.json").read_text()) for n in names}
-    base = floor(budget)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    grids(results, out, results_dir / "samples.png")
-    if any(n in results for n in NFE_CURVES):
-        nfe_plot(results, base["curve"], results_dir / "nfe.png")
-    for name in names:
-        quality_png = out / name / "run" / "quality.png"
-        if quality_png.exists():
-            (results_dir / f"training_{name}.png").write_bytes(quality_png.read_bytes())
-    machine = (f"{platform.machine()}, {torch.get_num_threads()} threads ({platform.processor() or 'cpu'}), "
-               f"torch {torch.__version__}")
+                        sys.exit(f"error: run {name} failed (exit {proc.returncode}); see {out / f'{name}.log'}")
+    if args.phase == "train":
+        return None
     command = " ".join(["python benchmarks/bench_quality.py", *(sys.argv[1:] if argv is None else argv)])
-    report = {"command": command, "machine": machine, "wall_seconds": time.perf_counter() - start,
-              "budget": {k: v for k, v in budget.__dict__.items()}, "floor": base, "models": results}
-    (results_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = (f"Quality in Fashion-MNIST classifier features ({budget.samples} samples "
-            f"against the 10,000 test images)\n\n"
-            f"{table(results, base['full'])}\n\nQuality against NFE ({budget.curve_samples} samples per point)\n\n"
-            f"{curve_table(results, base['curve'])}\n\nCommand: `{command}`; machine: {machine}; "
-            f"wall time of this invocation: {report['wall_seconds'] / 60:.0f} min\n")
-    (results_dir / "results.md").write_text(text)
-    print(text)
-    return report
+    return report(budget, out, results, command, time.perf_counter() - start, device)
 
 
 if __name__ == "__main__":

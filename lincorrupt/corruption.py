@@ -78,6 +78,9 @@ class DiagonalizableCorruption(nn.Module):
         basis.check_event_shape(self.shape)
         self.basis = basis
         self.prior = prior if prior is not None else StandardNormalPrior()
+        #: The data's variance per basis coordinate, (*shape), float64; None until
+        #: :meth:`fit_data_statistics` sets it (the "data" time grid reads it).
+        self.register_buffer("data_var", None)
 
     def __init_subclass__(cls, **kwargs):
         """Run :meth:`check_validity` once the outermost ``__init__`` of a subclass returns, and
@@ -238,6 +241,27 @@ class DiagonalizableCorruption(nn.Module):
         u_t, out = self.basis.to_basis(z_t), self.basis.to_basis(output)
         u_x, u_eps = src.to_x(c, u_t, out), src.to_eps(c, u_t, out)
         return self.basis.from_basis(dst.target(c, u_x, u_eps)).to(z_t.dtype)
+
+    @torch.no_grad()
+    def fit_data_statistics(self, x: Tensor) -> DiagonalizableCorruption:
+        """Record ``data_var = Var[V^T x]`` per basis coordinate from a batch of data, and return self.
+
+        Taken once from training data (e.g. a few thousand images in [-1, 1], as
+        :meth:`GaussianPrior.fit <lincorrupt.priors.GaussianPrior.fit>` does); the "data" time
+        grid (:func:`~lincorrupt.sampling.grids.data_grid`) weights each coordinate's SNR by it.
+        Stored in float64 as the buffer ``data_var`` (*shape), so it moves with ``.to(device)``
+        and travels in the state dict. A coordinate that never varies gets the floor 1e-12.
+
+        Args:
+            x: (N, *shape) data, N >= 2.
+        """
+        self.check_data(x)
+        if x.shape[0] < 2:
+            raise ValueError(f"fit_data_statistics needs at least 2 data points to estimate a variance, got "
+                             f"{x.shape[0]}")
+        u = self.basis.to_basis(x.double())
+        self.data_var = u.var(0, correction=1).clamp(min=1e-12)
+        return self
 
     # ----------------------------------------------------------------- validity
     @torch.no_grad()

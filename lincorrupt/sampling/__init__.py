@@ -19,12 +19,12 @@ from torch import Tensor
 from ..corruption import DiagonalizableCorruption
 from ..validation import is_validating
 from .denoiser import Denoiser, StepInfo, clip_x_hat, dynamic_threshold
-from .grids import GRIDS, info_grid, logsnr_grid, mean_log_snr, uniform_grid
+from .grids import GRIDS, data_grid, info_grid, logsnr_grid, mean_log_snr, uniform_grid
 from .samplers import SAMPLERS, ancestral, ddim, ddim_coefficients, dpmpp_2m, dpmpp_2s, dpmpp_3m
 
 __all__ = ["sample", "Denoiser", "StepInfo", "clip_x_hat", "dynamic_threshold", "ancestral", "ddim",
            "ddim_coefficients", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "uniform_grid", "logsnr_grid", "info_grid",
-           "mean_log_snr", "SAMPLERS", "GRIDS", "DEPRECATED_METHODS"]
+           "data_grid", "mean_log_snr", "SAMPLERS", "GRIDS", "DEPRECATED_METHODS"]
 
 #: Old sampler names that :func:`sample` still accepts, with a ``DeprecationWarning``, and the
 #: name to use instead: "ode" is DPM-Solver++(2S).
@@ -82,7 +82,9 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
             "dpm++2s" or "dpm++3m". The old name "ode" of "dpm++2s" still works but is
             deprecated (a ``DeprecationWarning``).
         grid: a key of :data:`GRIDS` ("uniform" in t, "logsnr" in log-SNR, "info" in
-            per-coordinate information), or a decreasing tensor of times from 1 to 0.
+            per-coordinate information, "data" in the information of the data's own variance per
+            coordinate, after ``corruption.fit_data_statistics(x)``), or a decreasing tensor of
+            times from 1 to 0.
         generator: random generator for the prior and the sampler's noise.
         device, dtype: where and in which precision to sample; device defaults to the
             corruption's.

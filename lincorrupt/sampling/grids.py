@@ -1,9 +1,9 @@
 """Time grids: ``grid(corruption, steps, device) -> times``, ``steps + 1`` times decreasing from 1 to 0.
 
-"uniform" is equally spaced in t; "logsnr" follows the corruption's mean log-SNR and "info"
-the largest per-coordinate information change, so that few steps land where the schedule
-moves. Where the log-SNR is infinite at t = 0 the grids end at
-:data:`~lincorrupt.coefficients.T_EPS` and then put their last point at 0 (the sampler returns
+"uniform" is equally spaced in t; "logsnr" follows the corruption's mean log-SNR, "info" the
+largest per-coordinate information change of unit-variance data and "data" that of the data's own
+per-coordinate variance, so that few steps land where the schedule does not move. Where the
+log-SNR is infinite at t = 0 the grids end at :data:`~lincorrupt.coefficients.T_EPS` and then put their last point at 0 (the sampler returns
 the denoised estimate of the point before it, so the last time is never evaluated).
 """
 
@@ -18,7 +18,7 @@ from torch import Tensor
 from ..coefficients import T_EPS
 from ..corruption import DiagonalizableCorruption
 
-__all__ = ["uniform_grid", "logsnr_grid", "info_grid", "mean_log_snr", "GRIDS", "LOGSNR_FLOOR"]
+__all__ = ["uniform_grid", "logsnr_grid", "info_grid", "data_grid", "mean_log_snr", "GRIDS", "LOGSNR_FLOOR"]
 
 
 def uniform_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -> Tensor:
@@ -86,22 +86,10 @@ def _fine_times(t_end: float, device=None) -> Tensor:
     return t_end + (1.0 - t_end) * torch.unique(unit)
 
 
-def info_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -> Tensor:
-    """``steps + 1`` times from 1 to 0 on which no coordinate gains more information than in another interval (float64).
-
-    A unit-variance Gaussian datum seen through coordinate i at time t carries
-    ``I_i(t) = 1/2 log(1 + SNR_t[i]) = 1/2 softplus(log SNR_t[i])`` nats about itself (Cover &
-    Thomas, eq. 9.16). The grid is equally spaced in
-
-        ell(t) = integral_0^t max_i |d softplus(log SNR_t[i]) / dt| dt
-
-    so no coordinate's information changes by more than ``ell(1) / (2 steps)`` nats in any
-    interval (``max_i`` of a sum is at most the sum of the ``max_i``). Unlike the log-SNR, the
-    information stops moving once a coordinate is destroyed, so IHDM's high frequencies, whose
-    log-SNR keeps falling to -10^4, get steps only while they still hold signal. ``ell`` is summed
-    on a fine grid (:func:`_fine_times`) and inverted by linear interpolation; it ends at
-    ``T_EPS`` where the log-SNR is infinite at 0, as :func:`logsnr_grid` does. Deterministic.
-    """
+def _equal_information_grid(corruption: DiagonalizableCorruption, steps: int, device, log_var: Tensor | float,
+                            name: str) -> Tensor:
+    """``steps + 1`` times from 1 to 0 equally spaced in ``ell(t) = integral max_i |dI_i/dt| dt`` with
+    ``I_i(t) = 1/2 softplus(log SNR_t[i] + log_var[i])`` (float64); see :func:`info_grid`."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     with torch.no_grad():
@@ -110,7 +98,8 @@ def info_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -> 
         fine = _fine_times(t_end, device)
         moves, last = [], None
         for chunk in fine.split(512):  # (len, coordinates) at a time
-            info = torch.nn.functional.softplus(corruption.coefficients_at(chunk).logsnr).flatten(1)
+            logsnr = corruption.coefficients_at(chunk).logsnr + log_var
+            info = torch.nn.functional.softplus(logsnr).flatten(1) / 2
             if last is not None:
                 info = torch.cat([last, info])
             moves.append((info[1:] - info[:-1]).abs().amax(1))
@@ -123,12 +112,61 @@ def info_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -> 
         times = fine[k - 1] + weight * (fine[k] - fine[k - 1])
     times[0], times[-1] = 1.0, 0.0
     if not bool((times[1:] < times[:-1]).all()):
-        raise ValueError(f"the information grid of {type(corruption).__name__} with {steps} steps is not strictly "
+        raise ValueError(f"the {name} grid of {type(corruption).__name__} with {steps} steps is not strictly "
                          f"decreasing (more steps than its fine grid resolves); use grid='logsnr' or pass times")
     return times
 
 
+def info_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -> Tensor:
+    """``steps + 1`` times from 1 to 0 on which no coordinate gains more information than in another interval (float64).
+
+    A unit-variance Gaussian datum seen through coordinate i at time t carries
+    ``I_i(t) = 1/2 log(1 + SNR_t[i]) = 1/2 softplus(log SNR_t[i])`` nats about itself (Cover &
+    Thomas, eq. 9.16). The grid is equally spaced in
+
+        ell(t) = integral_0^t max_i |d I_i(t) / dt| dt
+
+    so no coordinate's information changes by more than ``ell(1) / steps`` nats in any
+    interval (``max_i`` of a sum is at most the sum of the ``max_i``). Unlike the log-SNR, the
+    information stops moving once a coordinate is destroyed, so IHDM's high frequencies, whose
+    log-SNR keeps falling to -10^4, get steps only while they still hold signal. ``ell`` is summed
+    on a fine grid (:func:`_fine_times`) and inverted by linear interpolation; it ends at
+    ``T_EPS`` where the log-SNR is infinite at 0, as :func:`logsnr_grid` does. Deterministic.
+    """
+    return _equal_information_grid(corruption, steps, device, 0.0, "information")
+
+
+def data_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -> Tensor:
+    """:func:`info_grid` for the data at hand: equal steps in the largest change of any coordinate's
+    information ``I_i(t) = 1/2 log(1 + SNR_t[i] Var_i)`` (float64).
+
+    ``Var_i = corruption.data_var[i]`` is the data's variance in basis coordinate i
+    (:meth:`~lincorrupt.DiagonalizableCorruption.fit_data_statistics`), so ``SNR_t[i] Var_i =
+    alpha_t[i]^2 Var_i / sigma_t[i]^2`` is the coordinate's effective SNR and ``I_i`` the mutual
+    information between it and its noisy observation for Gaussian data (Cover & Thomas, eq. 9.16).
+    A coordinate is generated where its ``I_i`` moves, which depends on its variance: in the DCT
+    basis of natural images the mean colour carries hundreds of times the variance of the
+    highest frequencies, so it is generated late in t (near t = 1) and the highest frequencies
+    early; the grid bounds every coordinate's information step by ``ell(1) / steps``, with ``ell``
+    as in :func:`info_grid`. With ``data_var`` all ones it is :func:`info_grid`.
+
+    Raises:
+        ValueError: the corruption has no ``data_var`` (fit it on a batch of training data first).
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if corruption.data_var is None:
+        raise ValueError(f"grid='data' weights each coordinate by the data's variance, and this "
+                         f"{type(corruption).__name__} has none: call corruption.fit_data_statistics(x) once with a "
+                         f"batch of training data x of shape (N, {', '.join(map(str, corruption.shape))}), or use "
+                         f"grid='info'")
+    log_var = corruption.data_var.to(device=device, dtype=torch.float64).log()
+    return _equal_information_grid(corruption, steps, device, log_var, "data")
+
+
 #: name -> ``grid(corruption, steps, device) -> times``, decreasing from 1 to 0: "uniform" in t,
 #: "logsnr" equally spaced in the mean log-SNR (:func:`logsnr_grid`), "info" in the largest
-#: per-coordinate information change (:func:`info_grid`).
-GRIDS: dict[str, Callable[..., Tensor]] = {"uniform": uniform_grid, "logsnr": logsnr_grid, "info": info_grid}
+#: per-coordinate information change of unit-variance data (:func:`info_grid`), "data" the same
+#: for the data's own variance per coordinate (:func:`data_grid`; needs ``fit_data_statistics``).
+GRIDS: dict[str, Callable[..., Tensor]] = {"uniform": uniform_grid, "logsnr": logsnr_grid, "info": info_grid,
+                                           "data": data_grid}
