@@ -3,8 +3,9 @@
 "uniform" is equally spaced in t; "logsnr" follows the corruption's mean log-SNR, "info" the
 largest per-coordinate information change of unit-variance data and "data" that of the data's own
 per-coordinate variance, so that few steps land where the schedule does not move. Where the
-log-SNR is infinite at t = 0 the grids end at :data:`~lincorrupt.coefficients.T_EPS` and then put their last point at 0 (the sampler returns
-the denoised estimate of the point before it, so the last time is never evaluated).
+log-SNR is infinite at t = 0 the grids end at :data:`~lincorrupt.coefficients.T_EPS` and then put
+their last point at 0 (the sampler returns the denoised estimate of the point before it, so the
+last time is never evaluated).
 """
 
 from __future__ import annotations
