@@ -4,10 +4,10 @@ step, and convergence of the momentum sampler's exact output moments on Gaussian
 
 import numpy as np
 import pytest
-import scipy.fft
 import torch
 
 import lincorrupt as lc
+from helpers.dct import blur
 from helpers.gaussian import SHAPE, D, Truth, make
 
 f64 = torch.float64
@@ -65,11 +65,6 @@ def test_one_naive_step_recorrupts_x_hat(name):
     u0, x0 = torch.randn(2, *SHAPE, generator=g, dtype=f64)
     a_s, s_s = coefficients(c, 0.3)
     assert_moments(one_step(c, "naive", 0.5, 0.3, u0, x0), a_s * x0, (s_s**2).expand(SHAPE))
-
-
-def blur(x, alpha):
-    """C_t x in data space with scipy's orthonormal DCT: V diag(alpha) V^T x."""
-    return scipy.fft.idctn(alpha * scipy.fft.dctn(x, axes=(-2, -1), norm="ortho"), axes=(-2, -1), norm="ortho")
 
 
 @pytest.mark.parametrize("make_corruption", [lambda: lc.IHDM(SHAPE, sigma_blur_max=4.0, num_steps=20),
