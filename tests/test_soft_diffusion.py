@@ -151,3 +151,19 @@ def test_bad_fit_input_is_refused():
         lc.SoftDiffusion.fit(torch.randn(5, *SHAPE), num_levels=11, num_candidates=10)
     with pytest.raises(ValueError, match="shape"):
         lc.SoftDiffusion((4, 6))
+
+
+def test_residual_prediction_is_x_minus_z_t_and_its_loss_is_the_x_loss():
+    """prediction="residual": x_hat = z_t + out, so the target is x - z_t and the x error equals the output error."""
+    c = lc.SoftDiffusion(SHAPE, sigma_blur_max=2.0)
+    g = torch.Generator().manual_seed(3)
+    x, noise, out = torch.randn(3, 2, *SHAPE, generator=g, dtype=f64)
+    t = torch.tensor([0.3, 0.8], dtype=f64)
+    z_t, _ = c.diffuse(x, t, noise=noise)
+    torch.testing.assert_close(c.convert(out, z_t, t, "residual", "x"), z_t + out)
+    torch.testing.assert_close(c.convert(x - z_t, z_t, t, "residual", "eps"), noise)
+    net = lambda z, tt: torch.sin(z)
+    residual = lc.diffusion_loss(net, c, x, prediction="residual", weighting=lc.soft_score_weighting, t=t, noise=noise)
+    direct = lc.diffusion_loss(lambda z, tt: z + net(z, tt), c, x, prediction="x", weighting=lc.soft_score_weighting,
+                               t=t, noise=noise)
+    assert residual.item() == pytest.approx(direct.item(), rel=1e-9)
