@@ -27,9 +27,11 @@ class SoftDiffusion(DiagonalizableCorruption):
     By default the levels are equally spaced from ``sigma_blur_min`` to ``sigma_blur_max``;
     :meth:`fit` chooses them the paper's way, at equal Wasserstein-2 steps of the blurred data
     (:func:`select_blur_levels`). The paper fixes neither the noise schedule nor a data-free level
-    spacing: geometric noise and equally spaced levels are lincorrupt's choice (a data-free stand-in:
-    on Fashion-MNIST the W2 levels step by ~0.1 px at weak blur and by several px at the strongest). The blur range 0.01 to 23 px is the
-    paper's for CelebA-64; noise 0.01 to 0.1 is on the [-1, 1] data scale.
+    spacing: geometric noise and equally spaced levels are lincorrupt's choice (a data-free
+    stand-in: on Fashion-MNIST the W2 levels step by ~0.1 px at weak blur and by several px at the
+    strongest). The blur range 0.01 to 23 px is the paper's for CelebA-64; noise 0.01 to 0.1 is on
+    the [-1, 1] data scale. ``alpha_t`` is (B, 1, H, W), shared by the channels; ``sigma_t`` is
+    (B, 1, 1, 1).
 
     Blurring never forgets the mean colour, so the t = 1 marginal is not N(0, I): the default
     prior is :class:`~lincorrupt.priors.GaussianPrior` (exact for white data); :meth:`fit` sets the
@@ -86,7 +88,7 @@ class SoftDiffusion(DiagonalizableCorruption):
             raise ValueError(f"SoftDiffusion.fit needs floating data of shape (N, C, H, W) with N >= 2, got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
         basis = DCTBasis(x.shape[-2], x.shape[-1])
-        u = basis.to_basis(x.to(torch.float64))
+        u = basis.to_basis(x.detach().cpu().to(torch.float64))  # once, on the CPU, in float64
         mean, var = u.mean(0), u.var(0)
         candidates = torch.linspace(sigma_blur_min, sigma_blur_max, num_candidates, dtype=torch.float64)
         levels = select_blur_levels(candidates, basis.frequencies_squared(), mean, var, num_levels)
