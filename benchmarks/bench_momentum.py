@@ -1,7 +1,7 @@
 """Soft Diffusion's momentum sampler beside ancestral sampling and DPM-Solver++(2M), at 28x28, exactly.
 
-    .venv/bin/python benchmarks/bench_momentum.py            # NFE 5 ... 100 (about 6 CPU minutes)
-    .venv/bin/python benchmarks/bench_momentum.py --quick    # NFE 5 ... 50 (about 3)
+    .venv/bin/python benchmarks/bench_momentum.py            # NFE 5 ... 100 (857 s on a shared 2-core machine)
+    .venv/bin/python benchmarks/bench_momentum.py --quick    # NFE 5 ... 50 (about half that)
 
 Data: a Gaussian N(m, S) fitted to 10,000 Fashion-MNIST training images (28x28, D = 784, scaled to
 [-1, 1], a 1e-4 ridge on S so that every direction has some variance), read with
