@@ -2,16 +2,16 @@
 
     q(z_t | x) = N(V diag(alpha_t) V^T x, V diag(sigma_t^2) V^T)
 
-DDPM, inverse heat dissipation and blurring diffusion are instances of
+DDPM, inverse heat dissipation, blurring diffusion and Soft Diffusion are instances of
 :class:`DiagonalizableCorruption`; one posterior, loss and set of samplers serve them all.
 """
 
 from .basis import Basis, DCTBasis, IdentityBasis, MatrixBasis
 from .coefficients import Coefficients, Transition
 from .corruption import DiagonalizableCorruption, Gaussian, InvalidCorruptionError
-from .corruptions import DDPM, IHDM, BlurringDiffusion
+from .corruptions import DDPM, IHDM, BlurringDiffusion, SoftDiffusion
 from .likelihood import ELBO, bits_per_dim, elbo
-from .losses import diffusion_loss, elbo_weighting
+from .losses import diffusion_loss, elbo_weighting, snr_weighting, soft_score_weighting
 from .predictions import PREDICTIONS
 from .priors import EmpiricalPrior, GaussianPrior, Prior, StandardNormalPrior
 from .sampling import GRIDS, SAMPLERS, Denoiser, StepInfo, sample
@@ -22,8 +22,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Basis", "IdentityBasis", "DCTBasis", "MatrixBasis",
     "DiagonalizableCorruption", "Coefficients", "Transition", "Gaussian", "InvalidCorruptionError",
-    "DDPM", "IHDM", "BlurringDiffusion",
-    "diffusion_loss", "elbo_weighting", "PREDICTIONS",
+    "DDPM", "IHDM", "BlurringDiffusion", "SoftDiffusion",
+    "diffusion_loss", "elbo_weighting", "soft_score_weighting", "snr_weighting", "PREDICTIONS",
     "Prior", "StandardNormalPrior", "GaussianPrior", "EmpiricalPrior",
     "sample", "Denoiser", "StepInfo", "SAMPLERS", "GRIDS",
     "elbo", "bits_per_dim", "ELBO",

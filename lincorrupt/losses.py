@@ -10,7 +10,7 @@ from torch import Tensor
 from .corruption import DiagonalizableCorruption
 from .predictions import Prediction, get_prediction
 
-__all__ = ["diffusion_loss", "elbo_weighting", "check_model_output"]
+__all__ = ["diffusion_loss", "elbo_weighting", "soft_score_weighting", "snr_weighting", "check_model_output"]
 
 #: ``weighting(corruption, t, prediction) -> w``: per-coordinate weights, broadcastable to
 #: (B, *shape) in basis coordinates, on the squared error of the prediction.
@@ -41,6 +41,31 @@ def elbo_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: 
     return -0.5 * corruption.d_log_snr_dt_at(t) * torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
 
 
+def soft_score_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: Prediction) -> Tensor:
+    """Soft Score Matching (Daras et al. 2022): the loss ``||C_t (x_hat - x)||^2``.
+
+    ``C_t = V diag(alpha_t) V^T``, so per basis coordinate the weight on the squared x error is
+    ``alpha_t^2``, and on the error of ``prediction`` ``alpha_t^2 (d x / d out)^2``. Returns a
+    tensor broadcastable to (B, *shape).
+    """
+    t = corruption.check_time(t, "t")
+    c = corruption.coefficients_at(t)
+    return torch.exp(2 * (c.log_alpha + prediction.log_x_scale(c)))
+
+
+def snr_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: Prediction) -> Tensor:
+    """Soft Score Matching divided by the noise variance: ``||C_t (x_hat - x)||^2 / sigma_t^2``.
+
+    Per basis coordinate the weight on the squared x error is ``SNR_t = alpha_t^2 / sigma_t^2``,
+    which makes the loss the unweighted eps loss ``||eps - eps_hat||^2`` of the implied
+    ``eps_hat = (u_t - alpha_t x_hat) / sigma_t`` (no division by alpha_t). Shapes as in
+    :func:`soft_score_weighting`.
+    """
+    t = corruption.check_time(t, "t")
+    c = corruption.coefficients_at(t)
+    return torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
+
+
 _REDUCTIONS = {
     "mean": lambda per_coordinate: per_coordinate.mean(),
     "sum": lambda per_coordinate: per_coordinate.flatten(1).sum(1).mean(),
@@ -63,7 +88,8 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
         corruption: the forward process.
         x: (B, *shape) clean data in [-1, 1].
         prediction: what the model outputs: "eps", "x" or "v".
-        weighting: optional ``weighting(corruption, t, prediction) -> w`` (e.g. :func:`elbo_weighting`).
+        weighting: optional ``weighting(corruption, t, prediction) -> w`` (:func:`elbo_weighting`,
+            :func:`soft_score_weighting`, :func:`snr_weighting`).
         t: (B,) times; drawn from U(0, 1) if None.
         noise: (B, *shape) standard normal noise; drawn if None.
         generator: random generator for t and noise.

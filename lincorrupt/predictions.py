@@ -1,4 +1,5 @@
-"""What a model predicts: the noise ("eps"), the data ("x") or the velocity ("v").
+"""What a model predicts: the noise ("eps"), the data ("x"), the velocity ("v") or the data as a
+residual of its input ("residual", Soft Diffusion's parametrisation ``x_hat = z_t + out``).
 
 All conversions are per coordinate in the corruption's basis, where
 ``u_t = alpha_t u_x + sigma_t u_eps`` (``u = V^T z``). The velocity generalises Salimans &
@@ -93,10 +94,30 @@ class VPrediction(Prediction):
         return c.log_sigma - torch.log(c.velocity_scale)
 
 
-PREDICTIONS: dict[str, Prediction] = {p.name: p for p in (EpsPrediction(), XPrediction(), VPrediction())}
+class ResidualPrediction(Prediction):
+    """``x_hat = z_t + out``: the network predicts what to add to its input (Daras et al. 2022)."""
+
+    name = "residual"
+
+    def target(self, c, u_x, u_eps):  # u_x - u_t
+        return (1 - c.alpha) * u_x - c.sigma * u_eps
+
+    def to_x(self, c, u_t, out):
+        return u_t + out
+
+    def to_eps(self, c, u_t, out):  # u_eps = (u_t - alpha_t (u_t + out)) / sigma_t
+        return (u_t - c.alpha * (u_t + out)) * torch.exp(-c.log_sigma)
+
+    def log_x_scale(self, c):
+        return torch.zeros_like(c.log_alpha)
+
+
+PREDICTIONS: dict[str, Prediction] = {p.name: p for p in (EpsPrediction(), XPrediction(), VPrediction(),
+                                                          ResidualPrediction())}
 r"""What a model can be trained to output, by the name ``prediction=`` takes: ``"eps"`` the noise
 $\varepsilon$, ``"x"`` the clean data $x$, ``"v"`` the velocity
-$v = (\alpha_t \varepsilon - \sigma_t x) / \sqrt{\alpha_t^2 + \sigma_t^2}$, each per basis coordinate.
+$v = (\alpha_t \varepsilon - \sigma_t x) / \sqrt{\alpha_t^2 + \sigma_t^2}$, ``"residual"`` the
+difference $x - z_t$, each per basis coordinate.
 Every :class:`Prediction` converts its output to $\hat x$ and $\hat\varepsilon$."""
 
 

@@ -88,7 +88,8 @@ def test_model_returning_the_wrong_shape(c, x):
 
 
 def test_unknown_names(c, x):
-    with pytest.raises(ValueError, match=r"unknown prediction 'noise'; expected one of \['eps', 'v', 'x'\]"):
+    known = r"\['eps', 'residual', 'v', 'x'\]"
+    with pytest.raises(ValueError, match=r"unknown prediction 'noise'; expected one of " + known):
         lc.diffusion_loss(identity_model, c, x, prediction="noise")
     with pytest.raises(ValueError, match="unknown prediction"):
         lc.sample(identity_model, c, 2, steps=3, prediction="epsilon")

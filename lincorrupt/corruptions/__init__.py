@@ -3,5 +3,6 @@
 from .blurring import BlurringDiffusion
 from .ddpm import DDPM
 from .ihdm import IHDM
+from .soft import SoftDiffusion
 
-__all__ = ["DDPM", "IHDM", "BlurringDiffusion"]
+__all__ = ["DDPM", "IHDM", "BlurringDiffusion", "SoftDiffusion"]

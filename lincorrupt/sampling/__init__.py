@@ -20,11 +20,11 @@ from ..corruption import DiagonalizableCorruption
 from ..validation import is_validating
 from .denoiser import Denoiser, StepInfo, clip_x_hat, dynamic_threshold
 from .grids import GRIDS, data_grid, info_grid, logsnr_grid, mean_log_snr, uniform_grid
-from .samplers import SAMPLERS, ancestral, ddim, ddim_coefficients, dpmpp_2m, dpmpp_2s, dpmpp_3m
+from .samplers import SAMPLERS, ancestral, ddim, ddim_coefficients, dpmpp_2m, dpmpp_2s, dpmpp_3m, momentum, naive
 
 __all__ = ["sample", "Denoiser", "StepInfo", "clip_x_hat", "dynamic_threshold", "ancestral", "ddim",
-           "ddim_coefficients", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "uniform_grid", "logsnr_grid", "info_grid",
-           "data_grid", "mean_log_snr", "SAMPLERS", "GRIDS", "DEPRECATED_METHODS"]
+           "ddim_coefficients", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "momentum", "naive", "uniform_grid",
+           "logsnr_grid", "info_grid", "data_grid", "mean_log_snr", "SAMPLERS", "GRIDS", "DEPRECATED_METHODS"]
 
 #: Old sampler names that :func:`sample` still accepts, with a ``DeprecationWarning``, and the
 #: name to use instead: "ode" is DPM-Solver++(2S).
@@ -79,8 +79,8 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
         steps: network evaluations = number of grid intervals (ignored if ``grid`` is a tensor).
         prediction: what the model outputs: "eps", "x" or "v".
         method: a key of :data:`SAMPLERS`: "ancestral", "ddim" (option ``eta``), "dpm++2m",
-            "dpm++2s" or "dpm++3m". The old name "ode" of "dpm++2s" still works but is
-            deprecated (a ``DeprecationWarning``).
+            "dpm++2s", "dpm++3m", "momentum" or "naive". The old name "ode" of "dpm++2s" still
+            works but is deprecated (a ``DeprecationWarning``).
         grid: a key of :data:`GRIDS` ("uniform" in t, "logsnr" in log-SNR, "info" in
             per-coordinate information, "data" in the information of the data's own variance per
             coordinate, after ``corruption.fit_data_statistics(x)``), or a decreasing tensor of

@@ -5,7 +5,8 @@
 Each runs from ``times[0]`` to ``times[-1] = 0`` in basis coordinates, evaluates the model once
 per interval (``len(times) - 1`` network evaluations) and returns the last denoised estimate
 ``x_hat``: the last step adds no noise. :func:`ancestral` and :func:`ddim` follow the papers'
-posterior steps; the others are exponential integrators of the probability-flow ODE.
+posterior steps; :func:`momentum` and :func:`naive` are Soft Diffusion's samplers; the others are
+exponential integrators of the probability-flow ODE.
 
 In the basis every coordinate i is a scalar diffusion with its own half log-SNR
 ``lambda_t[i] = log(alpha_t[i] / sigma_t[i])``. The probability-flow ODE of coordinate i,
@@ -31,7 +32,8 @@ from ..coefficients import Coefficients, posterior_coefficients
 from ..corruption import DiagonalizableCorruption
 from .denoiser import Denoiser
 
-__all__ = ["ancestral", "ddim", "ddim_coefficients", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "SAMPLERS"]
+__all__ = ["ancestral", "ddim", "ddim_coefficients", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "momentum", "naive",
+           "SAMPLERS"]
 
 
 def _intervals(corruption, times: Tensor, progress: bool):
@@ -285,6 +287,47 @@ def dpmpp_2s(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor,
     return u_x
 
 
+def momentum(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor, times: Tensor,
+             generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+    """The Momentum Sampler of Soft Diffusion (Daras et al. 2022): denoise at fixed blur, then deblur.
+
+    Per coordinate and step t -> s, with ``r = sigma_s^2 / sigma_t^2`` and n standard normal:
+
+        1. x_hat = denoiser(u_t)                                             (one network evaluation)
+        2. u' = u_t + (1 - r) (alpha_t x_hat - u_t) + sqrt(max(sigma_t^2 - sigma_s^2, 0)) n   (noise t -> s)
+        3. u_s = u' + (alpha_s - alpha_t) x_hat                               (corruption t -> s)
+
+    Step 2 moves the noise level from ``sigma_t`` to ``sigma_s`` at the blur of time t (the ports'
+    ``z_t - (s_s^2 / s_t^2 - 1) eps_hat + noise`` with ``eps_hat = C_t x_hat - z_t``); step 3 swaps the
+    blurred estimate ``C_t x_hat`` for ``C_s x_hat``. With a constant ``sigma_t`` (IHDM) step 2 does
+    nothing and step 3 is Cold Diffusion's improved sampler, ``x_s = x_t - D(x_hat, t) + D(x_hat, s)``
+    (Bansal et al. 2022, Algorithm 2). The variance is ``-sigma_t^2 expm1(2 log(sigma_s / sigma_t))``,
+    exact where ``sigma_s ~ sigma_t``. Returns the last evaluation's ``x_hat``; shapes as in :func:`dpmpp_2m`.
+    """
+    for k, (t, _, c_t, c_s) in enumerate(_intervals(corruption, times, progress)):
+        u_x = denoise.x_hat(u, t, c_t)
+        if k == len(times) - 2:
+            return u_x
+        r = torch.exp(2 * (c_s.log_sigma - c_t.log_sigma))
+        var = (-torch.expm1(2 * (c_s.log_sigma - c_t.log_sigma)) * c_t.sigma**2).clamp(min=0)
+        noise = torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype)
+        u = u + (1 - r) * (c_t.alpha * u_x - u) + var.sqrt() * noise + (c_s.alpha - c_t.alpha) * u_x
+    return u
+
+
+def naive(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor, times: Tensor,
+          generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+    """Soft Diffusion's Naive Sampler (Daras et al. 2022): re-corrupt ``x_hat`` to the next time,
+    ``u_s = alpha_s x_hat + sigma_s n`` per coordinate (n standard normal). Returns the last ``x_hat``."""
+    for k, (t, _, c_t, c_s) in enumerate(_intervals(corruption, times, progress)):
+        u_x = denoise.x_hat(u, t, c_t)
+        if k == len(times) - 2:
+            return u_x
+        u = c_s.alpha * u_x + c_s.sigma * torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype)
+    return u
+
+
 #: name -> sampler; every sampler has the signature of :func:`ancestral` plus its own options.
 SAMPLERS: dict[str, Callable[..., Tensor]] = {"ancestral": ancestral, "ddim": ddim, "dpm++2m": dpmpp_2m,
-                                              "dpm++2s": dpmpp_2s, "dpm++3m": dpmpp_3m}
+                                              "dpm++2s": dpmpp_2s, "dpm++3m": dpmpp_3m, "momentum": momentum,
+                                              "naive": naive}

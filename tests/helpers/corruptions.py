@@ -11,4 +11,5 @@ CORRUPTIONS = {
     "ihdm": lambda: lc.IHDM(SHAPE),
     "blurring": lambda: lc.BlurringDiffusion(SHAPE),
     "blurring-weak": lambda: lc.BlurringDiffusion(SHAPE, sigma_blur_max=2.0, min_scale=0.1),
+    "soft": lambda: lc.SoftDiffusion(SHAPE, sigma_blur_max=1.0),  # mild: eps -> x divides by alpha_t
 }
