@@ -175,7 +175,7 @@ class GaussianFit(NamedTuple):
 
         The ridge floors every direction's variance: the sample covariance is singular when N <= D or where
         pixels are constant (Fashion-MNIST's borders), and the Wiener solve must stay well posed as
-        ``sigma_t -> 0``. 1e-4 is a standard deviation of 0.01 on the [-1, 1] scale, below one 8-bit level.
+        ``sigma_t -> 0``. 1e-4 is a standard deviation of 0.01 on the [-1, 1] scale, about one 8-bit level (2/255).
         """
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2 or x.shape[0] < 2:
             raise ValueError(f"GaussianFit.of needs a floating tensor (N, *shape) with N >= 2 images, got "
