@@ -20,10 +20,11 @@ import math
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .basis import Basis
 from .coefficients import Coefficients, Transition, posterior_coefficients, transition
+from .config import Configurable
 from .predictions import get_prediction
 from .priors import Prior, StandardNormalPrior
 from .validation import is_validating
@@ -52,13 +53,15 @@ class Gaussian(NamedTuple):
         return self.mean + self.var.sqrt() * noise
 
 
-class DiagonalizableCorruption(nn.Module):
+class DiagonalizableCorruption(Configurable):
     """Base class of every corruption: per-coordinate ``alpha_t``, ``sigma_t`` in a basis ``V``.
 
     Subclasses call ``super().__init__(shape, basis, prior)``, register any schedule
     parameters as buffers, and implement :meth:`alpha_sigma` or :meth:`log_alpha_sigma`.
     After construction the Markov validity check (:meth:`check_validity`) runs
-    automatically and refuses a schedule whose SNR increases in some coordinate.
+    automatically and refuses a schedule whose SNR increases in some coordinate. The
+    constructor's arguments are recorded in ``self.config`` (:class:`~lincorrupt.config.Configurable`),
+    so ``type(c)(**c.config)`` rebuilds the corruption and :func:`lincorrupt.load` rebuilds it from a file.
 
     Args:
         shape: event shape of one datum, e.g. (C, H, W).
@@ -80,25 +83,15 @@ class DiagonalizableCorruption(nn.Module):
         self.prior = prior if prior is not None else StandardNormalPrior()
 
     def __init_subclass__(cls, **kwargs):
-        """Run :meth:`check_validity` once the outermost ``__init__`` of a subclass returns, and
-        make the subclass's own ``alpha_sigma`` / ``log_alpha_sigma`` check their times."""
+        """Make the subclass's own ``alpha_sigma`` / ``log_alpha_sigma`` check their times."""
         super().__init_subclass__(**kwargs)
         for name in ("alpha_sigma", "log_alpha_sigma"):
             if name in cls.__dict__ and not hasattr(cls.__dict__[name], "__wrapped__"):
                 setattr(cls, name, _checking_times(cls.__dict__[name]))
-        # The schedule is complete only once the subclass's own __init__ has set its parameters,
-        # after the base __init__ has returned, so the check cannot run there. Wrapping every
-        # subclass's __init__ runs it once, when the constructor of the class being built
-        # (type(self) is cls) returns, and no subclass has to remember to call it.
-        init = cls.__init__
 
-        @functools.wraps(init)
-        def init_then_validate(self, *args, **kw):
-            init(self, *args, **kw)
-            if type(self) is cls:
-                self.check_validity()
-
-        cls.__init__ = init_then_validate
+    def finish_init(self) -> None:
+        """Once the outermost constructor has returned (the schedule is complete): :meth:`check_validity`."""
+        self.check_validity()
 
     # ----------------------------------------------------------------- the schedule
     def alpha_sigma(self, t: Tensor | float) -> tuple[Tensor, Tensor]:

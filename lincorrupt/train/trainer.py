@@ -45,7 +45,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from lincorrupt.config import SpecError
 from lincorrupt.data.images import to_model_range, to_unit_range
+from lincorrupt.model import model_record
 from lincorrupt.train.checkpoint import (
     check_compatible,
     load_checkpoint,
@@ -341,6 +343,7 @@ class Trainer:
         (every rank must call it); else only this rank's (dropout streams then restart on resume)."""
         rng = self._rng_state()
         return {
+            **_model_record(self.model, self.corruption, self.cfg.prediction),
             "corruption": type(self.corruption).__name__, "shape": list(self.shape), "step": self.step,
             "model": self.model.state_dict(), "ema": self.ema.module.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -612,6 +615,15 @@ class Trainer:
                            method=self.cfg.sampler, generator=g, device=self.device, progress=False)
         save_image(to_unit_range(x.float().cpu()), path, nrow=int(math.ceil(math.sqrt(n))))
         return x
+
+
+def _model_record(network: nn.Module, corruption: nn.Module, prediction: str) -> dict[str, Any]:
+    """``{"diffusion_model": ...}`` (what :func:`lincorrupt.load` rebuilds the model from) when the
+    network and the corruption record their constructor arguments, else ``{}``."""
+    try:
+        return {"diffusion_model": model_record(network, corruption, prediction)}
+    except SpecError:
+        return {}
 
 
 def check_finite(state: dict[str, Any], step: int, path: str | Path = "") -> None:
