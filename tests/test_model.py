@@ -219,3 +219,45 @@ def test_map_location_moves_the_model(tmp_path):
     loaded = lc.load(tmp_path / "m.pt", map_location="meta")
     assert all(p.device.type == "meta" for p in loaded.network.parameters())
     assert math.isclose(sum(p.numel() for p in loaded.parameters()), sum(p.numel() for p in model.parameters()))
+
+
+# ----------------------------------------------------------------- the command line
+def test_cli_info_and_sample(tmp_path, capsys):
+    import json
+
+    from lincorrupt.commands import main
+    trainer = make_trainer(tmp_path / "run", steps=1, prediction="x")
+    trainer.fit()
+    assert main(["info", str(tmp_path / "run")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["corruption"] == "BlurringDiffusion" and info["prediction"] == "x" and info["step"] == 1
+    assert info["settings"]["sigma_blur_max"] == 20.0 and info["trained_with"]["batch_size"] == 4
+    assert info["parameters"] == sum(p.numel() for p in trainer.model.parameters())
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(tmp_path / "run"), "-n", "4", "-o", str(out), "--steps", "2", "--method", "ddim",
+                 "--device", "cpu"]) == 0
+    from PIL import Image
+    assert Image.open(out).size == (2 * 8 + 3 * 2, 2 * 8 + 3 * 2)  # a 2x2 grid of 8x8 images, padding 2
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from lincorrupt.commands import main
+    assert main(["info", str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no checkpoint") and "Traceback" not in err
+    (tmp_path / "damaged.pt").write_bytes(b"\0" * 100)
+    assert main(["sample", str(tmp_path / "damaged.pt")]) == 1
+    assert "damaged.pt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sample", str(tmp_path), "-n", "0"])
+
+
+def test_python_m_lincorrupt_runs_the_command_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(lc.__file__).parents[1]
+    done = subprocess.run([sys.executable, "-m", "lincorrupt", "info", str(tmp_path / "none")], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert done.returncode == 1 and done.stderr.startswith("error: no checkpoint")
