@@ -121,17 +121,9 @@ def test_dpmpp_2s_pair_is_lu_et_al_algorithm_1_in_the_identity_basis():
     torch.testing.assert_close(inputs[2], z_s, rtol=1e-10, atol=1e-10)
 
 
-def test_the_old_name_ode_warns_and_runs_dpmpp_2s():
-    c = lc.DDPM(SHAPE, schedule="cosine")
-    run = lambda method: lc.sample(x_model, c, 2, steps=3, method=method, prediction="x", dtype=f64,
-                                   generator=torch.Generator().manual_seed(0))
-    new = run("dpm++2s")
-    with pytest.warns(DeprecationWarning, match=r"dpm\+\+2s"):
-        old = run("ode")
-    torch.testing.assert_close(old, new, rtol=0, atol=0)
-    assert "ode" not in lc.SAMPLERS
-    with pytest.warns(DeprecationWarning, match="dpmpp_2s"):
-        assert lc.sampling.ode is lc.sampling.dpmpp_2s
+def test_an_unknown_method_is_refused_naming_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown sampling method 'ode'; expected one of \['ancestral'"):
+        lc.sample(x_model, lc.DDPM(SHAPE), 2, steps=3, method="ode")
 
 
 def test_first_dpmpp_2m_step_is_ddim_and_the_second_uses_two_outputs():
