@@ -14,7 +14,8 @@ from lincorrupt.metrics.frechet import (
                                     sample_stats,
 )
 from lincorrupt.metrics.quality import frechet_distance, kid, precision_recall
+from lincorrupt.metrics.samples import sample_features
 
 __all__ = ["ENV_VAR", "WEIGHTS_FILE", "FIDStats", "activations", "dataset_stats", "fid", "inception_weights_path",
            "load_inception", "sample_stats", "frechet_distance", "kid", "precision_recall",
-           "FEATURE_NETS", "load_feature_net", "extract_features"]
+           "FEATURE_NETS", "load_feature_net", "extract_features", "sample_features"]
