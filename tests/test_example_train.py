@@ -198,3 +198,16 @@ def test_the_how_to_lists_exactly_the_flags_that_may_change_on_resume(script):
     text = (SCRIPT.parents[1] / "docs" / "how-to" / "train-cifar10.md").read_text()
     table = text[text.index("| what | flags |"):text.index("Any other flag")]
     assert {flag[2:].replace("-", "_") for flag in re.findall(r"`(--[a-z0-9-]+)`", table)} == script.RESUMABLE
+
+
+def test_a_run_resumed_from_a_checkpoint_elsewhere_writes_where_out_dir_says(script, trained, data_root, tmp_path):
+    source = trained["out"] / "checkpoint.pt"
+    before = load_checkpoint(source)
+    new = tmp_path / "continued"
+    script.main(["--checkpoint", str(source), "--out-dir", str(new), "--resume", "--data-root", str(data_root),
+                 "--steps", str(before["step"] + 1), "--no-progress", "--device", "cpu", "--num-workers", "0",
+                 "--sample-steps", "2"])
+    assert load_checkpoint(new / "checkpoint.pt")["step"] == before["step"] + 1
+    assert load_checkpoint(new / "checkpoint.pt")["config"]["out_dir"] == str(new)
+    assert load_checkpoint(source)["step"] == before["step"]  # the source run is left as it was
+    assert lc.load(new).info["step"] == before["step"] + 1
