@@ -29,7 +29,7 @@ from .predictions import get_prediction
 from .priors import Prior
 from .sampling import sample
 
-__all__ = ["DiffusionModel", "load", "model_record", "ModelLoadError"]
+__all__ = ["DiffusionModel", "load", "from_checkpoint", "model_record", "ModelLoadError"]
 
 
 class ModelLoadError(ValueError):
@@ -131,6 +131,18 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = None
     """
     from lincorrupt.train.checkpoint import load_latest
     found, state = load_latest(path, "cpu")
+    model = from_checkpoint(state, found, ema)
+    return (model if map_location is None else model.to(map_location)).eval()
+
+
+def from_checkpoint(state: dict[str, Any], path: str | os.PathLike = "", ema: bool = True) -> DiffusionModel:
+    """The :class:`DiffusionModel` of a checkpoint already loaded (:func:`lincorrupt.train.load_checkpoint`);
+    ``path`` names it in errors and ``info``. See :func:`load`.
+
+    Raises:
+        ModelLoadError: the checkpoint does not say how to build its network or corruption.
+    """
+    found = Path(path)
     try:
         if "diffusion_model" in state:
             record = state["diffusion_model"]
@@ -152,9 +164,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = None
     for key in ("step", "config", "world_size"):
         if key in state:
             model.info[key] = state[key]
-    if map_location is not None:
-        model.to(map_location)
-    return model.eval()
+    return model
 
 
 def _legacy_parts(state: dict[str, Any], path: Path) -> tuple[dict[str, Any], DiagonalizableCorruption, str]:

@@ -183,13 +183,13 @@ def test_ihdm_samples_from_its_checkpoint_without_data(script, data_root, tmp_pa
     script.main(TINY + ["--data-root", str(data_root), "--out-dir", str(out), "--steps", "1", "--corruption", "ihdm",
                         "--prior-images", "5"])
     state = load_checkpoint(out / "checkpoint.pt")
-    u_x = state["extra"]["buffers"]["prior.u_x"]
+    u_x = state["diffusion_model"]["corruption_state"]["prior.u_x"]
     assert u_x.shape == (5, 3, 16, 16)
     sampled = script.main(["--out-dir", str(out), "--sample-only", "--data-root", str(tmp_path / "no-data-here"),
                            "--device", "cpu", "--no-progress"])
     assert sampled["corruption"] == "ihdm" and sampled["prediction"] == "x" and (out / "samples.png").is_file()
     # the rebuilt corruption holds the stored prior: its samples start from those images, not from N(0, I)
-    corruption = script.build_corruption(state["extra"]["model_args"], state["extra"]["buffers"])
+    corruption = lc.load(out).corruption
     assert isinstance(corruption.prior, lc.EmpiricalPrior) and torch.equal(corruption.prior.u_x, u_x)
     assert corruption.sigma == 0.01 and corruption.num_steps == 200 and corruption.sigma_blur_max == 24.0
 

@@ -58,6 +58,7 @@ from lincorrupt.train.config import TrainConfig, default_workers
 from lincorrupt.train.data_order import StepBatchSampler, derive_seed, sample_seeds
 from lincorrupt.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, is_distributed
 from lincorrupt.train.ema import EMA
+from lincorrupt.train.finite import NonFiniteStateError, check_finite
 from lincorrupt.train.lock import RunLock
 from lincorrupt.train.metrics_log import MetricsLog, unreadable_record
 from lincorrupt.train.optim import Warmup, keep_kernel_options, make_optimizer
@@ -70,12 +71,6 @@ __all__ = ["Trainer", "NonFiniteStateError", "STATE_KEYS", "check_finite"]
 #: The entries every checkpoint of :meth:`Trainer.state_dict` holds.
 STATE_KEYS = ("corruption", "shape", "step", "model", "ema", "optimizer", "scheduler", "scaler", "rng", "world_size",
               "config", "extra")
-
-
-class NonFiniteStateError(FloatingPointError):
-    """The model, EMA or optimiser state holds NaN or infinity (and is therefore not saved)."""
-
-
 
 
 class Trainer:
@@ -311,6 +306,7 @@ class Trainer:
             batches = self.batches()
             with stop_on_signals(self._on_signal):
                 while self.step < cfg.steps:
+                    # -- one optimisation step (module docstring, steps 1-4)
                     rng = self._rng_state()  # the state after the last step, restored if this step fails
                     try:
                         self._pending.append(self.train_step(next(batches)))
@@ -318,6 +314,7 @@ class Trainer:
                         if not self._updating:
                             self._set_rng_state(rng)
                         raise
+                    # -- logging: the only host sync of a step, at log steps (and where the ranks agree to stop)
                     step = self.step
                     log_step = step % cfg.log_every == 0 or step == cfg.steps
                     stop = self._agree_stop(log_step)
@@ -331,10 +328,12 @@ class Trainer:
                         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.1f}")
                         tick, tick_step = now, step
                     bar.update(1)
+                    # -- sample grids and quality evaluations of the EMA weights
                     if cfg.sample_every and step % cfg.sample_every == 0 and main:
                         self.sample_grid(self.out_dir / f"samples_{step:07d}.png")
                     if self.evaluator and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                         self.evaluate(logger)
+                    # -- stop on a signal (saved below), else checkpoint every ckpt_every steps
                     if stop:
                         status = "interrupted"
                         break
@@ -441,26 +440,3 @@ def _model_record(network: nn.Module, corruption: nn.Module, prediction: str) ->
         return {"diffusion_model": model_record(network, corruption, prediction)}
     except SpecError:
         return {}
-
-
-def check_finite(state: dict[str, Any], step: int, path: str | Path = "") -> None:
-    """Refuse a state whose model, EMA or optimiser tensors hold NaN or infinity (one host sync).
-
-    Raises:
-        NonFiniteStateError: naming the step and the first non-finite tensors.
-    """
-    tensors = {f"{part}.{name}": t for part in ("model", "ema") for name, t in state[part].items()}
-    for i, s in state["optimizer"]["state"].items():
-        tensors.update({f"optimizer.state.{i}.{k}": t for k, t in s.items() if isinstance(t, torch.Tensor)})
-    tensors = {k: t for k, t in tensors.items() if t.is_floating_point() or t.is_complex()}
-    if not tensors:
-        return
-    finite = torch.stack([torch.isfinite(t).all() for t in tensors.values()])
-    if bool(finite.all()):
-        return
-    bad = [k for k, ok in zip(tensors, finite.tolist()) if not ok]
-    raise NonFiniteStateError(f"the training state at step {step} holds NaN or infinity (in {', '.join(bad[:3])}"
-                              f"{', ...' if len(bad) > 3 else ''}); not saved, so {path or 'the checkpoint'} still "
-                              f"holds an earlier, finite step: resume from it with a lower lr or more warm-up")
-
-
