@@ -27,7 +27,7 @@ from .coefficients import Coefficients, Transition, posterior_coefficients, tran
 from .config import Configurable
 from .predictions import get_prediction
 from .priors import Prior, StandardNormalPrior
-from .validation import is_validating
+from .validation import check_finite, check_like, is_validating
 
 __all__ = ["Gaussian", "DiagonalizableCorruption", "InvalidCorruptionError"]
 
@@ -323,21 +323,13 @@ class DiagonalizableCorruption(Configurable):
                 raise ValueError(f"{name} is on {x.device} but {type(self).__name__}'s buffers are on "
                                  f"{buffer.device}; move one with .to(device)")
             break
-        _check_finite_values(x, name)
+        check_finite(x, name)
 
     @staticmethod
     def check_like(y: Tensor, x: Tensor, name: str) -> None:
         """``TypeError``/``ValueError`` unless ``y`` (called ``name``) is a tensor of ``x``'s shape, device
-        and dtype and, while validation is on, finite."""
-        if not isinstance(y, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
-        if y.shape != x.shape:
-            raise ValueError(f"{name} must have the shape of x, {tuple(x.shape)}; got {tuple(y.shape)}")
-        if y.device != x.device:
-            raise ValueError(f"{name} is on {y.device} but x is on {x.device}")
-        if y.dtype != x.dtype:
-            raise TypeError(f"{name} has dtype {y.dtype} but x has {x.dtype}")
-        _check_finite_values(y, name)
+        and dtype and, while validation is on, finite (:func:`lincorrupt.validation.check_like`)."""
+        check_like(y, x, name)
 
     def check_time(self, t: Tensor | float, name: str = "t", batch_size: int | None = None,
                    device: torch.device | None = None) -> Tensor:
@@ -400,12 +392,3 @@ def _checking_times(schedule):
 
     return checked
 
-
-def _check_finite_values(x: Tensor, name: str) -> None:
-    """``ValueError`` if ``x`` holds NaN or Inf, while validation is on (one host sync; meta
-    tensors have no values to check)."""
-    if is_validating() and x.device.type != "meta" and not bool(torch.isfinite(x).all()):
-        bad = ~torch.isfinite(x)
-        first = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"{name} must be finite, but {int(bad.sum())} of its {x.numel()} values are NaN or "
-                         f"Inf (the first, {x[first].item()}, at index {first})")
