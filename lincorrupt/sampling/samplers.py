@@ -31,7 +31,7 @@ from ..coefficients import Coefficients, posterior_coefficients
 from ..corruption import DiagonalizableCorruption
 from .denoiser import Denoiser
 
-__all__ = ["ancestral", "ddim", "ddim_coefficients", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "SAMPLERS"]
+__all__ = ["ancestral", "ddim", "ddim_coefficients", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "SAMPLERS", "SAMPLER_ORDERS"]
 
 
 def _intervals(corruption, times: Tensor, progress: bool):
@@ -288,3 +288,7 @@ def dpmpp_2s(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor,
 #: name -> sampler; every sampler has the signature of :func:`ancestral` plus its own options.
 SAMPLERS: dict[str, Callable[..., Tensor]] = {"ancestral": ancestral, "ddim": ddim, "dpm++2m": dpmpp_2m,
                                               "dpm++2s": dpmpp_2s, "dpm++3m": dpmpp_3m}
+#: name -> the order of convergence of a deterministic sampler (with its default options) in the
+#: step size, or None for a stochastic one; every sampler of :data:`SAMPLERS` declares one, and
+#: the tests check each declared order.
+SAMPLER_ORDERS: dict[str, int | None] = {"ancestral": None, "ddim": 1, "dpm++2m": 2, "dpm++2s": 2, "dpm++3m": 3}
