@@ -49,11 +49,11 @@ class _RecordsArguments(type):
         obj = super().__call__(*args, **kwargs)
         bound = inspect.signature(cls.__init__).bind(obj, *args, **kwargs)
         bound.apply_defaults()
-        config = {}
+        config: dict[str, Any] | None = {}
         for name, param in list(inspect.signature(cls.__init__).parameters.items())[1:]:
             if param.kind is param.VAR_POSITIONAL and bound.arguments.get(name):
-                raise TypeError(f"{cls.__name__}: positional *{name} arguments cannot be recorded in .config; "
-                                f"give them names")
+                config = None  # positional *args have no names to rebuild from: module_spec refuses it
+                break
             if param.kind is param.VAR_KEYWORD:
                 config.update(bound.arguments.get(name, {}))
             elif param.kind is not param.VAR_POSITIONAL:
@@ -64,9 +64,10 @@ class _RecordsArguments(type):
 
 
 class Configurable(nn.Module, metaclass=_RecordsArguments):
-    """Base of modules that record their constructor arguments in ``self.config`` (a dict)."""
+    """Base of modules that record their constructor arguments in ``self.config`` (a dict; None
+    when the constructor was given positional ``*args``, which have no names)."""
 
-    config: dict[str, Any]
+    config: dict[str, Any] | None
 
     def finish_init(self) -> None:
         """Called once, after the outermost ``__init__`` returned and ``config`` was recorded."""
@@ -86,6 +87,9 @@ def module_spec(module: nn.Module, state: dict[str, Tensor] | None = None, prefi
     if not isinstance(module, Configurable):
         raise SpecError(f"{type(module).__name__} does not record its constructor arguments (derive it from "
                         f"lincorrupt.config.Configurable), so it cannot be rebuilt from a file")
+    if module.config is None:
+        raise SpecError(f"{type(module).__name__} was built with positional *args, which have no names to record; "
+                        f"pass them by name so that it can be rebuilt from a file")
     state = module.state_dict() if state is None else state
     config = {}
     for name, value in module.config.items():

@@ -63,13 +63,16 @@ def test_a_new_subclass_records_for_free_and_still_runs_its_validity_check():
         Fade((2, 3), rate=-1.0)  # alpha grows: SNR increases, refused after the outermost __init__
 
 
-def test_positional_varargs_cannot_be_recorded():
+def test_positional_varargs_cannot_be_recorded_and_saving_says_so():
     class Varargs(Configurable):
         def __init__(self, *sizes):
             super().__init__()
 
-    with pytest.raises(TypeError, match="give them names"):
-        Varargs(1, 2)
+    assert Varargs().config == {}
+    built = Varargs(1, 2)  # still builds, but cannot be saved
+    assert built.config is None
+    with pytest.raises(SpecError, match="positional"):
+        module_spec(built)
 
 
 def test_spec_refuses_an_unrecorded_module_and_an_unknown_class():
