@@ -5,8 +5,8 @@ PYTEST_ARGS ?= -n 2
 
 .PHONY: test demo docs docs-deps bench clean
 
-# torch/torchvision are pinned to the releases on the team's machines (pip takes them from
-# local disk there); pyproject.toml itself admits a range.
+# torch/torchvision are pinned to the releases the test suite runs with; pyproject.toml
+# itself admits a range.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -156,8 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(run)
     cfg = TrainConfig(steps=args.steps, sample_steps=args.sample_steps, out_dir=str(run), **RECIPE)
     torch.manual_seed(cfg.seed)  # the network's initial weights
-    trainer = Trainer(UNet(**UNET), lc.BlurringDiffusion(SHAPE, **CORRUPTION), data, cfg,
-                      extra={"unet": UNET, "corruption": CORRUPTION})
+    trainer = Trainer(UNet(**UNET), lc.BlurringDiffusion(SHAPE, **CORRUPTION), data, cfg)  # lc.load(run) rebuilds it
     if args.resume:
         trainer.resume(run / "checkpoint.pt")
     first_step, train_start = trainer.step, time.perf_counter()

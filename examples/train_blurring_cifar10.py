@@ -29,10 +29,11 @@ optimisation recipe (batch 128, lr 2e-4, EMA 0.9999, ...), which the paper reuse
 Writes to --out-dir (runs/<corruption>): checkpoint.pt (+ .prev), metrics.jsonl, sample grids,
 samples.png, fid.json, summary.json.
 
-The checkpoint carries its model: ``model_args`` (the corruption's name and constructor
-settings, the data shape, the prediction, the UNet's settings) and the corruption's buffers
-(IHDM's empirical prior included, so sampling IHDM needs no data). --resume and --sample-only
-rebuild everything from it and continue with its recorded config; of the flags given on the
+The checkpoint carries its model, as every Trainer checkpoint does (``lc.load(out_dir)``
+rebuilds it: the UNet and the corruption with their constructor arguments, the corruption's
+buffers, IHDM's empirical prior included, so sampling IHDM needs no data, and the prediction),
+plus this script's ``model_args`` (the --corruption name and its settings). --resume and
+--sample-only rebuild everything from it and continue with its recorded config; of the flags given on the
 command line, only those in RESUMABLE (steps, logging, checkpoint and sampling frequencies,
 sampler and FID/evaluation options, data location, device and throughput settings) may change
 it; any other flag must repeat the checkpoint's value, else the run is refused.
@@ -57,6 +58,7 @@ from torch.utils.data import DataLoader
 import lincorrupt as lc
 from lincorrupt.data import load_images, to_model_range
 from lincorrupt.metrics import FIDStats, dataset_stats, fid, inception_weights_path, load_inception, sample_stats
+from lincorrupt.model import from_checkpoint
 from lincorrupt.nn import UNet
 from lincorrupt.train import CheckpointError, TrainConfig, Trainer, init_distributed
 from lincorrupt.train.checkpoint import load_latest, require_keys
@@ -76,8 +78,8 @@ class Recipe:
         corruption: its class, built as ``corruption(shape, **settings)``.
         settings: constructor argument -> the Config field that sets it.
         prediction: what the network predicts when ``--prediction auto``.
-        prior: a prior fitted to training images (``prior.fit(corruption, images)``) whose
-            constructor takes its buffers by name, or None for the corruption's default prior.
+        prior: a prior fitted to training images (``prior.fit(corruption, images)``), or None
+            for the corruption's default prior.
     """
 
     corruption: type[lc.DiagonalizableCorruption]
@@ -203,17 +205,9 @@ def model_args(cfg: Config) -> dict[str, Any]:
             "prediction": cfg.prediction, "unet": cfg.unet_kwargs()}
 
 
-def build_corruption(args: dict[str, Any],
-                     buffers: dict[str, torch.Tensor] | None = None) -> lc.DiagonalizableCorruption:
-    """The corruption of ``model_args``; with a checkpoint's ``buffers``, its fitted prior and buffers too."""
-    recipe = RECIPES[args["corruption"]]
-    corruption = recipe.corruption(tuple(args["shape"]), **args["settings"])
-    if buffers is not None:
-        if recipe.prior is not None:
-            corruption.prior = recipe.prior(**{k.removeprefix("prior."): v for k, v in buffers.items()
-                                               if k.startswith("prior.")})
-        corruption.load_state_dict(buffers)
-    return corruption
+def build_corruption(args: dict[str, Any]) -> lc.DiagonalizableCorruption:
+    """The corruption of ``model_args`` as a new run builds it (a checkpoint's comes from lc.load's reader)."""
+    return RECIPES[args["corruption"]].corruption(tuple(args["shape"]), **args["settings"])
 
 
 def resumed_config(checkpoint: dict[str, Any], given: dict[str, Any], path: Path) -> Config:
@@ -270,11 +264,14 @@ def main(argv: list[str] | None = None) -> dict:
         verify_images(data, cfg.skip_unreadable, cfg.progress and dist.is_main)
     if cfg.fid:
         check_fid_cache(fid_cache_path(cfg, data, weights))
-    corruption = build_corruption(args, ckpt_state["extra"]["buffers"] if ckpt_state else None)
+    if ckpt_state:  # the network and the corruption with its fitted prior, as lc.load rebuilds them
+        model = from_checkpoint(ckpt_state, ckpt_path)
+        net, corruption = model.network, model.corruption  # the weights: the Trainer's state, loaded below
+    else:
+        net, corruption = UNet(**args["unet"]), build_corruption(args)
     if fit_prior:
         corruption.prior = recipe.prior.fit(corruption, prior_images(data, min(cfg.prior_images, len(data)), cfg.seed))
-    buffers = {k: v.detach().cpu() for k, v in corruption.state_dict().items()}
-    trainer = Trainer(UNet(**args["unet"]), corruption, data, cfg, dist, extra={"model_args": args, "buffers": buffers})
+    trainer = Trainer(net, corruption, data, cfg, dist, extra={"model_args": args})
     if cfg.eval_every:
         trainer.evaluator = quality_evaluator(cfg, shape, dist.device)
     if ckpt_state:

@@ -12,6 +12,7 @@ from .corruption import DiagonalizableCorruption, Gaussian, InvalidCorruptionErr
 from .corruptions import DDPM, IHDM, BlurringDiffusion, SoftDiffusion
 from .likelihood import ELBO, bits_per_dim, elbo
 from .losses import diffusion_loss, elbo_weighting, snr_weighting, soft_score_weighting
+from .model import DiffusionModel, load
 from .predictions import PREDICTIONS
 from .priors import EmpiricalPrior, GaussianPrior, Prior, StandardNormalPrior
 from .sampling import GRIDS, SAMPLERS, Denoiser, StepInfo, sample
@@ -28,4 +29,5 @@ __all__ = [
     "sample", "Denoiser", "StepInfo", "SAMPLERS", "GRIDS",
     "elbo", "bits_per_dim", "ELBO",
     "set_validate_args", "validate_args",
+    "DiffusionModel", "load",
 ]

@@ -15,7 +15,9 @@ import math
 
 import scipy.fft
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from .config import Configurable
 
 __all__ = ["Basis", "IdentityBasis", "DCTBasis", "MatrixBasis", "dct_matrix"]
 
@@ -26,11 +28,11 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-class Basis(nn.Module):
+class Basis(Configurable):
     """An orthogonal transform V over the trailing ``event_ndim`` dimensions of a tensor.
 
     Subclasses implement :meth:`to_basis` and :meth:`from_basis`; all state lives in
-    buffers so that ``.to(device)`` moves it.
+    buffers so that ``.to(device)`` moves it; the constructor's arguments are recorded in ``config``.
     """
 
     #: number of trailing dimensions the transform acts on (0 for the identity)

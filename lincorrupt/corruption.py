@@ -20,13 +20,14 @@ import math
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .basis import Basis
 from .coefficients import Coefficients, Transition, posterior_coefficients, transition
+from .config import Configurable
 from .predictions import get_prediction
 from .priors import Prior, StandardNormalPrior
-from .validation import is_validating
+from .validation import check_finite, check_like, is_validating
 
 __all__ = ["Gaussian", "DiagonalizableCorruption", "InvalidCorruptionError"]
 
@@ -52,13 +53,15 @@ class Gaussian(NamedTuple):
         return self.mean + self.var.sqrt() * noise
 
 
-class DiagonalizableCorruption(nn.Module):
+class DiagonalizableCorruption(Configurable):
     """Base class of every corruption: per-coordinate ``alpha_t``, ``sigma_t`` in a basis ``V``.
 
     Subclasses call ``super().__init__(shape, basis, prior)``, register any schedule
     parameters as buffers, and implement :meth:`alpha_sigma` or :meth:`log_alpha_sigma`.
     After construction the Markov validity check (:meth:`check_validity`) runs
-    automatically and refuses a schedule whose SNR increases in some coordinate.
+    automatically and refuses a schedule whose SNR increases in some coordinate. The
+    constructor's arguments are recorded in ``self.config`` (:class:`~lincorrupt.config.Configurable`),
+    so ``type(c)(**c.config)`` rebuilds the corruption and :func:`lincorrupt.load` rebuilds it from a file.
 
     Args:
         shape: event shape of one datum, e.g. (C, H, W).
@@ -83,25 +86,15 @@ class DiagonalizableCorruption(nn.Module):
         self.register_buffer("data_var", None)
 
     def __init_subclass__(cls, **kwargs):
-        """Run :meth:`check_validity` once the outermost ``__init__`` of a subclass returns, and
-        make the subclass's own ``alpha_sigma`` / ``log_alpha_sigma`` check their times."""
+        """Make the subclass's own ``alpha_sigma`` / ``log_alpha_sigma`` check their times."""
         super().__init_subclass__(**kwargs)
         for name in ("alpha_sigma", "log_alpha_sigma"):
             if name in cls.__dict__ and not hasattr(cls.__dict__[name], "__wrapped__"):
                 setattr(cls, name, _checking_times(cls.__dict__[name]))
-        # The schedule is complete only once the subclass's own __init__ has set its parameters,
-        # after the base __init__ has returned, so the check cannot run there. Wrapping every
-        # subclass's __init__ runs it once, when the constructor of the class being built
-        # (type(self) is cls) returns, and no subclass has to remember to call it.
-        init = cls.__init__
 
-        @functools.wraps(init)
-        def init_then_validate(self, *args, **kw):
-            init(self, *args, **kw)
-            if type(self) is cls:
-                self.check_validity()
-
-        cls.__init__ = init_then_validate
+    def finish_init(self) -> None:
+        """Once the outermost constructor has returned (the schedule is complete): :meth:`check_validity`."""
+        self.check_validity()
 
     # ----------------------------------------------------------------- the schedule
     def alpha_sigma(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
@@ -354,21 +347,13 @@ class DiagonalizableCorruption(nn.Module):
                 raise ValueError(f"{name} is on {x.device} but {type(self).__name__}'s buffers are on "
                                  f"{buffer.device}; move one with .to(device)")
             break
-        _check_finite_values(x, name)
+        check_finite(x, name)
 
     @staticmethod
     def check_like(y: Tensor, x: Tensor, name: str) -> None:
         """``TypeError``/``ValueError`` unless ``y`` (called ``name``) is a tensor of ``x``'s shape, device
-        and dtype and, while validation is on, finite."""
-        if not isinstance(y, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
-        if y.shape != x.shape:
-            raise ValueError(f"{name} must have the shape of x, {tuple(x.shape)}; got {tuple(y.shape)}")
-        if y.device != x.device:
-            raise ValueError(f"{name} is on {y.device} but x is on {x.device}")
-        if y.dtype != x.dtype:
-            raise TypeError(f"{name} has dtype {y.dtype} but x has {x.dtype}")
-        _check_finite_values(y, name)
+        and dtype and, while validation is on, finite (:func:`lincorrupt.validation.check_like`)."""
+        check_like(y, x, name)
 
     def check_time(self, t: Tensor | float, name: str = "t", batch_size: int | None = None,
                    device: torch.device | None = None) -> Tensor:
@@ -431,12 +416,3 @@ def _checking_times(schedule):
 
     return checked
 
-
-def _check_finite_values(x: Tensor, name: str) -> None:
-    """``ValueError`` if ``x`` holds NaN or Inf, while validation is on (one host sync; meta
-    tensors have no values to check)."""
-    if is_validating() and x.device.type != "meta" and not bool(torch.isfinite(x).all()):
-        bad = ~torch.isfinite(x)
-        first = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"{name} must be finite, but {int(bad.sum())} of its {x.numel()} values are NaN or "
-                         f"Inf (the first, {x[first].item()}, at index {first})")

@@ -28,9 +28,8 @@ from torch import Tensor
 
 from .coefficients import T_EPS
 from .corruption import DiagonalizableCorruption
-from .losses import check_model_output
 from .predictions import get_prediction
-from .validation import is_validating
+from .validation import check_model_output, is_validating
 
 __all__ = ["ELBO", "elbo", "bits_per_dim", "prior_term", "diffusion_term", "reconstruction_term",
            "low_discrepancy_times", "default_t_min", "NUM_PIXEL_VALUES"]

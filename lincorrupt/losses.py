@@ -9,22 +9,13 @@ from torch import Tensor
 
 from .corruption import DiagonalizableCorruption
 from .predictions import Prediction, get_prediction
+from .validation import check_model_output
 
-__all__ = ["diffusion_loss", "elbo_weighting", "soft_score_weighting", "snr_weighting", "check_model_output"]
+__all__ = ["diffusion_loss", "elbo_weighting", "soft_score_weighting", "snr_weighting"]
 
 #: ``weighting(corruption, t, prediction) -> w``: per-coordinate weights, broadcastable to
 #: (B, *shape) in basis coordinates, on the squared error of the prediction.
 Weighting = Callable[[DiagonalizableCorruption, Tensor, Prediction], Tensor]
-
-
-def check_model_output(output, z_t: Tensor) -> Tensor:
-    """The model's output, checked to be a tensor of ``z_t``'s shape (a clear error otherwise)."""
-    if not isinstance(output, Tensor):
-        raise TypeError(f"the model must return a Tensor of shape {tuple(z_t.shape)}, got {type(output).__name__}")
-    if output.shape != z_t.shape:
-        raise ValueError(f"the model returned shape {tuple(output.shape)} for input z_t of shape "
-                         f"{tuple(z_t.shape)}; a model maps (z_t, t) to a tensor of z_t's shape")
-    return output
 
 
 def elbo_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: Prediction) -> Tensor:

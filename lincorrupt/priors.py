@@ -19,9 +19,10 @@ import math
 
 import torch
 from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 
 from .coefficients import Coefficients
+from .config import Configurable
 
 __all__ = ["Prior", "StandardNormalPrior", "GaussianPrior", "EmpiricalPrior"]
 
@@ -50,11 +51,13 @@ def _check_data(corruption, x: Tensor) -> Tensor:
     return corruption.basis.to_basis(x.to(torch.promote_types(x.dtype, torch.float32)))
 
 
-class Prior(nn.Module):
+class Prior(Configurable):
     """Base class: ``sample(c_1, shape, num_samples, ...) -> u_1`` of shape (N, *shape).
 
     For likelihoods, implement :meth:`log_prob`; :meth:`kl` then defaults to a one-draw
-    Monte Carlo estimate (override it where the KL has a closed form).
+    Monte Carlo estimate (override it where the KL has a closed form). The constructor's
+    arguments are recorded in ``config``, and fitted statistics are buffers, so a corruption's
+    state dict carries its prior.
     """
 
     def sample(self, c_1: Coefficients, shape: tuple[int, ...], num_samples: int,

@@ -10,7 +10,9 @@ is off::
     with lc.validate_args(False):        # inside the block only
         loss = lc.diffusion_loss(model, c, x)
 
-Each public call checks each input once.
+Each public call checks each input once. The generic checks of tensors that any public
+function receives (:func:`check_like`, :func:`check_finite`, :func:`check_model_output`) live
+here too; a corruption's own (shape, times) are its methods.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-__all__ = ["set_validate_args", "validate_args", "is_validating"]
+import torch
+from torch import Tensor
+
+__all__ = ["set_validate_args", "validate_args", "is_validating", "check_finite", "check_like", "check_model_output"]
 
 _enabled = True
 
@@ -45,3 +50,37 @@ def validate_args(value: bool) -> Iterator[None]:
         yield
     finally:
         set_validate_args(previous)
+
+
+def check_finite(x: Tensor, name: str) -> None:
+    """``ValueError`` if ``x`` holds NaN or Inf, while validation is on (one host sync; meta
+    tensors have no values to check)."""
+    if is_validating() and x.device.type != "meta" and not bool(torch.isfinite(x).all()):
+        bad = ~torch.isfinite(x)
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{name} must be finite, but {int(bad.sum())} of its {x.numel()} values are NaN or "
+                         f"Inf (the first, {x[first].item()}, at index {first})")
+
+
+def check_like(y: Tensor, x: Tensor, name: str) -> None:
+    """``TypeError``/``ValueError`` unless ``y`` (called ``name``) is a tensor of ``x``'s shape, device
+    and dtype and, while validation is on, finite."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
+    if y.shape != x.shape:
+        raise ValueError(f"{name} must have the shape of x, {tuple(x.shape)}; got {tuple(y.shape)}")
+    if y.device != x.device:
+        raise ValueError(f"{name} is on {y.device} but x is on {x.device}")
+    if y.dtype != x.dtype:
+        raise TypeError(f"{name} has dtype {y.dtype} but x has {x.dtype}")
+    check_finite(y, name)
+
+
+def check_model_output(output, z_t: Tensor) -> Tensor:
+    """The model's output, checked to be a tensor of ``z_t``'s shape (B, *shape) (a clear error otherwise)."""
+    if not isinstance(output, Tensor):
+        raise TypeError(f"the model must return a Tensor of shape {tuple(z_t.shape)}, got {type(output).__name__}")
+    if output.shape != z_t.shape:
+        raise ValueError(f"the model returned shape {tuple(output.shape)} for input z_t of shape "
+                         f"{tuple(z_t.shape)}; a model maps (z_t, t) to a tensor of z_t's shape")
+    return output

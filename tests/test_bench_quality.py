@@ -1,5 +1,5 @@
 """benchmarks/bench_quality.py --tiny: the study's code end to end in seconds
-(the numbers mean nothing at this size)."""
+(the numbers mean nothing at this size): training in thirds, evaluations, resuming, the report."""
 
 import importlib.util
 import json
@@ -15,25 +15,29 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
 
 @pytest.mark.slow
 @pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is missing")
-def test_tiny_study_writes_its_report(tmp_path):
+def test_tiny_study_trains_evaluates_resumes_and_reports(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    # two worker processes: one model with the NFE curves, one with IHDM's empirical prior
-    report = module.main(["--tiny", "--models", "blurring,ihdm", "--jobs", "2", "--out", str(tmp_path / "runs"),
-                          "--results", str(tmp_path / "results")])
-    assert set(report["models"]) == {"blurring", "ihdm"}
-    saved = json.loads((tmp_path / "results" / "results.json").read_text())
-    assert saved["models"]["blurring"]["steps"] == module.TINY.steps
-    curve = saved["models"]["blurring"]["nfe_curve"]
-    assert [(p["method"], p["grid"], p["nfe"]) for p in curve] == [
-        (method, grid, nfe) for method, grid in module.CURVE_SAMPLERS for nfe in module.TINY.curve_nfe[method]]
-    table = (tmp_path / "results" / "results.md").read_text()
-    assert "| blurring | v |" in table and "| ihdm | x |" in table and "training images (floor)" in table
-    for figure in ("samples.png", "nfe.png", "training_blurring.png", "training_ihdm.png"):
-        assert (tmp_path / "results" / figure).stat().st_size > 0
-    # a finished model is not rerun
-    again = module.main(["--tiny", "--models", "ihdm", "--out", str(tmp_path / "runs"),
-                         "--results", str(tmp_path / "r2")])
-    assert again["models"]["ihdm"] == saved["models"]["ihdm"]
+    out, results = tmp_path / "runs", tmp_path / "results"
+    # two worker processes: a headline run (three thirds) and Soft Diffusion (its fitted levels and prior)
+    args = ["--tiny", "--runs", "blur17.5-v-s0,soft-x-s0", "--jobs", "2", "--out", str(out), "--results", str(results)]
+    report = module.main(args)
+    steps = module.TINY.steps
+    evals = report["evaluations"]
+    assert [e["step"] for e in evals["blur17.5-v-s0"]] == [steps, 2 * steps, 3 * steps]
+    assert [e["step"] for e in evals["soft-x-s0"]] == [steps]
+    first = evals["blur17.5-v-s0"][0]
+    assert "raw" in first and "raw" not in evals["blur17.5-v-s0"][1]  # raw weights at the first evaluation only
+    assert len(first["ema"]["spectrum_ratio"]) > 1 and set(first["wiener_ratio"]) == {"0.1", "0.15", "0.2", "0.3"}
+    assert first["sampler"] == "/".join(map(str, module.TINY.sampler)) and first["commit"]
+    table = (results / "results.md").read_text()
+    assert "| blur17.5-v | v |" in table and "| soft-x | x |" in table and "training images (floor)" in table
+    for figure in ("samples.png", "training.png"):
+        assert (results / figure).stat().st_size > 0
+    # an existing study is never overwritten without --resume; with it, what is done is not redone
+    with pytest.raises(SystemExit):
+        module.main(args)
+    again = module.main([*args, "--resume"])
+    assert again["evaluations"] == json.loads((results / "results.json").read_text())["evaluations"] == evals

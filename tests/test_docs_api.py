@@ -12,7 +12,9 @@ import inspect
 
 MODULES = ["lincorrupt", "lincorrupt.schedules", "lincorrupt.coefficients", "lincorrupt.sampling",
            "lincorrupt.sampling.denoiser", "lincorrupt.sampling.samplers", "lincorrupt.sampling.grids",
-           "lincorrupt.losses", "lincorrupt.predictions", "lincorrupt.priors", "lincorrupt.collectives",
+           "lincorrupt.losses", "lincorrupt.predictions",
+           "lincorrupt.model", "lincorrupt.config", "lincorrupt.commands",
+           "lincorrupt.priors", "lincorrupt.collectives",
            "lincorrupt.nn", "lincorrupt.train", "lincorrupt.train.evaluation", "lincorrupt.data", "lincorrupt.metrics"]
 
 # Gaps that existed when this test was written; the list may only shrink.

@@ -183,13 +183,13 @@ def test_ihdm_samples_from_its_checkpoint_without_data(script, data_root, tmp_pa
     script.main(TINY + ["--data-root", str(data_root), "--out-dir", str(out), "--steps", "1", "--corruption", "ihdm",
                         "--prior-images", "5"])
     state = load_checkpoint(out / "checkpoint.pt")
-    u_x = state["extra"]["buffers"]["prior.u_x"]
+    u_x = state["diffusion_model"]["corruption_state"]["prior.u_x"]
     assert u_x.shape == (5, 3, 16, 16)
     sampled = script.main(["--out-dir", str(out), "--sample-only", "--data-root", str(tmp_path / "no-data-here"),
                            "--device", "cpu", "--no-progress"])
     assert sampled["corruption"] == "ihdm" and sampled["prediction"] == "x" and (out / "samples.png").is_file()
     # the rebuilt corruption holds the stored prior: its samples start from those images, not from N(0, I)
-    corruption = script.build_corruption(state["extra"]["model_args"], state["extra"]["buffers"])
+    corruption = lc.load(out).corruption
     assert isinstance(corruption.prior, lc.EmpiricalPrior) and torch.equal(corruption.prior.u_x, u_x)
     assert corruption.sigma == 0.01 and corruption.num_steps == 200 and corruption.sigma_blur_max == 24.0
 
@@ -198,3 +198,16 @@ def test_the_how_to_lists_exactly_the_flags_that_may_change_on_resume(script):
     text = (SCRIPT.parents[1] / "docs" / "how-to" / "train-cifar10.md").read_text()
     table = text[text.index("| what | flags |"):text.index("Any other flag")]
     assert {flag[2:].replace("-", "_") for flag in re.findall(r"`(--[a-z0-9-]+)`", table)} == script.RESUMABLE
+
+
+def test_a_run_resumed_from_a_checkpoint_elsewhere_writes_where_out_dir_says(script, trained, data_root, tmp_path):
+    source = trained["out"] / "checkpoint.pt"
+    before = load_checkpoint(source)
+    new = tmp_path / "continued"
+    script.main(["--checkpoint", str(source), "--out-dir", str(new), "--resume", "--data-root", str(data_root),
+                 "--steps", str(before["step"] + 1), "--no-progress", "--device", "cpu", "--num-workers", "0",
+                 "--sample-steps", "2"])
+    assert load_checkpoint(new / "checkpoint.pt")["step"] == before["step"] + 1
+    assert load_checkpoint(new / "checkpoint.pt")["config"]["out_dir"] == str(new)
+    assert load_checkpoint(source)["step"] == before["step"]  # the source run is left as it was
+    assert lc.load(new).info["step"] == before["step"] + 1

@@ -1,7 +1,6 @@
-"""Samplers and time grids: the published step formulas written out, second- and
-third-order convergence measured with exact moment propagation (Gaussian data, exact denoiser),
-the log-SNR grid against the cosine schedule's closed-form inverse, the information grid's
-equal steps, and clear errors."""
+"""Samplers: the published step formulas written out, each deterministic sampler's declared
+order of convergence measured with exact moment propagation (Gaussian data, exact denoiser),
+and clear errors. The time grids are tested in test_grids.py."""
 
 import math
 
@@ -68,16 +67,23 @@ def self_convergence_ratio(name, method, steps):
     return np.linalg.norm(outputs[0] - outputs[1]) / np.linalg.norm(outputs[1] - outputs[2])
 
 
-@pytest.mark.parametrize("name", ["ddpm", "blurring"])
-def test_dpmpp_3m_is_third_order_and_dpmpp_2m_second_order(name):
-    """Doubling the steps divides the error by ~8 for dpm++3m (order 3), ~4 for dpm++2m.
+def test_every_sampler_declares_its_order():
+    from lincorrupt.sampling.samplers import SAMPLER_ORDERS
+    assert set(SAMPLER_ORDERS) == set(lc.SAMPLERS), "declare each sampler's order beside SAMPLERS"
 
-    The first two dpm++3m steps are of order 1 and 2 by design (an O(h^2) error of their own,
-    small where x_hat hardly moves): :func:`fixed_end_times` makes them short.
-    """
-    ratios = {m: self_convergence_ratio(name, m, 40) for m in ("dpm++2m", "dpm++3m")}
-    assert 3.3 < ratios["dpm++2m"] < 5.5, ratios
-    assert 6.5 < ratios["dpm++3m"] < 10, ratios
+
+def deterministic_samplers():
+    from lincorrupt.sampling.samplers import SAMPLER_ORDERS
+    return [(m, p) for m, p in SAMPLER_ORDERS.items() if p is not None]
+
+
+@pytest.mark.parametrize("name", ["ddpm", "blurring"])
+@pytest.mark.parametrize("method, order", deterministic_samplers())
+def test_every_deterministic_sampler_converges_at_its_declared_order(name, method, order):
+    """Doubling the steps divides the self-convergence error by 2^order: between 0.8 and 1.4
+    times it, which no method of order p - 1 or p + 1 reaches."""
+    ratio = self_convergence_ratio(name, method, 40)
+    assert 0.8 * 2**order < ratio < 1.4 * 2**order, (method, ratio)
 
 
 def cosine_coefficients(t):
@@ -121,17 +127,9 @@ def test_dpmpp_2s_pair_is_lu_et_al_algorithm_1_in_the_identity_basis():
     torch.testing.assert_close(inputs[2], z_s, rtol=1e-10, atol=1e-10)
 
 
-def test_the_old_name_ode_warns_and_runs_dpmpp_2s():
-    c = lc.DDPM(SHAPE, schedule="cosine")
-    run = lambda method: lc.sample(x_model, c, 2, steps=3, method=method, prediction="x", dtype=f64,
-                                   generator=torch.Generator().manual_seed(0))
-    new = run("dpm++2s")
-    with pytest.warns(DeprecationWarning, match=r"dpm\+\+2s"):
-        old = run("ode")
-    torch.testing.assert_close(old, new, rtol=0, atol=0)
-    assert "ode" not in lc.SAMPLERS
-    with pytest.warns(DeprecationWarning, match="dpmpp_2s"):
-        assert lc.sampling.ode is lc.sampling.dpmpp_2s
+def test_an_unknown_method_is_refused_naming_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown sampling method 'ode'; expected one of \['ancestral'"):
+        lc.sample(x_model, lc.DDPM(SHAPE), 2, steps=3, method="ode")
 
 
 def test_first_dpmpp_2m_step_is_ddim_and_the_second_uses_two_outputs():
@@ -201,56 +199,6 @@ def test_every_corruption_and_grid_ends_at_the_denoised_estimate(name, method, s
                       generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(x, target.expand(3, *c.shape))
         assert len(calls) == steps  # steps counts network evaluations
-
-
-def test_logsnr_grid_is_the_inverse_of_the_cosine_schedule():
-    c = lc.DDPM(SHAPE, schedule="cosine")
-    steps = 12
-    times = lc.GRIDS["logsnr"](c, steps).numpy()
-    limit_max = math.atan(math.exp(-5.0))
-    limit_min = math.atan(math.exp(5.0)) - limit_max
-    logsnr = np.linspace(-10.0, 10.0, steps + 1)
-    expected = (np.arctan(np.exp(-logsnr / 2)) - limit_max) / limit_min
-    np.testing.assert_allclose(times, expected, atol=1e-12)
-
-
-@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
-def test_logsnr_grid_decreases_from_one_to_zero_in_equal_log_snr_steps(name):
-    from lincorrupt.sampling.grids import mean_log_snr
-
-    c = CORRUPTIONS[name]()
-    times = lc.GRIDS["logsnr"](c, 16)
-    assert times[0] == 1 and times[-1] == 0 and bool((times[1:] < times[:-1]).all())
-    level = mean_log_snr(c, times[:-1])
-    gaps = level[1:] - level[:-1]
-    torch.testing.assert_close(gaps, gaps[:1].expand_as(gaps), rtol=1e-6, atol=1e-8)
-
-
-def information_moves(c, times):
-    """Largest change of softplus(log SNR) over coordinates, per interval of ``times``."""
-    info = torch.nn.functional.softplus(c.coefficients(times).logsnr).flatten(1)
-    return (info[1:] - info[:-1]).abs().amax(1)
-
-
-@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
-def test_info_grid_bounds_every_coordinates_information_step(name):
-    c = CORRUPTIONS[name]()
-    steps = 24
-    times = lc.GRIDS["info"](c, steps)
-    assert times[0] == 1 and times[-1] == 0 and bool((times[1:] < times[:-1]).all())
-    dense = torch.linspace(1, 0, 200_001, dtype=f64)
-    if not bool(torch.isfinite(c.coefficients(dense[-1:]).logsnr).all()):  # noise-free start: the grid ends at T_EPS
-        dense = torch.linspace(1, lc.sampling.grids.T_EPS, 200_001, dtype=f64)
-    total = float(information_moves(c, dense).sum())  # ell(1), on a grid independent of the sampler's
-    moves = information_moves(c, times[:-1])
-    assert float(moves.max()) <= 1.01 * total / steps, (moves, total / steps)
-    assert float(moves.sum()) > 0.5 * total  # the steps are not wasted where nothing moves
-
-
-def test_info_grid_of_a_scalar_schedule_is_equal_information_steps():
-    c = lc.DDPM(SHAPE, schedule="cosine")
-    moves = information_moves(c, lc.GRIDS["info"](c, 12))
-    torch.testing.assert_close(moves, moves[:1].expand_as(moves), rtol=1e-3, atol=0)
 
 
 def test_bad_input_is_refused_where_it_enters():

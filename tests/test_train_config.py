@@ -135,3 +135,24 @@ def test_the_api_reference_shows_each_field_with_its_help_text_and_default():
         attribute = documented.members[f.name]
         assert attribute.docstring.value == f.metadata["help"], f.name
         assert eval(str(attribute.value)) == f.default, f.name
+
+
+# A value of the wrong type for each declared field type (the reference: Python's own types).
+WRONG_TYPE = {int: [1.5, True, "3"], float: ["0.1", None, True], bool: [1, "yes"], str: [3, None]}
+
+
+def wrong_type_cases():
+    for name, cls in CONFIGS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = hints[f.name]
+            values = [1, (1.5,)] if typing.get_origin(kind) is tuple else WRONG_TYPE.get(kind, [])
+            for value in values:
+                yield pytest.param(cls, f.name, value, id=f"{name}.{f.name}={value!r}")
+
+
+@pytest.mark.parametrize("cls, name, value", list(wrong_type_cases()))
+def test_a_value_of_the_wrong_type_is_refused_naming_the_field(cls, name, value):
+    with pytest.raises(OptionError, match=rf"^{name} must be") as info:
+        cls(**{name: value})
+    assert info.value.name == name

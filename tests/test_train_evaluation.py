@@ -65,3 +65,36 @@ def test_feature_space_refuses_mismatched_shapes():
         feature_space("auto", (3, 64, 64))
     with pytest.raises(ValueError, match="takes \\(1, 28, 28\\) images"):
         feature_space("fashion-mnist", (3, 32, 32))
+
+
+def test_evaluator_computes_only_the_metrics_it_is_given(tmp_path):
+    images = torch.randint(0, 256, (16, *SHAPE), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    reference = project(images.float() / 127.5 - 1)
+    cfg = TrainConfig(steps=1, batch_size=4, warmup_steps=1, num_workers=0, log_every=1, sample_every=0,
+                      ckpt_every=0, prediction="v", progress=False, out_dir=str(tmp_path))
+    net = UNet(image_size=8, in_channels=1, ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), groups=4)
+    trainer = Trainer(net, lc.BlurringDiffusion(SHAPE), TensorImages(images, SHAPE), cfg)
+    only_fid = QualityEvaluator(project, reference, "p", num_samples=5, steps=2, batch_size=2, metrics=("fid",))
+    record = only_fid(trainer)
+    assert {k for k in record if k not in ("eval", "eval_samples", "eval_sampler")} == {"fid"}
+    # the same samples (the seed fixes them) with every metric: the same FID, and the other metrics besides
+    full = QualityEvaluator(project, reference, "p", num_samples=5, steps=2, batch_size=2, kid_subset_size=4)(trainer)
+    assert full["fid"] == record["fid"] and {"kid", "kid_std", "precision", "recall"} <= set(full)
+    with pytest.raises(ValueError, match="metrics=\\('is'"):
+        QualityEvaluator(project, reference, "p", metrics=("is",))
+
+
+def test_sample_features_draws_the_share_in_batches_with_a_seeded_generator():
+    from lincorrupt.metrics import sample_features
+    sizes = []
+
+    def draw(n, g):
+        sizes.append(n)
+        return torch.randn(n, 3, generator=g, dtype=torch.float64)
+
+    a = sample_features(draw, 7, lambda x: x.numpy() * 2, batch_size=3, seed=5)
+    assert sizes == [3, 3, 1] and a.shape == (7, 3) and a.dtype == np.float32  # features see float32 images
+    g = torch.Generator().manual_seed(5 * 1_000_003)
+    expected = np.concatenate([torch.randn(n, 3, generator=g, dtype=torch.float64).float().numpy() * 2
+                               for n in (3, 3, 1)])
+    np.testing.assert_array_equal(a, expected)

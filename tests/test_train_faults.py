@@ -129,7 +129,7 @@ def test_an_exception_in_the_loop_saves_the_last_completed_step_and_resume_is_ex
     full = make_trainer(tmp_path / "full", 6)
     full.fit()
     run = make_trainer(tmp_path / "run", 6)
-    loss_fn = run.loss_fn
+    loss_fn = run.loss
 
     def fails_at_step_3(*args, **kw):
         loss = loss_fn(*args, **kw)  # the forward pass has drawn its dropout masks from the global RNG
@@ -137,7 +137,7 @@ def test_an_exception_in_the_loop_saves_the_last_completed_step_and_resume_is_ex
             raise RuntimeError("DataLoader worker (pid 1234) is killed by signal: Terminated.")
         return loss
 
-    run.loss_fn = fails_at_step_3
+    run.loss = fails_at_step_3
     with pytest.raises(RuntimeError, match="killed by signal"):
         run.fit()
     resumed = make_trainer(tmp_path / "run", 6)
@@ -166,8 +166,8 @@ def test_a_failure_inside_the_update_saves_nothing(tmp_path):
 
 def test_non_finite_weights_are_never_checkpointed(tmp_path):
     t = make_trainer(tmp_path, 8, ckpt_every=1, log_every=100)  # no log step to catch it first
-    loss_fn = t.loss_fn
-    t.loss_fn = lambda *a, **kw: loss_fn(*a, **kw) * (float("nan") if t.step == 2 else 1.0)
+    loss_fn = t.loss
+    t.loss = lambda *a, **kw: loss_fn(*a, **kw) * (float("nan") if t.step == 2 else 1.0)
     with pytest.raises(NonFiniteStateError, match="at step 3 holds NaN or infinity"):
         t.fit()
     assert not all(torch.isfinite(p).all() for p in t.model.parameters())  # the weights did become NaN
@@ -238,7 +238,7 @@ def test_a_damaged_image_in_training_saves_first_and_names_the_file(tmp_path):
     files = sorted(write_images(tmp_path, 8))
     t = make_trainer(tmp_path / "run", 20, dataset=ImageFolder(tmp_path / "train", SHAPE), num_workers=1,
                      prefetch_factor=1, batch_size=2)
-    loss_fn = t.loss_fn
+    loss_fn = t.loss
 
     def damage_all_after_step_2(*args, **kw):
         if t.step == 2:
@@ -246,7 +246,7 @@ def test_a_damaged_image_in_training_saves_first_and_names_the_file(tmp_path):
                 scramble_body(f)
         return loss_fn(*args, **kw)
 
-    t.loss_fn = damage_all_after_step_2
+    t.loss = damage_all_after_step_2
     with pytest.raises(UnreadableImageError, match="cannot decode image .*/train/class"):
         t.fit()
     assert t.step >= 2 and load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == t.step

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from lincorrupt.train import TrainConfig
-from lincorrupt.train.trainer import _keep_kernel_options, kernel_options, make_optimizer
+from lincorrupt.train.optim import keep_kernel_options, kernel_options, make_optimizer
 
 
 def test_fused_where_the_parameters_allow_it_foreach_otherwise():
@@ -40,7 +40,7 @@ def test_a_checkpoint_of_an_unfused_optimizer_resumes_fused():
     old.step()
     opt = make_optimizer(TrainConfig(), net)
     opt.load_state_dict(old.state_dict())
-    _keep_kernel_options(opt)
+    keep_kernel_options(opt)
     assert opt.param_groups[0]["fused"] and not opt.param_groups[0]["foreach"]
     net(torch.randn(2, 5)).sum().backward()
     opt.step()  # the fused kernel accepts the restored state

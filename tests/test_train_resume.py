@@ -33,14 +33,14 @@ def test_sigterm_saves_and_the_run_resumes_exactly(tmp_path):
     full = make_trainer(tmp_path / "full", 5)
     full.fit()
     run = make_trainer(tmp_path / "run", 5)
-    loss_fn = run.loss_fn
+    loss_fn = run.loss
 
     def loss_then_sigterm(*args, **kw):
         if run.step == 2:
             signal.raise_signal(signal.SIGTERM)  # arrives mid-step; the step completes, then save and stop
         return loss_fn(*args, **kw)
 
-    run.loss_fn = loss_then_sigterm
+    run.loss = loss_then_sigterm
     assert run.fit() == "interrupted"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler removed again
     resumed = make_trainer(tmp_path / "run", 5)
@@ -73,8 +73,8 @@ def test_bad_config_is_named():
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     t = make_trainer(tmp_path, 4, ckpt_every=1, log_every=1)
-    loss_fn = t.loss_fn
-    t.loss_fn = lambda *a, **kw: loss_fn(*a, **kw) * (float("nan") if t.step == 2 else 1.0)
+    loss_fn = t.loss
+    t.loss = lambda *a, **kw: loss_fn(*a, **kw) * (float("nan") if t.step == 2 else 1.0)
     with pytest.raises(FloatingPointError, match="loss became nan by step 3"):
         t.fit()
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 2

@@ -9,8 +9,9 @@ import lincorrupt as lc
 from lincorrupt.data import TensorImages
 from lincorrupt.nn import UNet
 from lincorrupt.train import StepBatchSampler, TrainConfig, Trainer
+from lincorrupt.train.config import MAX_WORKERS, default_workers
 from lincorrupt.train.data_order import sample_seeds
-from lincorrupt.train.trainer import MAX_WORKERS, allow_tf32, default_workers
+from lincorrupt.train.precision import allow_tf32
 
 SHAPE = (3, 8, 8)
 IMAGES = torch.randint(0, 256, (24, *SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
@@ -106,17 +107,20 @@ class FlagRecorder(torch.nn.Module):
         return self.conv(z)
 
 
-def recording_loss(seen):
-    def loss(model, corruption, x, **kw):
+def recording_loss(trainer, seen):
+    """``trainer.loss`` (the corruption, the network, the loss) recording the TF32 setting around the network."""
+    loss = trainer.loss
+
+    def recorded(*args, **kw):
         seen.append(torch.backends.cuda.matmul.allow_tf32)  # where the corruption runs
-        return lc.diffusion_loss(model, corruption, x, **kw)
-    return loss
+        return loss(*args, **kw)
+    return recorded
 
 
 def test_tf32_has_no_effect_on_cpu(tmp_path):
     trainer = make_trainer(tmp_path, model=FlagRecorder(), tf32=True)
     outside = []
-    trainer.loss_fn = recording_loss(outside)
+    trainer.loss = recording_loss(trainer, outside)
     with allow_tf32(False):
         trainer.fit()
         assert not torch.backends.cuda.matmul.allow_tf32
@@ -134,7 +138,7 @@ def test_tf32_on_cuda_for_fp32_networks_only(tmp_path, precision, tf32, inside):
     trainer = Trainer(FlagRecorder(), lc.BlurringDiffusion(SHAPE), TensorImages(IMAGES, SHAPE), cfg,
                       DistInfo(device=torch.device("cuda")))
     outside = []
-    trainer.loss_fn = recording_loss(outside)
+    trainer.loss = recording_loss(trainer, outside)
     with allow_tf32(False):
         trainer.fit()
         assert not torch.backends.cuda.matmul.allow_tf32  # restored after each step

@@ -146,14 +146,15 @@ from lincorrupt.nn import UNet
 def train(c, x, steps=40, batch_size=16, prediction="v", seed=0):
     """A few optimiser steps on the denoising loss; returns the model and its loss curve."""
     torch.manual_seed(seed)
-    model = UNet(image_size=28, in_channels=3, ch=16, ch_mult=(1, 2), num_res_blocks=1,
-                 attn_resolutions=(), dropout=0.0, groups=8)        # a toy UNet: seconds on a CPU
+    net = UNet(image_size=28, in_channels=3, ch=16, ch_mult=(1, 2), num_res_blocks=1,
+               attn_resolutions=(), dropout=0.0, groups=8)          # a toy UNet: seconds on a CPU
+    model = lc.DiffusionModel(net, c, prediction)                 # the prediction, fixed once for all calls
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(steps):
         batch = x[torch.randint(len(x), (batch_size,), generator=g)]
-        loss = lc.diffusion_loss(model, c, batch, prediction=prediction, generator=g)
+        loss = model.loss(batch, generator=g)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -163,15 +164,15 @@ def train(c, x, steps=40, batch_size=16, prediction="v", seed=0):
 
 
 # --8<-- [start:sample]
-def draw(model, c, n=8, steps=50, prediction="v", seed=0):
+def draw(model, n=8, steps=50, seed=0):
     """Ancestral sampling from the standard normal prior, in basis coordinates."""
     g = torch.Generator().manual_seed(seed)
-    return lc.sample(model, c, n, steps=steps, prediction=prediction, method="ancestral", generator=g)
+    return model.sample(n, steps=steps, method="ancestral", generator=g)   # lc.sample with the model's parts
 # --8<-- [end:sample]
 
 
 # --8<-- [start:snapshots]
-def snapshots(model, c, n=8, steps=50, prediction="v", seed=0):
+def snapshots(model, n=8, steps=50, seed=0):
     """The reverse process as it runs: (t, x_hat) after every network evaluation, via the callback."""
     frames = []
 
@@ -179,7 +180,7 @@ def snapshots(model, c, n=8, steps=50, prediction="v", seed=0):
         frames.append((float(info.t[0]), info.x_hat.clone()))
 
     g = torch.Generator().manual_seed(seed)
-    lc.sample(model, c, n, steps=steps, prediction=prediction, generator=g, callback=keep)
+    model.sample(n, steps=steps, generator=g, callback=keep)
     return frames
 
 
@@ -218,9 +219,9 @@ def main(train_steps=40, sample_steps=50, snapshot_png=None):
     check(c, x)
     model, losses = train(c, x, steps=train_steps)
     print(f"v-loss: first 10 steps {np.mean(losses[:10]):.3f}, last 10 steps {np.mean(losses[-10:]):.3f}")
-    samples = draw(model, c, steps=sample_steps)
+    samples = draw(model, steps=sample_steps)
     print(f"samples: shape {tuple(samples.shape)}, range [{samples.min():.2f}, {samples.max():.2f}]")
-    frames = snapshots(model, c, steps=sample_steps)
+    frames = snapshots(model, steps=sample_steps)
     agreements = shape_first_colour_last(c, frames)
     if snapshot_png:
         save_snapshots(frames, snapshot_png)

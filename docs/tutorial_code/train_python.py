@@ -24,9 +24,9 @@ def train(root="my-images", out_dir="runs/my-images", steps=2000):
                          prediction="v", sample_every=0, ckpt_every=500, out_dir=out_dir)
     trainer = Trainer(model, c, data, config, dist=init_distributed())       # CUDA when available
     trainer.fit()                        # resumable: trainer.resume(out_dir) before fit() continues a run
+    model = lc.load(out_dir, map_location=trainer.device)      # network, corruption, prediction; EMA weights
     g = torch.Generator(trainer.device).manual_seed(0)
-    samples = lc.sample(trainer.sampling_model(), trainer.corruption, 64, steps=20, prediction="v",
-                        method="dpm++3m", grid="logsnr", generator=g, device=trainer.device)
+    samples = model.sample(64, steps=20, method="dpm++3m", grid="logsnr", generator=g)
     torchvision.utils.save_image(to_unit_range(samples.float().cpu()), f"{out_dir}/samples.png", nrow=8)
     return trainer, samples
 

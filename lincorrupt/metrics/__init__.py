@@ -15,6 +15,7 @@ from lincorrupt.metrics.frechet import (
                                     sample_stats,
 )
 from lincorrupt.metrics.quality import frechet_distance, kid, precision_recall
+from lincorrupt.metrics.samples import sample_features
 from lincorrupt.metrics.spectral import (
                                     GaussianFit,
                                     band_error_ratio,
@@ -27,6 +28,6 @@ from lincorrupt.metrics.spectral import (
 
 __all__ = ["ENV_VAR", "WEIGHTS_FILE", "FIDStats", "activations", "dataset_stats", "fid", "inception_weights_path",
            "load_inception", "sample_stats", "frechet_distance", "kid", "precision_recall",
-           "FEATURE_NETS", "load_feature_net", "extract_features",
+           "FEATURE_NETS", "load_feature_net", "extract_features", "sample_features",
            "radial_bands", "power_spectrum", "spectrum_ratio", "GaussianFit", "wiener_x_hat", "band_error_ratio",
            "denoising_band_errors"]

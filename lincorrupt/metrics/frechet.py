@@ -12,19 +12,19 @@ greyscale is repeated to three channels. Samples are generated and embedded batc
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from lincorrupt.collectives import all_gather_objects
 from lincorrupt.data.images import to_unit_range
+from lincorrupt.metrics.samples import sample_features
 
 __all__ = ["ENV_VAR", "WEIGHTS_FILE", "FIDStats", "activations", "dataset_stats", "fid", "inception_weights_path",
            "load_inception", "sample_stats"]
@@ -73,12 +73,24 @@ def load_inception(weights: str | os.PathLike | None = None, dims: int = 2048,
         raise ValueError(f"cannot read Inception weights {path} ({type(e).__name__}); "
                          f"expected pytorch-fid's {WEIGHTS_FILE}") from None
     try:
-        with mock.patch.object(pf, "load_state_dict_from_url", lambda *a, **k: state):
+        with _offline_weights(pf, state):
             model = pf.InceptionV3([pf.InceptionV3.BLOCK_INDEX_BY_DIM[dims]])
     except (RuntimeError, TypeError, AttributeError) as e:
         raise ValueError(f"{path} is not pytorch-fid's Inception state dict {WEIGHTS_FILE}: "
                          f"{str(e).splitlines()[0][:200]}") from None
     return model.eval().to(device)
+
+
+@contextlib.contextmanager
+def _offline_weights(inception_module, state: dict):
+    """While building pytorch-fid's network, its one weight download (``load_state_dict_from_url``
+    in ``pytorch_fid.inception``) returns the ``state`` read from the local file instead."""
+    download = inception_module.load_state_dict_from_url
+    inception_module.load_state_dict_from_url = lambda *args, **kwargs: state
+    try:
+        yield
+    finally:
+        inception_module.load_state_dict_from_url = download
 
 
 @torch.no_grad()
@@ -177,13 +189,6 @@ def sample_stats(sample: Callable[[int, torch.Generator], torch.Tensor], num_sam
     Returns:
         The statistics of all samples (on every rank).
     """
-    share = range(rank, num_samples, world_size)
-    g = torch.Generator(device).manual_seed(seed * 1_000_003 + rank)
-    feats, done = [], 0
-    with tqdm(total=len(share), desc="FID samples", disable=not progress) as bar:
-        while done < len(share):
-            n = min(batch_size, len(share) - done)
-            feats.append(activations(to_unit_range(sample(n, g).float()), inception))
-            done += n
-            bar.update(n)
-    return FIDStats.of(np.concatenate(all_gather_objects(np.concatenate(feats))))
+    feats = sample_features(sample, num_samples, lambda x: activations(to_unit_range(x), inception), batch_size,
+                            seed, rank, world_size, device, progress, desc="FID samples")
+    return FIDStats.of(feats)

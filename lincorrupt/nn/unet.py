@@ -15,6 +15,8 @@ import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
+from lincorrupt.config import Configurable
+
 __all__ = ["UNet", "timestep_embedding"]
 
 
@@ -105,7 +107,7 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class UNet(nn.Module):
+class UNet(Configurable):
     """DDPM UNet: ``eps_hat = UNet(...)(z_t, t)``.
 
     Args:
@@ -125,6 +127,8 @@ class UNet(nn.Module):
             one more forward pass per step. Outputs and gradients are unchanged (dropout masks
             included: the RNG state is replayed). Only when gradients are enabled; also settable
             later as the attribute of the same name. Not part of the architecture.
+
+    The arguments are recorded in ``self.config``, so ``UNet(**unet.config)`` rebuilds it.
 
     Shapes:
         z_t: (B, in_channels, image_size, image_size); t: (B,) float in [0, 1] (or a scalar);

@@ -10,7 +10,6 @@ the samplers (:mod:`lincorrupt.sampling.samplers`) and the time grids
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -24,19 +23,10 @@ from .samplers import SAMPLERS, ancestral, ddim, ddim_coefficients, dpmpp_2m, dp
 
 __all__ = ["sample", "Denoiser", "StepInfo", "clip_x_hat", "dynamic_threshold", "ancestral", "ddim",
            "ddim_coefficients", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "momentum", "naive", "uniform_grid",
-           "logsnr_grid", "info_grid", "data_grid", "mean_log_snr", "SAMPLERS", "GRIDS", "DEPRECATED_METHODS"]
-
-#: Old sampler names that :func:`sample` still accepts, with a ``DeprecationWarning``, and the
-#: name to use instead: "ode" is DPM-Solver++(2S).
-DEPRECATED_METHODS: dict[str, str] = {"ode": "dpm++2s"}
-
+           "logsnr_grid", "info_grid", "data_grid", "mean_log_snr", "SAMPLERS", "GRIDS"]
 
 def _sampler(method: str) -> Callable[..., Tensor]:
-    """The sampler called ``method``; a deprecated name warns and maps to its new one."""
-    if method in DEPRECATED_METHODS:
-        warnings.warn(f"method={method!r} is deprecated; use method={DEPRECATED_METHODS[method]!r}",
-                      DeprecationWarning, stacklevel=3)
-        method = DEPRECATED_METHODS[method]
+    """The sampler called ``method``."""
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampling method {method!r}; expected one of {sorted(SAMPLERS)}")
     return SAMPLERS[method]
@@ -79,8 +69,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
         steps: network evaluations = number of grid intervals (ignored if ``grid`` is a tensor).
         prediction: what the model outputs: "eps", "x" or "v".
         method: a key of :data:`SAMPLERS`: "ancestral", "ddim" (option ``eta``), "dpm++2m",
-            "dpm++2s", "dpm++3m", "momentum" or "naive". The old name "ode" of "dpm++2s" still
-            works but is deprecated (a ``DeprecationWarning``).
+            "dpm++2s", "dpm++3m", "momentum" or "naive".
         grid: a key of :data:`GRIDS` ("uniform" in t, "logsnr" in log-SNR, "info" in
             per-coordinate information, "data" in the information of the data's own variance per
             coordinate, after ``corruption.fit_data_statistics(x)``), or a decreasing tensor of
@@ -154,11 +143,3 @@ def _x_transform(clip: bool, threshold: float | None, threshold_max: float | Non
         raise ValueError(f"threshold_max must be at least 1 (the scale s is never below 1), got {threshold_max}")
     return functools.partial(dynamic_threshold, percentile=threshold, max_value=threshold_max)
 
-
-def __getattr__(name: str):
-    """``lincorrupt.sampling.ode``, the old name of :func:`dpmpp_2s`, with a ``DeprecationWarning``."""
-    if name == "ode":
-        warnings.warn("lincorrupt.sampling.ode is deprecated; use lincorrupt.sampling.dpmpp_2s",
-                      DeprecationWarning, stacklevel=2)
-        return dpmpp_2s
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

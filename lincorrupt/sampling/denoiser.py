@@ -12,8 +12,8 @@ from torch import Tensor
 
 from ..coefficients import Coefficients
 from ..corruption import DiagonalizableCorruption
-from ..losses import check_model_output
 from ..predictions import get_prediction
+from ..validation import check_model_output
 
 __all__ = ["Denoiser", "StepInfo", "clip_x_hat", "dynamic_threshold"]
 

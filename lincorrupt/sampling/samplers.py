@@ -33,7 +33,7 @@ from ..corruption import DiagonalizableCorruption
 from .denoiser import Denoiser
 
 __all__ = ["ancestral", "ddim", "ddim_coefficients", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "momentum", "naive",
-           "SAMPLERS"]
+           "SAMPLERS", "SAMPLER_ORDERS"]
 
 
 def _intervals(corruption, times: Tensor, progress: bool):
@@ -331,3 +331,8 @@ def naive(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor, ti
 SAMPLERS: dict[str, Callable[..., Tensor]] = {"ancestral": ancestral, "ddim": ddim, "dpm++2m": dpmpp_2m,
                                               "dpm++2s": dpmpp_2s, "dpm++3m": dpmpp_3m, "momentum": momentum,
                                               "naive": naive}
+#: name -> the order of convergence of a deterministic sampler (with its default options) in the
+#: step size, or None for a stochastic one; every sampler of :data:`SAMPLERS` declares one, and
+#: the tests check each declared order.
+SAMPLER_ORDERS: dict[str, int | None] = {"ancestral": None, "ddim": 1, "dpm++2m": 2, "dpm++2s": 2, "dpm++3m": 3,
+                                         "momentum": None, "naive": None}

@@ -217,4 +217,4 @@ def check_compatible(state: dict[str, Any], corruption: str, shape: tuple[int, .
     if stored != (corruption, tuple(shape)):
         raise CheckpointError(f"checkpoint {path} was trained with corruption {stored[0]} on shape {stored[1]}, "
                               f"but this run uses {corruption} on shape {tuple(shape)}; "
-                              f"use the matching --corruption/--image-size or another checkpoint")
+                              f"build the run with the checkpoint's corruption and shape, or use another checkpoint")

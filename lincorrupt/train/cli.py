@@ -64,9 +64,14 @@ def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, bou
 
 
 def check_options(config: Any) -> None:
-    """Raise :class:`OptionError` for the first field of ``config`` outside its ``choices`` or ``bounds``."""
+    """Raise :class:`OptionError` for the first field of ``config`` not of its declared type (an int
+    field refuses 1.5 and True, a float field takes an int) or outside its ``choices`` or ``bounds``."""
+    hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        if not _has_type(value, hints[f.name]):
+            raise OptionError(f.name, f"{f.name} must be {_type_name(hints[f.name])}, got {value!r} "
+                                      f"({type(value).__name__})")
         if "choices" in f.metadata and value not in f.metadata["choices"]:
             raise OptionError(f.name, f"{f.name}={value!r}: expected one of {f.metadata['choices']}")
         bounds = f.metadata.get("bounds")
@@ -75,6 +80,25 @@ def check_options(config: Any) -> None:
             finite = not _is_number(value) or math.isfinite(value)
             what = "hold finite values" if isinstance(value, tuple) else "be" if finite else "be finite and"
             raise OptionError(f.name, f"{f.name} must {what} {bounds}, got {value!r}")
+
+
+_SCALAR_TYPES = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the field type ``hint`` (bool, int, float, str or tuple[X, ...]; others pass)."""
+    if typing.get_origin(hint) is tuple:
+        element = typing.get_args(hint)[0]
+        return isinstance(value, (tuple, list)) and all(_has_type(v, element) for v in value)
+    if hint not in _SCALAR_TYPES:
+        return True
+    return isinstance(value, _SCALAR_TYPES[hint]) and (hint is bool or not isinstance(value, bool))
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is tuple:
+        return f"a tuple of {_type_name(typing.get_args(hint)[0])}s"
+    return {bool: "a bool", int: "an int", float: "a number", str: "a str"}.get(hint, str(hint))
 
 
 def _is_number(value: Any) -> bool:

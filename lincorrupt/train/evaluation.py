@@ -9,6 +9,7 @@ compares them with the reference features of held-out images; the numbers go to
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,10 +26,20 @@ from lincorrupt.metrics import (
     load_feature_net,
     load_inception,
     precision_recall,
+    sample_features,
 )
-from lincorrupt.train.distributed import all_gather_objects
+from lincorrupt.sampling import sample
 
-__all__ = ["QualityEvaluator", "feature_space", "quantize", "plot_quality"]
+__all__ = ["QualityEvaluator", "METRICS", "feature_space", "quantize", "plot_quality"]
+
+#: What :class:`QualityEvaluator` can compute: name -> ``metric(reference, fake, kid_subset_size) -> record``.
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray, int], dict[str, float]]] = {
+    "fid": lambda real, fake, _: {"fid": frechet_distance(real, fake)},
+    "kid": lambda real, fake, subset: dict(zip(("kid", "kid_std"),
+                                               kid(real, fake, subsets=50, subset_size=min(subset, len(fake))))),
+    "precision_recall": lambda real, fake, _: dict(zip(("precision", "recall"),
+                                                       precision_recall(real[:len(fake)], fake))),
+}
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
@@ -49,34 +60,37 @@ class QualityEvaluator:
         batch_size: images sampled at once per process.
         kid_subset_size: rows per KID subset (capped by the sample count).
         seed: the same samples' noise at every evaluation, so changes come from the weights.
+        metrics: the keys of :data:`METRICS` to compute (default all).
     """
 
     def __init__(self, features: Callable[[torch.Tensor], np.ndarray], reference: np.ndarray, label: str,
                  num_samples: int = 1000, steps: int = 20, sampler: str = "dpm++2m", grid: str = "logsnr",
-                 batch_size: int = 250, kid_subset_size: int = 1000, seed: int = 0):
+                 batch_size: int = 250, kid_subset_size: int = 1000, seed: int = 0,
+                 metrics: tuple[str, ...] = tuple(METRICS)):
         if num_samples < 4:
             raise ValueError(f"num_samples must be >= 4 for the metrics, got {num_samples}")
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown or not metrics:
+            raise ValueError(f"metrics={metrics!r}: expected a non-empty selection of {sorted(METRICS)}")
+        self.metrics = tuple(metrics)
         self.features, self.reference, self.label = features, np.asarray(reference), label
         self.num_samples, self.steps, self.sampler, self.grid = num_samples, steps, sampler, grid
         self.batch_size, self.kid_subset_size, self.seed = batch_size, kid_subset_size, seed
 
     def __call__(self, trainer) -> dict[str, float]:
         """Sample, embed and compare; returns the record (on every process)."""
-        dist = trainer.dist
-        share = len(range(dist.rank, self.num_samples, dist.world_size))
-        g = torch.Generator(trainer.device).manual_seed(self.seed * 1_000_003 + dist.rank)
-        model, feats = trainer.sampling_model(), []
-        for start in range(0, share, self.batch_size):
-            n = min(self.batch_size, share - start)
-            x = trainer.sample_fn(model, trainer.corruption, n, steps=self.steps, prediction=trainer.cfg.prediction,
-                                  method=self.sampler, grid=self.grid, generator=g, device=trainer.device)
-            feats.append(self.features(quantize(x.float())))
-        fake = np.concatenate(all_gather_objects(np.concatenate(feats)))
-        precision, recall = precision_recall(self.reference[:len(fake)], fake)
-        kid_mean, kid_std = kid(self.reference, fake, subsets=50, subset_size=min(self.kid_subset_size, len(fake)))
-        return {"eval": self.label, "fid": frechet_distance(self.reference, fake), "kid": kid_mean, "kid_std": kid_std,
-                "precision": precision, "recall": recall, "eval_samples": len(fake),
-                "eval_sampler": f"{self.sampler}/{self.grid}/{self.steps}"}
+        dist, model = trainer.dist, trainer.sampling_model()
+
+        def draw(n: int, g: torch.Generator) -> torch.Tensor:
+            return sample(model, trainer.corruption, n, steps=self.steps, prediction=trainer.cfg.prediction,
+                          method=self.sampler, grid=self.grid, generator=g, device=trainer.device)
+
+        fake = sample_features(draw, self.num_samples, lambda x: self.features(quantize(x)), self.batch_size,
+                               self.seed, dist.rank, dist.world_size, trainer.device)
+        record = {"eval": self.label}
+        for name in self.metrics:
+            record.update(METRICS[name](self.reference, fake, self.kid_subset_size))
+        return {**record, "eval_samples": len(fake), "eval_sampler": f"{self.sampler}/{self.grid}/{self.steps}"}
 
 
 def plot_quality(metrics: str | Path, path: str | Path) -> None:
@@ -89,12 +103,13 @@ def plot_quality(metrics: str | Path, path: str | Path) -> None:
         return
     steps = [r["step"] for r in records]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-    axes[0].plot(steps, [r["fid"] for r in records], "o-")
+    axes[0].plot(steps, [r.get("fid", math.nan) for r in records], "o-")
     axes[0].set_ylabel("FID")
-    axes[1].errorbar(steps, [r["kid"] for r in records], [r["kid_std"] for r in records], fmt="o-")
+    axes[1].errorbar(steps, [r.get("kid", math.nan) for r in records],
+                     [r.get("kid_std", math.nan) for r in records], fmt="o-")
     axes[1].set_ylabel("KID")
-    axes[2].plot(steps, [r["precision"] for r in records], "o-", label="precision")
-    axes[2].plot(steps, [r["recall"] for r in records], "s-", label="recall")
+    axes[2].plot(steps, [r.get("precision", math.nan) for r in records], "o-", label="precision")
+    axes[2].plot(steps, [r.get("recall", math.nan) for r in records], "s-", label="recall")
     axes[2].set_ylim(0, 1.02)
     axes[2].legend()
     for ax in axes:

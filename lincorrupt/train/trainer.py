@@ -28,14 +28,11 @@ Arguments are validated on the first step only; after it a step reads nothing ba
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +42,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from lincorrupt.config import SpecError
 from lincorrupt.data.images import to_model_range, to_unit_range
+from lincorrupt.losses import diffusion_loss
+from lincorrupt.model import model_record
+from lincorrupt.sampling import sample
 from lincorrupt.train.checkpoint import (
     check_compatible,
     load_checkpoint,
@@ -53,216 +54,23 @@ from lincorrupt.train.checkpoint import (
     require_keys,
     save_checkpoint,
 )
-from lincorrupt.train.cli import Interval, OptionError, check_options, option
+from lincorrupt.train.config import TrainConfig, default_workers
 from lincorrupt.train.data_order import StepBatchSampler, derive_seed, sample_seeds
 from lincorrupt.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, is_distributed
 from lincorrupt.train.ema import EMA
+from lincorrupt.train.finite import NonFiniteStateError, check_finite
 from lincorrupt.train.lock import RunLock
+from lincorrupt.train.metrics_log import MetricsLog, unreadable_record
+from lincorrupt.train.optim import Warmup, keep_kernel_options, make_optimizer
+from lincorrupt.train.precision import TF32, Autocast, allow_tf32, autocast_dtype
+from lincorrupt.train.signals import ignore_stop_signals, stop_on_signals
 from lincorrupt.validation import is_validating, validate_args
 
-__all__ = ["TrainConfig", "Trainer", "OPTIMIZERS", "PRECISIONS", "autocast_dtype", "make_optimizer", "default_workers",
-           "allow_tf32", "NonFiniteStateError", "STATE_KEYS"]
+__all__ = ["Trainer", "NonFiniteStateError", "STATE_KEYS", "check_finite"]
 
 #: The entries every checkpoint of :meth:`Trainer.state_dict` holds.
 STATE_KEYS = ("corruption", "shape", "step", "model", "ema", "optimizer", "scheduler", "scaler", "rng", "world_size",
               "config", "extra")
-
-
-class NonFiniteStateError(FloatingPointError):
-    """The model, EMA or optimiser state holds NaN or infinity (and is therefore not saved)."""
-
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-#: Devices and parameter dtypes for which torch has fused Adam/AdamW kernels (one kernel per
-#: step instead of one per tensor, and no host read of the step count).
-FUSED_DEVICES = ("cuda", "cpu")
-FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# precision -> autocast dtype on CUDA (None: float32). CPU always trains in float32.
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-#: Bounds of the counts that must be positive and of the positive reals.
-AT_LEAST_1, POSITIVE = Interval(1), Interval(0, low_open=True)
-
-
-#: Upper bound of the default number of DataLoader workers per process.
-MAX_WORKERS = 8
-
-
-def default_workers() -> int:
-    """DataLoader workers per process when ``num_workers`` is -1: the CPUs this process may use,
-    shared among the processes of this machine (``LOCAL_WORLD_SIZE``), at most :data:`MAX_WORKERS`."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(MAX_WORKERS, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
-
-
-@contextlib.contextmanager
-def allow_tf32(enabled: bool = True):
-    """Within the block, CUDA float32 matmuls and cuDNN convolutions may (or may not) use TF32;
-    the previous settings are restored after. No effect on CPU computations."""
-    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` ("auto", "fp32", "bf16", "fp16") on ``device``."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}: expected 'auto' or one of {sorted(PRECISIONS)}")
-    return PRECISIONS[precision] if device.type == "cuda" else None
-
-
-@dataclass
-class TrainConfig:
-    """The optimisation recipe and the run's bookkeeping; every field is also a flag of the CIFAR-10 example.
-
-    The defaults are the recipe of DDPM's CIFAR-10 run (Ho et al. 2020): 800k steps of batch 128,
-    Adam at lr 2e-4, EMA decay 0.9999, random horizontal flips (their appendix B), 5000 warm-up
-    steps and gradient clipping at norm 1 (their released code), eps-prediction with the
-    unweighted loss. The blurring-diffusion paper (Hoogeboom & Salimans 2023) reuses this recipe
-    and DDPM's UNet for CIFAR-10; its own are the corruption's settings (the example's flags).
-    Each field's help text is its ``--help`` line and its entry below.
-    """
-
-    steps: int = option(800_000, "Optimisation steps in all (DDPM's CIFAR-10 run: 800k).", bounds=AT_LEAST_1)
-    batch_size: int = option(128, "Global batch, split over the processes (DDPM: 128).", bounds=AT_LEAST_1)
-    lr: float = option(2e-4, "Peak learning rate of Adam/AdamW (DDPM's CIFAR-10: 2e-4).", bounds=POSITIVE)
-    warmup_steps: int = option(5000, "Steps of linear learning-rate warm-up from 0 (DDPM's code: 5000; 0: none).",
-                               bounds=Interval(0))
-    grad_clip: float = option(1.0, "Clip the gradient's global norm to this value (DDPM's code: 1).", bounds=POSITIVE)
-    ema_decay: float = option(0.9999, "Decay of the exponential moving average of the weights used for sampling, "
-                              "in [0, 1) (DDPM: 0.9999; 0: the raw weights).", bounds=Interval(0, 1, high_open=True))
-    ema_warmup_power: float = option(0.0, "EMA warm-up: update n uses decay min(ema_decay, 1 - (1 + n)^-power), "
-                                     "so short runs forget the initial weights (k-diffusion: 2/3 up to ~100k steps, "
-                                     "3/4 beyond; 0: off, DDPM's constant decay).", bounds=Interval(0, 1))
-    optimizer: str = option("adam", "Adam (DDPM) or AdamW; AdamW only differs with weight_decay > 0.",
-                            choices=sorted(OPTIMIZERS))
-    weight_decay: float = option(0.0, "Weight decay of the optimiser (DDPM: none).", bounds=Interval(0))
-    hflip: bool = option(True, "Random horizontal flips of the training images (DDPM's CIFAR-10; turn it off for "
-                         "data whose orientation matters, e.g. Fashion-MNIST's shoes all face left).")
-    prediction: str = option("eps", "What the network predicts: eps, x or v (eps with the unweighted loss: DDPM "
-                             "and blurring diffusion).", choices=["eps", "x", "v"])
-    precision: str = option("auto", "Autocast of the network on CUDA: auto (bf16 where supported, else fp16), "
-                            "fp32, bf16 or fp16; the CPU always trains in fp32.", choices=["auto", *PRECISIONS])
-    channels_last: bool = option(False, "NHWC convolutions: faster on recent GPUs with autocast.")
-    compile: bool = option(False, "torch.compile the network (under its autocast) for training; the EMA and the "
-                           "checkpoints stay eager.")
-    seed: int = option(0, "Seed of every random draw: the data order, t, the noise, the flips, dropout and the "
-                       "initial weights.", bounds=Interval(0))
-    grad_accum: int = option(1, "Micro-batches per step and process (the global batch stays batch_size).",
-                             bounds=AT_LEAST_1)
-    checkpoint_activations: bool = option(False, "Recompute the network's blocks in the backward pass: less "
-                                          "memory for about one more forward pass.")
-    tf32: bool = option(True, "fp32 runs on CUDA: TF32 matrix products and convolutions in the network (the "
-                        "corruption stays fp32).")
-    num_workers: int = option(-1, "DataLoader workers per process (-1: the CPUs per process, at most 8).",
-                              bounds=Interval(-1))
-    prefetch_factor: int = option(4, "Batches each DataLoader worker loads ahead (with workers only).",
-                                  bounds=AT_LEAST_1)
-    log_every: int = option(100, "Steps between records of metrics.jsonl and progress-bar updates.",
-                            bounds=AT_LEAST_1)
-    sample_every: int = option(10_000, "Steps between sample grids (0: never).", bounds=Interval(0))
-    ckpt_every: int = option(5_000, "Steps between checkpoints (0: only the one written at the end).",
-                             bounds=Interval(0))
-    sample_steps: int = option(250, "Sampler steps of the preview grids (a cheap preview, not the FID protocol).",
-                               bounds=AT_LEAST_1)
-    sampler: str = option("ancestral", "Sampler of the preview grids, a key of lincorrupt.SAMPLERS (ancestral: "
-                          "the papers' sampler).")
-    eval_every: int = option(0, "Steps between quality evaluations by the Trainer's evaluator (0: never).",
-                             bounds=Interval(0))
-    grid_size: int = option(64, "Images in a preview grid.", bounds=AT_LEAST_1)
-    progress: bool = option(True, "Show a progress bar.")
-    out_dir: str = option("runs/blurring", "Folder of the checkpoints, metrics.jsonl and sample grids.")
-
-    def __post_init__(self):
-        if isinstance(self.num_workers, int) and self.num_workers < -1:
-            raise OptionError("num_workers", f"num_workers must be >= 0 (or -1: one per CPU, at most {MAX_WORKERS}), "
-                              f"got {self.num_workers}")
-        check_options(self)
-        import lincorrupt as lc
-        if self.sampler not in lc.SAMPLERS:
-            raise OptionError("sampler", f"sampler={self.sampler!r}: expected one of {sorted(lc.SAMPLERS)}")
-        if self.batch_size % self.grad_accum:
-            raise OptionError("batch_size", f"batch_size={self.batch_size} is not divisible by "
-                              f"grad_accum={self.grad_accum}")
-
-
-def kernel_options(params: list[torch.Tensor]) -> dict[str, bool]:
-    """``{"fused": True}`` where every parameter is a dense floating tensor on a device with fused
-    Adam kernels (:data:`FUSED_DEVICES`, :data:`FUSED_DTYPES`), else ``{"foreach": True}``."""
-    fused = all(p.device.type in FUSED_DEVICES and p.dtype in FUSED_DTYPES and not p.is_sparse for p in params)
-    return {"fused": True, "foreach": False} if fused else {"fused": False, "foreach": True}
-
-
-def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The configured Adam/AdamW over ``model``'s parameters, fused where they allow it, else foreach."""
-    params = list(model.parameters())
-    return OPTIMIZERS[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay,
-                                        **kernel_options(params))
-
-
-def _keep_kernel_options(optimizer: torch.optim.Optimizer) -> None:
-    """After ``load_state_dict`` (whose saved groups carry the writer's kernel options): this
-    run's options again, with each step count on its parameter's device where the kernel is fused."""
-    for group in optimizer.param_groups:
-        group.update(kernel_options(group["params"]))
-        for p in group["params"]:
-            state = optimizer.state.get(p, {})
-            if "step" in state:
-                if group["fused"]:
-                    state["step"] = state["step"].to(p.device, torch.float32)
-
-
-class Warmup:
-    """Learning-rate factor ``min(1, (step + 1) / warmup_steps)`` (a class so it checkpoints)."""
-
-    def __init__(self, warmup_steps: int):
-        self.warmup_steps = warmup_steps
-
-    def __call__(self, step: int) -> float:
-        return min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
-
-
-class _Autocast(nn.Module):
-    """Runs only the network under autocast and returns float32, so the corruption stays exact."""
-
-    def __init__(self, net: nn.Module, dtype: torch.dtype | None, channels_last: bool):
-        super().__init__()
-        self.net, self.dtype, self.channels_last = net, dtype, channels_last
-
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            z_t = z_t.contiguous(memory_format=torch.channels_last)
-        if self.dtype is None:
-            return self.net(z_t, t)
-        with torch.autocast(z_t.device.type, dtype=self.dtype):
-            return self.net(z_t, t).float()
-
-
-class _TF32(nn.Module):
-    """Runs ``net``'s forward with TF32 allowed (CUDA fp32 runs); the corruption around it stays fp32."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with allow_tf32(True):
-            return self.net(z_t, t)
-
-
-def _default_loss(model, corruption, x, **kw):
-    import lincorrupt as lc
-    return lc.diffusion_loss(model, corruption, x, **kw)
-
-
-def _default_sample(model, corruption, n, **kw):
-    import lincorrupt as lc
-    return lc.sample(model, corruption, n, **kw)
 
 
 class Trainer:
@@ -275,7 +83,6 @@ class Trainer:
         config: the recipe.
         dist: process placement from :func:`init_distributed` (single CPU process by default).
         extra: plain data stored in every checkpoint (e.g. the network's constructor arguments).
-        loss_fn, sample_fn: default to ``lincorrupt.diffusion_loss`` / ``lincorrupt.sample``.
         evaluator: called as ``evaluator(trainer) -> dict`` every ``config.eval_every`` steps (and at
             the end) on every process, e.g. a :class:`lincorrupt.train.evaluation.QualityEvaluator`;
             its record goes to ``metrics.jsonl``, and its FID/KID/precision/recall to ``quality.png``.
@@ -283,7 +90,6 @@ class Trainer:
 
     def __init__(self, model: nn.Module, corruption: nn.Module, dataset: Dataset, config: TrainConfig,
                  dist: DistInfo | None = None, extra: dict[str, Any] | None = None,
-                 loss_fn: Callable = _default_loss, sample_fn: Callable = _default_sample,
                  evaluator: Callable[[Trainer], dict[str, Any]] | None = None):
         self.cfg, self.dist = config, dist or DistInfo()
         self.device = self.dist.device
@@ -293,7 +99,7 @@ class Trainer:
         if config.batch_size % (self.dist.world_size * config.grad_accum):
             raise ValueError(f"batch_size={config.batch_size} must be divisible by the number of processes "
                              f"({self.dist.world_size}) times grad_accum ({config.grad_accum})")
-        self.loss_fn, self.sample_fn, self.evaluator = loss_fn, sample_fn, evaluator
+        self.evaluator = evaluator
         self.out_dir = Path(config.out_dir)
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)
@@ -310,11 +116,11 @@ class Trainer:
         if self.dist.world_size > 1:
             device_ids = [self.device] if self.device.type == "cuda" else None
             net = self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
-        self.net = _Autocast(net, self.dtype, config.channels_last)
+        self.net = Autocast(net, self.dtype, config.channels_last)
         if config.compile:  # compiles a wrapper: self.model, the EMA and the saved state keep their plain names
             self.net = torch.compile(self.net)
         if self.tf32:  # outside the compiled graph
-            self.net = _TF32(self.net)
+            self.net = TF32(self.net)
         self.optimizer = make_optimizer(config, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, Warmup(config.warmup_steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
@@ -345,6 +151,7 @@ class Trainer:
         (every rank must call it); else only this rank's (dropout streams then restart on resume)."""
         rng = self._rng_state()
         return {
+            **_model_record(self.model, self.corruption, self.cfg.prediction),
             "corruption": type(self.corruption).__name__, "shape": list(self.shape), "step": self.step,
             "model": self.model.state_dict(), "ema": self.ema.module.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -360,7 +167,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        _keep_kernel_options(self.optimizer)
+        keep_kernel_options(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
@@ -398,7 +205,7 @@ class Trainer:
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
                             prefetch_factor=self.cfg.prefetch_factor if workers > 0 else None,
-                            worker_init_fn=_ignore_stop_signals if workers > 0 else None,
+                            worker_init_fn=ignore_stop_signals if workers > 0 else None,
                             # its own generator: creating the iterator must not consume the global RNG (dropout)
                             generator=torch.Generator().manual_seed(
                                 derive_seed(self.cfg.seed, self.step, self.dist.rank)))
@@ -425,7 +232,7 @@ class Trainer:
         t, noise, flip = self.draw(self.step, first, x.shape[0])
         if self.cfg.hflip:
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return self.loss_fn(self.net, self.corruption, x, prediction=self.cfg.prediction, t=t, noise=noise)
+        return diffusion_loss(self.net, self.corruption, x, prediction=self.cfg.prediction, t=t, noise=noise)
 
     def train_step(self, x_uint8: torch.Tensor) -> torch.Tensor:
         """One optimisation step on this rank's uint8 batch; returns the (detached) local loss.
@@ -492,13 +299,14 @@ class Trainer:
             return "done"
         self._fit_start = self.step
         self.model.train()
-        logger = _Logger(self.out_dir, enabled=main)
+        logger = MetricsLog(self.out_dir, enabled=main)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (main and cfg.progress), dynamic_ncols=True)
         status, tick, tick_step = "done", time.perf_counter(), self.step
         try:
             batches = self.batches()
-            with _stop_on_signals(self):
+            with stop_on_signals(self._on_signal):
                 while self.step < cfg.steps:
+                    # -- one optimisation step (module docstring, steps 1-4)
                     rng = self._rng_state()  # the state after the last step, restored if this step fails
                     try:
                         self._pending.append(self.train_step(next(batches)))
@@ -506,6 +314,7 @@ class Trainer:
                         if not self._updating:
                             self._set_rng_state(rng)
                         raise
+                    # -- logging: the only host sync of a step, at log steps (and where the ranks agree to stop)
                     step = self.step
                     log_step = step % cfg.log_every == 0 or step == cfg.steps
                     stop = self._agree_stop(log_step)
@@ -515,14 +324,16 @@ class Trainer:
                         loss = self._flush()
                         logger.log({"step": step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
                                     "grad_norm": float(self.last_grad_norm), "images_per_s": ips,
-                                    **_unreadable_record(self.dataset)})
+                                    **unreadable_record(self.dataset)})
                         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.1f}")
                         tick, tick_step = now, step
                     bar.update(1)
+                    # -- sample grids and quality evaluations of the EMA weights
                     if cfg.sample_every and step % cfg.sample_every == 0 and main:
                         self.sample_grid(self.out_dir / f"samples_{step:07d}.png")
                     if self.evaluator and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                         self.evaluate(logger)
+                    # -- stop on a signal (saved below), else checkpoint every ckpt_every steps
                     if stop:
                         status = "interrupted"
                         break
@@ -559,7 +370,7 @@ class Trainer:
             print(f"training failed at step {self.step + 1} ({type(error).__name__}); saved step {self.step} "
                   f"to {path}", file=sys.stderr)
 
-    def evaluate(self, logger: _Logger | None = None) -> dict[str, Any]:
+    def evaluate(self, logger: MetricsLog | None = None) -> dict[str, Any]:
         """Run the evaluator on the EMA model now; log its record and redraw ``quality.png``."""
         from lincorrupt.train.evaluation import plot_quality
         record = {"step": self.step, **self.evaluator(self)}
@@ -567,6 +378,10 @@ class Trainer:
             logger.log(record)
             plot_quality(self.out_dir / "metrics.jsonl", self.out_dir / "quality.png")
         return record
+
+    def _on_signal(self, signum: int) -> None:
+        """SIGTERM/SIGINT: finish the current step, save and return."""
+        self._stop, self.stop_signal = True, signum
 
     def _agree_stop(self, log_step: bool) -> bool:
         """Whether to stop now: this process's flag, or under DDP every rank's, agreed on (a host
@@ -601,8 +416,8 @@ class Trainer:
 
     def sampling_model(self) -> nn.Module:
         """The EMA network, under the training precision's autocast, for sampling."""
-        net = _Autocast(self.ema.module, self.dtype, self.cfg.channels_last)
-        return _TF32(net) if self.tf32 else net
+        net = Autocast(self.ema.module, self.dtype, self.cfg.channels_last)
+        return TF32(net) if self.tf32 else net
 
     @torch.no_grad()
     def sample_grid(self, path: str | Path, n: int | None = None, steps: int | None = None,
@@ -612,88 +427,16 @@ class Trainer:
         from torchvision.utils import save_image
         n, steps = n or self.cfg.grid_size, steps or self.cfg.sample_steps
         g = torch.Generator(self.device).manual_seed(seed)
-        x = self.sample_fn(self.sampling_model(), self.corruption, n, steps=steps, prediction=self.cfg.prediction,
+        x = sample(self.sampling_model(), self.corruption, n, steps=steps, prediction=self.cfg.prediction,
                            method=self.cfg.sampler, generator=g, device=self.device, progress=False)
         save_image(to_unit_range(x.float().cpu()), path, nrow=int(math.ceil(math.sqrt(n))))
         return x
 
 
-def check_finite(state: dict[str, Any], step: int, path: str | Path = "") -> None:
-    """Refuse a state whose model, EMA or optimiser tensors hold NaN or infinity (one host sync).
-
-    Raises:
-        NonFiniteStateError: naming the step and the first non-finite tensors.
-    """
-    tensors = {f"{part}.{name}": t for part in ("model", "ema") for name, t in state[part].items()}
-    for i, s in state["optimizer"]["state"].items():
-        tensors.update({f"optimizer.state.{i}.{k}": t for k, t in s.items() if isinstance(t, torch.Tensor)})
-    tensors = {k: t for k, t in tensors.items() if t.is_floating_point() or t.is_complex()}
-    if not tensors:
-        return
-    finite = torch.stack([torch.isfinite(t).all() for t in tensors.values()])
-    if bool(finite.all()):
-        return
-    bad = [k for k, ok in zip(tensors, finite.tolist()) if not ok]
-    raise NonFiniteStateError(f"the training state at step {step} holds NaN or infinity (in {', '.join(bad[:3])}"
-                              f"{', ...' if len(bad) > 3 else ''}); not saved, so {path or 'the checkpoint'} still "
-                              f"holds an earlier, finite step: resume from it with a lower lr or more warm-up")
-
-
-def _unreadable_record(dataset) -> dict[str, int]:
-    """``{"unreadable_images": n}`` for a dataset that skips and counts unreadable images, else ``{}``."""
-    count = getattr(dataset, "unreadable_count", None)
-    return {"unreadable_images": count()} if callable(count) else {}
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: SIGTERM/SIGINT to the process group are for the training loop;
-    the worker exits when the main process does (torch's worker watchdog)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-class _Logger:
-    """JSONL metrics (``metrics.jsonl``), mirrored to TensorBoard when it is installed."""
-
-    def __init__(self, out_dir: Path, enabled: bool):
-        self.enabled, self.file, self.tb = enabled, None, None
-        if not enabled:
-            return
-        self.file = open(out_dir / "metrics.jsonl", "a")
-        with contextlib.suppress(ImportError):
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(out_dir / "tb"))
-
-    def log(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.file.write(json.dumps({**record, "time": time.time()}) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"train/{k}", v, record["step"])
-
-    def close(self) -> None:
-        if self.file:
-            self.file.close()
-        if self.tb:
-            self.tb.close()
-
-
-@contextlib.contextmanager
-def _stop_on_signals(trainer: Trainer):
-    """SIGTERM/SIGINT set a flag; the loop finishes its step, saves and returns (main thread only)."""
-    def handler(signum, frame):
-        trainer._stop = True
-        trainer.stop_signal = signum
-
+def _model_record(network: nn.Module, corruption: nn.Module, prediction: str) -> dict[str, Any]:
+    """``{"diffusion_model": ...}`` (what :func:`lincorrupt.load` rebuilds the model from) when the
+    network and the corruption record their constructor arguments, else ``{}``."""
     try:
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    except ValueError:  # not in the main thread: no handlers
-        previous = {}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        return {"diffusion_model": model_record(network, corruption, prediction)}
+    except SpecError:
+        return {}

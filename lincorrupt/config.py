@@ -1,0 +1,195 @@
+"""Modules that record their constructor arguments, so ``type(m)(**m.config)`` rebuilds them.
+
+Every class derived from :class:`Configurable` (the corruptions, the priors, the bases, the
+UNet) gets, once its outermost ``__init__`` has returned, a ``config`` dict: the arguments it
+was called with, defaults filled in, by the names of its ``__init__`` signature. A new subclass
+gets this for free: nothing to register, no decorator (diffusers' ``register_to_config`` does
+the same by decoration). After recording, the metaclass calls :meth:`Configurable.finish_init`,
+a hook for checks that need the complete object (a corruption's Markov validity check).
+
+:func:`module_spec` turns a module into plain data for a checkpoint (its class, its config,
+the specs of module-valued arguments, tensor arguments by reference into the module's state
+dict where the state already holds them); :func:`build_module` rebuilds it from that spec and
+the saved state dict, registering buffers that a constructor leaves ``None`` and fitting
+ones set after construction (e.g. a prior fitted to data) from the saved keys, so fitted
+statistics travel without any list of their names.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Configurable", "module_spec", "build_module", "restore_state", "SpecError"]
+
+#: Every Configurable class by ``module.qualname``: the only classes a checkpoint may name.
+_CLASSES: dict[str, type] = {}
+
+
+class SpecError(ValueError):
+    """A saved module description cannot be rebuilt (unknown class, unexpected arguments)."""
+
+
+def class_name(cls: type) -> str:
+    """``"package.module.QualName"``: how a spec names a class."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class _RecordsArguments(type):
+    """Metaclass: after ``cls(*args, **kwargs)`` has built the object, record its arguments."""
+
+    def __init__(cls, name, bases, namespace, **kwargs):
+        super().__init__(name, bases, namespace, **kwargs)
+        _CLASSES[class_name(cls)] = cls
+
+    def __call__(cls, *args, **kwargs):
+        obj = super().__call__(*args, **kwargs)
+        bound = inspect.signature(cls.__init__).bind(obj, *args, **kwargs)
+        bound.apply_defaults()
+        config: dict[str, Any] | None = {}
+        for name, param in list(inspect.signature(cls.__init__).parameters.items())[1:]:
+            if param.kind is param.VAR_POSITIONAL and bound.arguments.get(name):
+                config = None  # positional *args have no names to rebuild from: module_spec refuses it
+                break
+            if param.kind is param.VAR_KEYWORD:
+                config.update(bound.arguments.get(name, {}))
+            elif param.kind is not param.VAR_POSITIONAL:
+                config[name] = bound.arguments[name]
+        obj.config = config
+        obj.finish_init()
+        return obj
+
+
+class Configurable(nn.Module, metaclass=_RecordsArguments):
+    """Base of modules that record their constructor arguments in ``self.config`` (a dict; None
+    when the constructor was given positional ``*args``, which have no names)."""
+
+    config: dict[str, Any] | None
+
+    def finish_init(self) -> None:
+        """Called once, after the outermost ``__init__`` returned and ``config`` was recorded."""
+
+
+def module_spec(module: nn.Module, state: dict[str, Tensor] | None = None, prefix: str = "") -> dict[str, Any]:
+    """Plain data (str, numbers, lists, dicts, tensors) that rebuild ``module`` with :func:`build_module`.
+
+    A config value that is a module is described by the module now at that attribute (a prior
+    assigned after construction replaces the one passed in). A tensor value equal to the entry
+    of ``state`` (``module.state_dict()`` of the outermost module) that holds it is stored as a
+    reference ``{"state_key": key}``, so a buffer is saved once.
+
+    Raises:
+        SpecError: ``module`` is not :class:`Configurable`.
+    """
+    if not isinstance(module, Configurable):
+        raise SpecError(f"{type(module).__name__} does not record its constructor arguments (derive it from "
+                        f"lincorrupt.config.Configurable), so it cannot be rebuilt from a file")
+    if module.config is None:
+        raise SpecError(f"{type(module).__name__} was built with positional *args, which have no names to record; "
+                        f"pass them by name so that it can be rebuilt from a file")
+    state = module.state_dict() if state is None else state
+    config = {}
+    for name, value in module.config.items():
+        current = getattr(module, name, value)
+        if isinstance(current, nn.Module) and isinstance(value, (nn.Module, type(None))):
+            config[name] = {"module": module_spec(current, state, f"{prefix}{name}.")}
+        elif isinstance(value, nn.Module):
+            config[name] = {"module": module_spec(value, state, f"{prefix}{name}.")}
+        elif isinstance(value, Tensor):
+            key = f"{prefix}{name}"
+            same = key in state and state[key].shape == value.shape and torch.equal(
+                state[key].detach().cpu().to(value.dtype), value.detach().cpu())
+            config[name] = {"state_key": key} if same else {"tensor": value.detach().cpu()}
+        else:
+            config[name] = {"value": _plain(value, f"{type(module).__name__}.config[{name!r}]")}
+    return {"class": class_name(type(module)), "config": config}
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` if it is plain data a weights-only checkpoint can hold (tuples become lists)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, where) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _plain(v, where) for k, v in value.items()}
+    if isinstance(value, torch.dtype):
+        return str(value)
+    raise SpecError(f"{where} is a {type(value).__name__}, which a checkpoint cannot store as plain data")
+
+
+def build_module(spec: dict[str, Any], state: dict[str, Tensor] | None = None, prefix: str = "",
+                 expected: type = nn.Module) -> nn.Module:
+    """Rebuild a module from :func:`module_spec`'s ``spec``, then load ``state`` into it (:func:`restore_state`).
+
+    Only classes derived from :class:`Configurable` that are defined in this process can be
+    named (no import happens here): a custom corruption's module must be imported first.
+
+    Raises:
+        SpecError: the class is unknown or not an ``expected``, a reference is missing from ``state``,
+            or the constructor refuses the arguments.
+    """
+    try:
+        cls = _CLASSES[spec["class"]]
+    except KeyError:
+        raise SpecError(f"the file names class {spec['class']!r}, which is not defined in this process; import "
+                        f"the module that defines it before loading") from None
+    if not issubclass(cls, expected):
+        raise SpecError(f"the file names {spec['class']} where a {expected.__name__} was expected")
+    kwargs = {}
+    for name, entry in spec["config"].items():
+        if "module" in entry:
+            kwargs[name] = build_module(entry["module"], state, f"{prefix}{name}.")
+        elif "state_key" in entry:
+            if state is None or entry["state_key"] not in state:
+                raise SpecError(f"{cls.__name__} argument {name!r} refers to the saved tensor {entry['state_key']!r}, "
+                                "which the file lacks")
+            kwargs[name] = state[entry["state_key"]]
+        elif "tensor" in entry:
+            kwargs[name] = entry["tensor"]
+        else:
+            kwargs[name] = _unplain(entry["value"])
+    try:
+        module = cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"{cls.__name__}(**config) from the file failed: {e}") from e
+    if state is not None and not prefix:
+        restore_state(module, state)
+    return module
+
+
+def _unplain(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("torch.") and isinstance(getattr(torch, value[6:], None),
+                                                                             torch.dtype):
+        return getattr(torch, value[6:])
+    return value
+
+
+def restore_state(module: nn.Module, state: dict[str, Tensor]) -> None:
+    """``module.load_state_dict(state)`` (strict), after registering every saved buffer that the
+    freshly built module holds as ``None`` or lacks (statistics fitted after construction).
+
+    Raises:
+        RuntimeError: a key of ``state`` names no submodule, or a tensor's shape differs.
+    """
+    own = module.state_dict()
+    for key, value in state.items():
+        if key in own:
+            continue
+        owner_name, _, attr = key.rpartition(".")
+        owner = module.get_submodule(owner_name) if owner_name else module
+        if attr in owner._parameters:
+            raise RuntimeError(f"saved parameter {key!r} is None in the rebuilt {type(module).__name__}")
+        if attr in vars(owner):  # a plain attribute: None until fitted
+            if vars(owner)[attr] is not None:
+                raise RuntimeError(f"saved buffer {key!r} clashes with attribute {attr!r} of {type(owner).__name__}")
+            delattr(owner, attr)
+        owner.register_buffer(attr, torch.empty_like(value, device=_device_of(module)))
+    module.load_state_dict(state)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next((t.device for t in module.state_dict().values()), torch.device("cpu"))

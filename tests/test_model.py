@@ -1,0 +1,266 @@
+"""A trained model as one object: recorded constructor arguments, DiffusionModel, lc.load and save."""
+
+import math
+
+import pytest
+import torch
+
+import lincorrupt as lc
+from helpers.corruptions import CORRUPTIONS
+from helpers.training import make_trainer
+from lincorrupt.config import Configurable, SpecError, build_module, module_spec
+from lincorrupt.model import ModelLoadError
+from lincorrupt.nn import UNet
+from lincorrupt.train import CheckpointError, save_checkpoint
+
+TINY_UNET = dict(image_size=8, in_channels=3, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), groups=4)
+
+
+def tiny_unet(**kw):
+    torch.manual_seed(0)
+    return UNet(**{**TINY_UNET, **kw})
+
+
+def coefficients(c):
+    return c.coefficients(torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64))
+
+
+# ----------------------------------------------------------------- recorded arguments
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_every_corruption_records_its_arguments_and_rebuilds_from_them(name):
+    c = CORRUPTIONS[name]()
+    rebuilt = type(c)(**c.config)
+    assert rebuilt.config == c.config and rebuilt.shape == c.shape
+    a, b = coefficients(c), coefficients(rebuilt)
+    assert torch.equal(a.log_alpha, b.log_alpha) and torch.equal(a.log_sigma, b.log_sigma)
+
+
+def test_config_holds_defaults_and_the_given_values_by_name():
+    c = lc.BlurringDiffusion((1, 4, 6), 5.0, min_scale=0.1)
+    assert c.config == {"shape": (1, 4, 6), "sigma_blur_max": 5.0, "min_scale": 0.1, "logsnr_min": -10.0,
+                        "logsnr_max": 10.0, "prior": None}
+    net = tiny_unet(dropout=0.0)
+    assert net.config["ch"] == 8 and net.config["dropout"] == 0.0 and net.config["time_scale"] == 1000.0
+    assert UNet(**net.config).config == net.config
+
+
+class Fade(lc.DiagonalizableCorruption):
+    """A subclass written without any mention of config: it records its arguments by inheritance."""
+
+    def __init__(self, shape, rate: float = 2.0, **extra):
+        super().__init__(shape, lc.IdentityBasis())
+        self.rate = rate
+
+    def log_alpha_sigma(self, t):
+        t = t.view(-1, *[1] * len(self.shape))
+        return -self.rate * t, 0.5 * torch.log1p(-torch.exp(-2 * self.rate * t)).clamp(min=-30)
+
+
+def test_a_new_subclass_records_for_free_and_still_runs_its_validity_check():
+    c = Fade((2, 3), rate=3.0, note="kept")
+    assert c.config == {"shape": (2, 3), "rate": 3.0, "note": "kept"}
+    with pytest.raises(lc.InvalidCorruptionError):
+        Fade((2, 3), rate=-1.0)  # alpha grows: SNR increases, refused after the outermost __init__
+
+
+def test_positional_varargs_cannot_be_recorded_and_saving_says_so():
+    class Varargs(Configurable):
+        def __init__(self, *sizes):
+            super().__init__()
+
+    assert Varargs().config == {}
+    built = Varargs(1, 2)  # still builds, but cannot be saved
+    assert built.config is None
+    with pytest.raises(SpecError, match="positional"):
+        module_spec(built)
+
+
+def test_spec_refuses_an_unrecorded_module_and_an_unknown_class():
+    with pytest.raises(SpecError, match="does not record"):
+        module_spec(torch.nn.Linear(2, 2))
+    with pytest.raises(SpecError, match="not defined in this process"):
+        build_module({"class": "nowhere.Missing", "config": {}})
+
+
+# ----------------------------------------------------------------- fitted buffers travel
+def test_a_fitted_empirical_prior_travels_in_the_state_dict_and_is_saved_once():
+    c = lc.IHDM((3, 8, 8), num_steps=20)
+    images = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    c.prior = lc.EmpiricalPrior.fit(c, images)
+    state = c.state_dict()
+    spec = module_spec(c, state)
+    assert spec["config"]["prior"]["module"]["config"]["u_x"] == {"state_key": "prior.u_x"}
+    rebuilt = build_module(spec, state)
+    assert isinstance(rebuilt.prior, lc.EmpiricalPrior)
+    assert torch.equal(rebuilt.prior.u_x, c.basis.to_basis(images))  # the DCT of the images themselves
+
+
+def test_a_buffer_set_after_construction_is_restored_without_naming_it():
+    c = lc.BlurringDiffusion((3, 8, 8))
+    c.register_buffer("fitted", None)  # what a statistic fitted later looks like before it is set
+    c.fitted = torch.arange(6.0)
+    c.prior = lc.GaussianPrior.fit(c, torch.rand(4, 3, 8, 8) * 2 - 1)
+    rebuilt = build_module(module_spec(c), c.state_dict())
+    assert torch.equal(rebuilt.fitted, torch.arange(6.0))
+    assert isinstance(rebuilt.prior, lc.GaussianPrior) and torch.equal(rebuilt.prior.var, c.prior.var)
+
+
+# ----------------------------------------------------------------- DiffusionModel
+def test_diffusion_model_fixes_the_prediction_of_loss_sample_and_elbo():
+    c, net = lc.BlurringDiffusion((3, 8, 8)), tiny_unet()
+    model = lc.DiffusionModel(net, c, prediction="v")
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    t, noise = torch.tensor([0.2, 0.7]), torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(model.loss(x, t=t, noise=noise), lc.diffusion_loss(net, c, x, prediction="v", t=t, noise=noise))
+    net.eval()
+    expected = lc.sample(net, c, 2, steps=3, prediction="v", generator=torch.Generator().manual_seed(2))
+    net.train()
+    got = model.sample(2, steps=3, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(got, expected) and net.training  # eval while sampling only
+    x8 = torch.randint(0, 256, (2, 3, 8, 8), generator=torch.Generator().manual_seed(4)) / 127.5 - 1
+    net.eval()
+    expected = lc.elbo(net, c, x8, prediction="v", generator=torch.Generator().manual_seed(3)).total
+    net.train()
+    assert torch.equal(model.elbo(x8, generator=torch.Generator().manual_seed(3)).total, expected)
+    with pytest.raises(TypeError, match="fixed"):
+        model.sample(2, prediction="eps")
+
+
+def test_diffusion_model_requires_a_known_prediction():
+    with pytest.raises(TypeError):
+        lc.DiffusionModel(tiny_unet(), lc.DDPM((3, 8, 8)))
+    with pytest.raises(ValueError, match="epsilon"):
+        lc.DiffusionModel(tiny_unet(), lc.DDPM((3, 8, 8)), "epsilon")
+
+
+@pytest.mark.parametrize("make", [lambda: lc.IHDM((3, 8, 8), num_steps=20), lambda: lc.DDPM((3, 8, 8), "cosine")])
+def test_save_then_load_rebuilds_the_same_model(tmp_path, make):
+    c = make()
+    if isinstance(c, lc.IHDM):
+        c.prior = lc.EmpiricalPrior.fit(c, torch.rand(3, 3, 8, 8) * 2 - 1)
+    net = tiny_unet()
+    model = lc.DiffusionModel(net, c, "x")
+    model.save(tmp_path / "model.pt")
+    loaded = lc.load(tmp_path / "model.pt")
+    assert loaded.prediction == "x" and not loaded.training and type(loaded.corruption) is type(c)
+    for a, b in zip(net.state_dict().values(), loaded.network.state_dict().values()):
+        assert torch.equal(a, b)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(model.sample(3, steps=4, generator=g()), loaded.sample(3, steps=4, generator=g()))
+
+
+# ----------------------------------------------------------------- Trainer checkpoints
+def test_load_a_run_folder_gives_the_ema_weights_by_default(tmp_path):
+    trainer = make_trainer(tmp_path / "run", steps=2, prediction="v")
+    trainer.fit()
+    model = lc.load(tmp_path / "run")
+    assert model.prediction == "v" and model.info["step"] == 2 and model.info["config"]["steps"] == 2
+    for a, b in zip(trainer.ema.module.state_dict().values(), model.network.state_dict().values()):
+        assert torch.equal(a, b)
+    raw = lc.load(tmp_path / "run" / "checkpoint.pt", ema=False)
+    for a, b in zip(trainer.model.state_dict().values(), raw.network.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def old_checkpoint_state(model_args, buffers, net):
+    """What today's main wrote from the CIFAR-10 example: the Trainer's keys, model_args in extra."""
+    weights = net.state_dict()
+    return {"corruption": "IHDM", "shape": model_args["shape"], "step": 7, "model": weights, "ema": weights,
+            "optimizer": {}, "scheduler": {}, "scaler": {}, "rng": [], "world_size": 1,
+            "config": {"prediction": model_args["prediction"]},
+            "extra": {"model_args": model_args, "buffers": buffers}}
+
+
+def test_an_old_example_checkpoint_with_model_args_loads(tmp_path):
+    unet = dict(image_size=8, in_channels=3, ch=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4],
+                dropout=0.1, groups=4)
+    args = {"corruption": "ihdm", "shape": [3, 8, 8], "settings": {"sigma": 0.02, "sigma_blur_max": 10.0,
+                                                                    "num_steps": 50},
+            "prediction": "x", "unet": unet}
+    c = lc.IHDM((3, 8, 8), sigma=0.02, sigma_blur_max=10.0, num_steps=50)
+    c.prior = lc.EmpiricalPrior.fit(c, torch.rand(4, 3, 8, 8) * 2 - 1)
+    torch.manual_seed(0)
+    net = UNet(**unet)
+    save_checkpoint(old_checkpoint_state(args, {k: v.clone() for k, v in c.state_dict().items()}, net),
+                    tmp_path / "checkpoint.pt")
+    model = lc.load(tmp_path)
+    assert model.prediction == "x" and model.info["step"] == 7
+    assert isinstance(model.corruption, lc.IHDM) and model.corruption.sigma == 0.02
+    assert model.corruption.num_steps == 50 and model.corruption.sigma_blur_max == 10.0
+    assert isinstance(model.corruption.prior, lc.EmpiricalPrior) and torch.equal(model.corruption.prior.u_x,
+                                                                                  c.prior.u_x)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), model.network.state_dict().values()))
+
+
+def test_an_old_demo_checkpoint_loads(tmp_path):
+    unet = dict(image_size=8, in_channels=3, ch=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], groups=4,
+                dropout=0.0)
+    torch.manual_seed(0)
+    net = UNet(**unet)
+    state = {"corruption": "BlurringDiffusion", "shape": [3, 8, 8], "step": 3, "model": net.state_dict(),
+             "ema": net.state_dict(), "config": {"prediction": "x"},
+             "extra": {"unet": unet, "corruption": {"sigma_blur_max": 5.0, "min_scale": 0.01}}}
+    save_checkpoint(state, tmp_path / "checkpoint.pt")
+    model = lc.load(tmp_path / "checkpoint.pt")
+    assert model.prediction == "x" and model.corruption.sigma_blur_max == 5.0 and model.corruption.min_scale == 0.01
+
+
+def test_load_errors_name_the_problem(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        lc.load(tmp_path / "missing")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        lc.load(tmp_path / "bad.pt")
+    save_checkpoint({"step": 1, "model": {}}, tmp_path / "bare.pt")
+    with pytest.raises(ModelLoadError, match="does not record how to build"):
+        lc.load(tmp_path / "bare.pt")
+
+
+def test_map_location_moves_the_model(tmp_path):
+    model = lc.DiffusionModel(tiny_unet(), lc.DDPM((3, 8, 8)), "eps")
+    model.save(tmp_path / "m.pt")
+    loaded = lc.load(tmp_path / "m.pt", map_location="meta")
+    assert all(p.device.type == "meta" for p in loaded.network.parameters())
+    assert math.isclose(sum(p.numel() for p in loaded.parameters()), sum(p.numel() for p in model.parameters()))
+
+
+# ----------------------------------------------------------------- the command line
+def test_cli_info_and_sample(tmp_path, capsys):
+    import json
+
+    from lincorrupt.commands import main
+    trainer = make_trainer(tmp_path / "run", steps=1, prediction="x")
+    trainer.fit()
+    assert main(["info", str(tmp_path / "run")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["corruption"] == "BlurringDiffusion" and info["prediction"] == "x" and info["step"] == 1
+    assert info["settings"]["sigma_blur_max"] == 20.0 and info["trained_with"]["batch_size"] == 4
+    assert info["parameters"] == sum(p.numel() for p in trainer.model.parameters())
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(tmp_path / "run"), "-n", "4", "-o", str(out), "--steps", "2", "--method", "ddim",
+                 "--device", "cpu"]) == 0
+    from PIL import Image
+    assert Image.open(out).size == (2 * 8 + 3 * 2, 2 * 8 + 3 * 2)  # a 2x2 grid of 8x8 images, padding 2
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from lincorrupt.commands import main
+    assert main(["info", str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no checkpoint") and "Traceback" not in err
+    (tmp_path / "damaged.pt").write_bytes(b"\0" * 100)
+    assert main(["sample", str(tmp_path / "damaged.pt")]) == 1
+    assert "damaged.pt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sample", str(tmp_path), "-n", "0"])
+
+
+def test_python_m_lincorrupt_runs_the_command_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(lc.__file__).parents[1]
+    done = subprocess.run([sys.executable, "-m", "lincorrupt", "info", str(tmp_path / "none")], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert done.returncode == 1 and done.stderr.startswith("error: no checkpoint")
