@@ -273,7 +273,7 @@ def evaluate(run: Run, step: int, budget: Budget, out: Path, ref: Reference, dev
     bound = [lc.elbo(ema, corruption, test[i:i + 500], prediction=spec.prediction, generator=g)
              for i in range(0, len(test), 500)]
     result["bpd"] = float(torch.cat([b.total for b in bound]).mean().cpu() / (math.prod(SHAPE) * math.log(2)))
-    errors = spectral.denoising_band_errors(ema, corruption, ref.spectral, test[:budget.wiener_images].double(),
+    errors = spectral.denoising_band_errors(ema, corruption, ref.spectral, test[:budget.wiener_images],
                                             WIENER_TIMES, bands, spec.prediction,
                                             generator=torch.Generator(device).manual_seed(3))
     result["wiener_ratio"] = {str(t): [float(v) for v in r] for t, r in errors.items()}

@@ -126,3 +126,26 @@ def test_every_deterministic_sampler_converges_at_28x28_on_the_data_grid(method)
     errors = [kl_of_affine_output(c, var, method, n) for n in (10, 40, 160)]
     assert errors[2] < errors[1] < errors[0], errors
     assert errors[2] < 0.1 * errors[0] and math.isfinite(errors[2]), errors
+
+
+# ----------------------------------------------------------------- the Trainer records it
+def test_the_trainer_records_the_data_statistics_and_lc_load_restores_them(tmp_path):
+    from helpers.training import make_trainer
+
+    trainer = make_trainer(tmp_path / "run", steps=1)
+    images = torch.stack([trainer.dataset[i] for i in range(len(trainer.dataset))]).double() / 127.5 - 1
+    expected = scipy.fft.dctn(images.numpy(), axes=(-2, -1), norm="ortho").var(0, ddof=1)
+    np.testing.assert_allclose(trainer.corruption.data_var.numpy(), expected, rtol=1e-10)
+    trainer.fit()
+    model = lc.load(tmp_path / "run")
+    torch.testing.assert_close(model.corruption.data_var, trainer.corruption.data_var)
+    x = model.sample(2, steps=3, method="dpm++2m", grid="data", generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, *trainer.shape) and bool(torch.isfinite(x).all())
+
+
+def test_the_trainer_keeps_statistics_the_user_fitted(tmp_path):
+    from helpers.training import SHAPE, make_trainer
+
+    c = lc.BlurringDiffusion(SHAPE)
+    c.data_var = torch.full(SHAPE, 0.5, dtype=f64)
+    assert bool((make_trainer(tmp_path / "run", steps=1, corruption=c).corruption.data_var == 0.5).all())

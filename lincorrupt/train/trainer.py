@@ -73,6 +73,19 @@ STATE_KEYS = ("corruption", "shape", "step", "model", "ema", "optimizer", "sched
               "config", "extra")
 
 
+#: Training images whose per-coordinate variance the Trainer records on a corruption that has none
+#: (:meth:`~lincorrupt.DiagonalizableCorruption.fit_data_statistics`, read by the "data" time grid).
+DATA_STATISTICS_IMAGES = 2048
+
+
+def first_images(dataset: Dataset, n: int) -> torch.Tensor:
+    """The first ``min(n, len(dataset))`` images of a dataset of uint8 (C, H, W) tensors (or
+    ``(image, label)`` pairs), stacked and mapped to [-1, 1] in float64: (n, C, H, W)."""
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    images = torch.stack([item[0] if isinstance(item, tuple) else item for item in items])
+    return images.double().div(127.5).sub(1.0)  # to_model_range, in float64
+
+
 class Trainer:
     """Trains ``model`` to denoise ``corruption`` on ``dataset`` (uint8 images of ``corruption.shape``).
 
@@ -96,6 +109,8 @@ class Trainer:
         self.corruption = corruption.to(self.device)
         self.shape = tuple(corruption.shape)
         self.dataset, self.extra = dataset, dict(extra or {})
+        if corruption.data_var is None and len(dataset) >= 2:  # for grid="data", here and after lc.load
+            corruption.fit_data_statistics(first_images(dataset, DATA_STATISTICS_IMAGES).to(self.device))
         if config.batch_size % (self.dist.world_size * config.grad_accum):
             raise ValueError(f"batch_size={config.batch_size} must be divisible by the number of processes "
                              f"({self.dist.world_size}) times grad_accum ({config.grad_accum})")
