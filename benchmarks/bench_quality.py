@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_quality.py --resume            # the study (or what is left of it)
     .venv/bin/python benchmarks/bench_quality.py --resume --phase train   # train only; evaluate later
+    .venv/bin/python benchmarks/bench_quality.py --resume --phase eval    # evaluate what is kept (beside training)
     .venv/bin/python benchmarks/bench_quality.py --tiny --out /tmp/q --results /tmp/q   # seconds: tests the code
     python benchmarks/bench_quality.py --device cuda --resume        # the GPU mode: 10x the images per step
 
@@ -195,7 +196,8 @@ def train(run: Run, budget: Budget, out: Path, device: torch.device) -> None:
             else {}
         seconds[str(target)] = seconds.get(str(target), 0.0) + time.perf_counter() - start
         (folder / "train_seconds.json").write_text(json.dumps(seconds) + "\n")
-        shutil.copyfile(latest, kept)
+        shutil.copyfile(latest, kept.with_suffix(".tmp"))
+        kept.with_suffix(".tmp").replace(kept)  # atomic: an evaluation running beside never reads half a file
         print(f"{run.name}: step {target} kept", flush=True)
 
 
@@ -284,13 +286,17 @@ def evaluate(run: Run, step: int, budget: Budget, out: Path, ref: Reference, dev
 
 
 def work(run: Run, budget: Budget, out: Path, device: torch.device, phase: str) -> None:
-    """Everything ``run`` still needs: training, then (unless ``phase == 'train'``) its evaluations."""
-    train(run, budget, out, device)
+    """Everything ``run`` still needs: training (unless ``phase == 'eval'``), then (unless ``phase ==
+    'train'``) the evaluation of every kept checkpoint. ``eval`` may run beside a training of the same run."""
+    if phase != "eval":
+        train(run, budget, out, device)
     if phase == "train":
         return
-    ref = Reference.build(budget)
+    ref = None
     for k in range(1, run.budgets + 1):
-        evaluate(run, k * budget.steps, budget, out, ref, device, raw_too=k == 1)
+        if (out / run.name / f"step{k * budget.steps}.pt").exists():
+            ref = ref or Reference.build(budget)
+            evaluate(run, k * budget.steps, budget, out, ref, device, raw_too=k == 1)
 
 
 def floor(budget: Budget, ref: Reference) -> dict:
@@ -438,8 +444,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--runs", default=None, help="comma-separated subset of the run names "
                    f"({','.join(r.name for r in RUNS)})")
     p.add_argument("--resume", action="store_true", help="continue the runs in --out (and start the missing ones)")
-    p.add_argument("--phase", choices=["all", "train", "report"], default="all",
-                   help="train only, or also evaluate; report: only write the results from what is there")
+    p.add_argument("--phase", choices=["all", "train", "eval", "report"], default="all",
+                   help="all: train, evaluate and report; train: only train; eval: only evaluate the checkpoints "
+                        "kept so far (beside a training), then report; report: only write the results")
     p.add_argument("--jobs", type=int, default=None, help="runs at once, one process and thread each")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU mode trains with 10x the batch)")
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # a worker process: one run
