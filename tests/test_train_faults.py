@@ -153,10 +153,10 @@ def test_a_failure_inside_the_update_saves_nothing(tmp_path):
     t = make_trainer(tmp_path, 6, ckpt_every=2)
     update = t.ema.update
 
-    def fails_at_step_3(model):
+    def fails_at_step_3(model, step):
         if t.step == 2:
             raise MemoryError("out of memory")
-        update(model)
+        update(model, step)
 
     t.ema.update = fails_at_step_3  # the optimiser has stepped, the EMA has not: not a consistent state
     with pytest.raises(MemoryError):
