@@ -34,6 +34,9 @@ def test_tiny_study_trains_evaluates_resumes_and_reports(tmp_path):
     assert first["sampler"] == "/".join(map(str, module.TINY.sampler)) and first["commit"]
     table = (results / "results.md").read_text()
     assert "| blur17.5-v | v |" in table and "| soft-x | x |" in table and "training images (floor)" in table
+    soft = evals["soft-x-s0"][0]
+    assert set(soft["also"]) == {"momentum/uniform/20", "dpm++2m/uniform/20"}  # its own sampler beside the study's
+    assert "| soft-x, sampled momentum/uniform/20 | x |" in table
     for figure in ("samples.png", "training.png"):
         assert (results / figure).stat().st_size > 0
     # an existing study is never overwritten without --resume; with it, what is done is not redone
