@@ -48,6 +48,7 @@ RECIPE = dict(
     lr=1e-3,              # a small network and a short run tolerate (and need) a larger step
     warmup_steps=50,
     ema_decay=0.995,      # 0.9999 would average over far more steps than the run has
+    hflip=False,          # Fashion-MNIST's shoes all face left: a flipped image is not a training image
     # x-prediction: eps-prediction recovers x_hat = (u_t - sigma_t eps_hat) / alpha_t, which multiplies the
     # network's error by 1/alpha_t (~1e5 at the highest frequencies near t = 1); a few CPU minutes of training
     # do not make eps_hat that precise, and its samples diverge. The CIFAR-10 script keeps the paper's eps.
