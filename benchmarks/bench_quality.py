@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_quality.py --resume            # the study (or what is left of it)
     .venv/bin/python benchmarks/bench_quality.py --resume --phase train   # train only; evaluate later
     .venv/bin/python benchmarks/bench_quality.py --resume --phase eval    # evaluate what is kept (beside training)
+    .venv/bin/python benchmarks/bench_quality.py --resume --phase nfe     # the headline models with other samplers
     .venv/bin/python benchmarks/bench_quality.py --tiny --out /tmp/q --results /tmp/q   # seconds: tests the code
     python benchmarks/bench_quality.py --device cuda --resume        # the GPU mode: 10x the images per step
 
@@ -71,6 +72,10 @@ ROOT = Path(__file__).resolve().parents[1]
 #: 1000-step (1.0) ancestral sampling's, at a 50th of the cost of the latter; the CPU study cannot afford more.
 SAMPLER = ("dpm++3m", "data", 20)
 WIENER_TIMES = (0.1, 0.15, 0.2, 0.3)
+#: The sampler sweep with trained networks (``--phase nfe``): the two headline models (seed 0) at their last
+#: kept checkpoint, sampled with each (sampler, grid, NFE): ancestral sampling beside the solvers and grids.
+NFE_SWEEP = (("ancestral", "uniform", 50), ("ancestral", "uniform", 100), ("dpm++3m", "data", 10),
+             ("dpm++3m", "data", 20), ("dpm++3m", "data", 50), ("dpm++3m", "logsnr", 20), ("dpm++2m", "data", 20))
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,8 @@ class Budget:
     sampler: tuple[str, str, int] = SAMPLER
     jobs: int = 2
     train_images: int | None = None  # None: all 60,000
+    nfe_samples: int = 500  # per sampler of the NFE sweep
+    nfe_sweep: tuple[tuple[str, str, int], ...] = NFE_SWEEP
     extra: dict = field(default_factory=dict)
 
 
@@ -157,7 +164,8 @@ GPU = Budget(unet=UNET, steps=500, batch_size=320, samples=5000, bpd_images=2000
              test_images=10_000, wiener_images=500, sampler=("dpm++3m", "data", 50), jobs=6)
 TINY = Budget(unet=dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, groups=4),
               steps=2, batch_size=8, samples=24, bpd_images=8, kid_subset=8, test_images=200, wiener_images=16,
-              sampler=("dpm++3m", "data", 3), jobs=2, train_images=512)
+              sampler=("dpm++3m", "data", 3), jobs=2, train_images=512, nfe_samples=8,
+              nfe_sweep=(("ancestral", "uniform", 3), ("dpm++3m", "data", 3)))
 
 
 def commit() -> str:
@@ -294,9 +302,39 @@ def evaluate(run: Run, step: int, budget: Budget, out: Path, ref: Reference, dev
     return result
 
 
+def sweep(run: Run, budget: Budget, out: Path, device: torch.device) -> dict | None:
+    """FID, KID, precision and recall of ``run``'s EMA weights at its last kept checkpoint for every sampler of
+    ``budget.nfe_sweep``: written to ``out/run/nfe{step}.json`` and returned (None: nothing kept yet)."""
+    kept = sorted(int(p.stem[4:]) for p in (out / run.name).glob("step*.pt"))
+    if not kept:
+        return None
+    path = out / run.name / f"nfe{kept[-1]}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    ref, spec = Reference.build(budget), MODELS[run.model]
+    corruption = spec.build(ref.train_x)
+    corruption.fit_data_statistics(ref.train_x[:10_000].double())
+    corruption = corruption.to(device)
+    net = UNet(image_size=SHAPE[1], in_channels=SHAPE[0], **budget.unet)
+    net.load_state_dict(load_checkpoint(out / run.name / f"step{kept[-1]}.pt")["ema"])
+    net = net.to(device).eval().requires_grad_(False)
+    result = {"run": run.name, "step": kept[-1], "samples": budget.nfe_samples, "commit": commit(), "samplers": {}}
+    for sampler in budget.nfe_sweep:
+        x = draw(net, corruption, spec.prediction, budget.nfe_samples, sampler, seed=4, device=device)
+        result["samplers"]["/".join(map(str, sampler))] = quality(ref.real, extract_features(ref.net, x),
+                                                                  budget.kid_subset)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def work(run: Run, budget: Budget, out: Path, device: torch.device, phase: str) -> None:
     """Everything ``run`` still needs: training (unless ``phase == 'eval'``), then (unless ``phase ==
-    'train'``) the evaluation of every kept checkpoint. ``eval`` may run beside a training of the same run."""
+    'train'``) the evaluation of every kept checkpoint. ``eval`` may run beside a training of the same run;
+    ``nfe`` only runs the sampler sweep of a headline model."""
+    if phase == "nfe":
+        if run.model in HEADLINE and run.seed == 0:
+            sweep(run, budget, out, device)
+        return
     if phase != "eval":
         train(run, budget, out, device)
     if phase == "train":
@@ -325,6 +363,29 @@ def collect(out: Path, budget: Budget) -> dict[str, list[dict]]:
         if evals:
             found[run.name] = evals
     return found
+
+
+def nfe_table(out: Path) -> str:
+    """The sampler sweep of the headline models: FID (KID x 1e3, recall) per (sampler, grid, NFE)."""
+    found = {}
+    for run in RUNS:
+        if run.model in HEADLINE and run.seed == 0:
+            sweeps = sorted((json.loads(p.read_text()) for p in (out / run.name).glob("nfe*.json")),
+                            key=lambda r: r["step"])
+            if sweeps:
+                found[run.model] = sweeps[-1]
+    if not found:
+        return ""
+    models = [m for m in HEADLINE if m in found]
+    rows = ["| sampler / grid / NFE | " + " | ".join(f"{m} @ {found[m]['step']}: FID, KID x 1e3, recall"
+                                                    for m in models) + " |", "|---|" + "---|" * len(models)]
+    for name in found[models[0]]["samplers"]:
+        cells = []
+        for m in models:
+            q = found[m]["samplers"].get(name)
+            cells.append(f"{q['fid']:.2f}, {q['kid_x1e3']:.1f}, {q['recall']:.3f}" if q else "")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def base_table(evals: dict[str, list[dict]], budget: Budget, base: dict) -> str:
@@ -442,7 +503,9 @@ def report(budget: Budget, out: Path, results: Path, command: str, wall: float, 
             f"{band_table(evals, 'spectrum', budget)}\n\n"
             f"Denoising error per band relative to the Wiener estimator of the data's Gaussian fit (> 1: worse than "
             f"linear)\n\n{band_table(evals, 'wiener', budget)}\n\n"
-            f"Evaluations done: {json.dumps(done)}\n\nCommand: `{command}`; machine: {machine}\n")
+            + (f"The headline models with other samplers ({budget.nfe_samples} samples each)\n\n{nfe_table(out)}\n\n"
+               if nfe_table(out) else "")
+            + f"Evaluations done: {json.dumps(done)}\n\nCommand: `{command}`; machine: {machine}\n")
     (results / "results.md").write_text(text)
     print(text)
     return summary
@@ -457,9 +520,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--runs", default=None, help="comma-separated subset of the run names "
                    f"({','.join(r.name for r in RUNS)})")
     p.add_argument("--resume", action="store_true", help="continue the runs in --out (and start the missing ones)")
-    p.add_argument("--phase", choices=["all", "train", "eval", "report"], default="all",
+    p.add_argument("--phase", choices=["all", "train", "eval", "nfe", "report"], default="all",
                    help="all: train, evaluate and report; train: only train; eval: only evaluate the checkpoints "
-                        "kept so far (beside a training), then report; report: only write the results")
+                        "kept so far (beside a training), then report; nfe: the sampler sweep of the headline "
+                        "models at their last kept checkpoint, then report; report: only write the results")
     p.add_argument("--jobs", type=int, default=None, help="runs at once, one process and thread each")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU mode trains with 10x the batch)")
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # a worker process: one run
@@ -472,6 +536,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     unknown = sorted(set(names) - set(runs))
     if unknown:
         p.error(f"unknown runs {unknown}; expected some of {list(runs)}")
+    if args.phase == "nfe":
+        names = [n for n in names if runs[n].model in HEADLINE and runs[n].seed == 0]
     load_feature_net("fashion-mnist"), load_fashion_mnist(train=False)  # fail before any work
     torch.set_num_threads(1)  # parallelism comes from --jobs processes
     if args.only:

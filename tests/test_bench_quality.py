@@ -44,3 +44,9 @@ def test_tiny_study_trains_evaluates_resumes_and_reports(tmp_path):
         module.main(args)
     again = module.main([*args, "--resume"])
     assert again["evaluations"] == json.loads((results / "results.json").read_text())["evaluations"] == evals
+    # the sampler sweep: the headline run at its last checkpoint, one row per sampler; the Soft run is not swept
+    module.main([*args, "--resume", "--phase", "nfe"])
+    swept = json.loads((out / "blur17.5-v-s0" / f"nfe{3 * steps}.json").read_text())
+    assert list(swept["samplers"]) == ["/".join(map(str, s)) for s in module.TINY.nfe_sweep]
+    assert not list((out / "soft-x-s0").glob("nfe*.json"))
+    assert "| ancestral/uniform/3 |" in (results / "results.md").read_text()
