@@ -429,25 +429,33 @@ def trend_table(evals: dict[str, list[dict]]) -> str:
     return "\n".join(rows)
 
 
+#: The radial bands (integer radius of the DCT frequency, 0: the DC) the report's band tables show; the JSON has all.
+SHOWN_BANDS = (0, 1, 2, 3, 5, 8, 13, 20, 28, 38)
+
+
 def band_table(evals: dict[str, list[dict]], key: str, budget: Budget) -> str:
-    """Per-band diagnostics of the seed-0 models at the base budget: spectrum ratio or Wiener ratio."""
+    """Per-band diagnostics of the seed-0 models at the base budget, and of the headline models at their last
+    evaluation: spectrum ratio or Wiener ratio, at the bands of :data:`SHOWN_BANDS`."""
     rows = []
     for run in RUNS:
-        r = next((e for e in evals.get(run.name, []) if e["step"] == budget.steps), None)
-        if run.seed or r is None:
+        mine = evals.get(run.name, [])
+        chosen = [e for e in mine if e["step"] == budget.steps] + ([mine[-1]] if len(mine) > 1 else [])
+        if run.seed:
             continue
-        if key == "spectrum":
-            rows.append((run.model, "", r["ema"]["spectrum_ratio"]))
-        else:
-            rows.extend((run.model, t, values) for t, values in r["wiener_ratio"].items())
+        for r in chosen:
+            name = f"{run.model} @ {r['step']}"
+            if key == "spectrum":
+                rows.append((name, "", r["ema"]["spectrum_ratio"]))
+            else:
+                rows.extend((name, t, values) for t, values in r["wiener_ratio"].items())
     if not rows:
         return ""
-    bands = len(rows[0][2])
-    head = "| model | " + ("t | " if key != "spectrum" else "") + " | ".join(f"band {b}" for b in range(bands)) + " |"
-    lines = [head, "|" + "---|" * (bands + (2 if key != "spectrum" else 1))]
+    shown = [b for b in SHOWN_BANDS if b < len(rows[0][2])]
+    head = "| model @ step | " + ("t | " if key != "spectrum" else "") + " | ".join(f"r = {b}" for b in shown) + " |"
+    lines = [head, "|" + "---|" * (len(shown) + (2 if key != "spectrum" else 1))]
     for model, t, values in rows:
-        lines.append(f"| {model} | " + (f"{t} | " if key != "spectrum" else "") + " | ".join(f"{v:.2f}" for v in values)
-                     + " |")
+        lines.append(f"| {model} | " + (f"{t} | " if key != "spectrum" else "")
+                     + " | ".join(f"{values[b]:.2f}" for b in shown) + " |")
     return "\n".join(lines)
 
 
