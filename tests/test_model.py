@@ -51,7 +51,7 @@ class Fade(lc.DiagonalizableCorruption):
         super().__init__(shape, lc.IdentityBasis())
         self.rate = rate
 
-    def log_alpha_sigma(self, t):
+    def _log_alpha_sigma(self, t):
         t = t.view(-1, *[1] * len(self.shape))
         return -self.rate * t, 0.5 * torch.log1p(-torch.exp(-2 * self.rate * t)).clamp(min=-30)
 
