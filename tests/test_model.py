@@ -82,6 +82,17 @@ def test_spec_refuses_an_unrecorded_module_and_an_unknown_class():
         build_module({"class": "nowhere.Missing", "config": {}})
 
 
+def test_a_checkpoint_holds_the_model_entry_only_when_both_modules_record_their_arguments():
+    from lincorrupt.model import model_entry, model_record
+
+    net, corruption = UNet(image_size=8, in_channels=1, ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(),
+                           groups=4), lc.DDPM((1, 8, 8))
+    entry = model_entry(net, corruption, "v")
+    assert entry.keys() == {"diffusion_model"} and entry["diffusion_model"]["prediction"] == "v"
+    assert entry["diffusion_model"]["network"] == model_record(net, corruption, "v")["network"]
+    assert model_entry(torch.nn.Conv2d(1, 1, 1), corruption, "v") == {}  # any network trains; it just cannot load
+
+
 # ----------------------------------------------------------------- fitted buffers travel
 def test_a_fitted_empirical_prior_travels_in_the_state_dict_and_is_saved_once():
     c = lc.IHDM((3, 8, 8), num_steps=20)
