@@ -29,9 +29,9 @@ class SpectralNoise(lc.DiagonalizableCorruption):
     def __init__(self, shape, shift=4.0):
         basis = lc.DCTBasis(shape[-2], shape[-1])
         super().__init__(shape, basis)
-        self.register_buffer("offset", shift * basis.frequencies_squared().sqrt() / math.pi)
+        self.register_buffer("offset", shift * basis.frequencies_squared.sqrt() / math.pi)
 
-    def log_alpha_sigma(self, t):
+    def _log_alpha_sigma(self, t):
         return vp_log_alpha_sigma(cosine_logsnr(t.view(-1, 1, 1, 1)) - self.offset.to(t.dtype))
 
 

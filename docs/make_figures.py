@@ -122,7 +122,7 @@ def draw_snr(path: Path, panels: dict) -> None:
 
     shape = next(iter(panels.values())).shape
     t = torch.linspace(0.0, 1.0, 201, dtype=torch.float64)
-    lam = lc.DCTBasis(shape[-2], shape[-1]).frequencies_squared()
+    lam = lc.DCTBasis(shape[-2], shape[-1]).frequencies_squared
     freq = lam.sqrt().flatten()
     order = torch.argsort(freq)
     pick = order[torch.linspace(0, freq.numel() - 1, 40).round().long()]  # 40 frequencies, low to high

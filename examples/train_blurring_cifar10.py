@@ -163,7 +163,8 @@ class Config(TrainConfig):
                           "values: " + ", ".join("--" + name.replace("_", "-") for name in sorted(RESUMABLE)) + ".")
     sample_only: bool = option(False, "No training: samples (and --fid) from the checkpoint's EMA weights, with its "
                                "model and recipe (the flags as for --resume).")
-    checkpoint: str = option("", "Checkpoint for --resume / --sample-only (default: out-dir/checkpoint.pt).")
+    checkpoint: str = option("", "Checkpoint for --resume / --sample-only (default: out-dir/checkpoint.pt); the run "
+                              "still writes to --out-dir.")
     fid: bool = option(False, "FID of the EMA model against the training images.")
     fid_samples: int = option(50_000, "Samples for the FID (the papers' protocol: 50k).", bounds=AT_LEAST_1)
     fid_batch: int = option(500, "Batch size of FID sampling and feature extraction.", bounds=AT_LEAST_1)
@@ -245,8 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
         if "model_args" not in ckpt_state["extra"]:
             raise CheckpointError(f"{ckpt_path} holds no model_args (written by an older version of this script): "
                                   f"it cannot be rebuilt; train a new run")
-        cfg = resumed_config(ckpt_state, given_options(Config, argv), ckpt_path)
-        out = Path(cfg.out_dir)
+        # the run writes where --out-dir says (its default included), never into the folder the checkpoint recorded
+        cfg = resumed_config(ckpt_state, {**given_options(Config, argv), "out_dir": str(out)}, ckpt_path)
     elif existing := [n for n in ("checkpoint.pt", "checkpoint.pt.prev") if (out / n).exists()]:
         raise CheckpointError(f"{out} already holds {' and '.join(existing)}: pass --resume to continue it, "
                               f"or another --out-dir")

@@ -109,7 +109,7 @@ class DCTBasis(Basis):
 
     ``to_basis(x) = D_H x D_W^T`` equals ``scipy.fft.dctn(x, axes=(-2, -1), norm="ortho")``;
     coordinate ``(k, l)`` is the frequency with eigenvalue ``lambda[k, l]`` of the Neumann
-    Laplacian (:meth:`frequencies_squared`), which is why heat dissipation is diagonal here.
+    Laplacian (:attr:`frequencies_squared`), which is why heat dissipation is diagonal here.
 
     The transform is two dense matrix products (``O(H + W)`` per pixel, but at BLAS speed),
     except on CPU for images of at least ``CPU_FFT_MIN_PIXELS`` pixels, where scipy's
@@ -119,6 +119,12 @@ class DCTBasis(Basis):
     Args:
         height: H, size of dimension -2.
         width: W, size of dimension -1.
+
+    Attributes:
+        frequencies_squared: ``lambda[k, l] = (pi k / H)^2 + (pi l / W)^2``, (H, W), float64: the heat
+            equation's decay rate of DCT coordinate (k, l); blurring with time tau multiplies it by
+            ``exp(-lambda tau)`` (Rissanen et al. 2022; Hoogeboom & Salimans 2023, eq. 9). A buffer, so
+            it moves with the basis (and stays float64 inside a corruption); derived from H and W, so not saved.
     """
 
     event_ndim = 2
@@ -130,6 +136,9 @@ class DCTBasis(Basis):
         self.height, self.width = int(height), int(width)
         self.register_buffer("d_h", dct_matrix(self.height, torch.float64), persistent=False)
         self.register_buffer("d_w", dct_matrix(self.width, torch.float64), persistent=False)
+        f_h = math.pi * torch.arange(self.height, dtype=torch.float64) / self.height
+        f_w = math.pi * torch.arange(self.width, dtype=torch.float64) / self.width
+        self.register_buffer("frequencies_squared", f_h[:, None] ** 2 + f_w[None, :] ** 2, persistent=False)
         self._cast: dict = {}
 
     def _apply(self, fn, recurse=True):  # drop dtype/device casts when the module moves
@@ -169,17 +178,6 @@ class DCTBasis(Basis):
         if kron is not None:
             return (u.to(dtype).flatten(-2) @ kron).view(u.shape).to(u.dtype)
         return torch.matmul(d_h.mT, torch.matmul(u.to(dtype), d_w)).to(u.dtype)
-
-    def frequencies_squared(self) -> Tensor:
-        """``lambda[k, l] = (pi k / H)^2 + (pi l / W)^2``, shape (H, W), float64.
-
-        The heat equation's decay rate of DCT coordinate (k, l): blurring with time tau
-        multiplies it by ``exp(-lambda * tau)`` (Rissanen et al. 2022; Hoogeboom & Salimans
-        2023, eq. 9).
-        """
-        f_h = math.pi * torch.arange(self.height, dtype=torch.float64) / self.height
-        f_w = math.pi * torch.arange(self.width, dtype=torch.float64) / self.width
-        return f_h[:, None] ** 2 + f_w[None, :] ** 2
 
     def check_event_shape(self, shape: tuple[int, ...]) -> None:
         if len(shape) < 2 or tuple(shape[-2:]) != (self.height, self.width):

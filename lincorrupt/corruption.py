@@ -4,8 +4,10 @@
 
 (Hoogeboom & Salimans 2023, sec. 2.3). In coordinates ``u = V^T z`` every coordinate i is an
 independent scalar diffusion with its own ``alpha_t[i]``, ``sigma_t[i]`` (Kingma et al. 2021).
-A subclass names its basis and implements :meth:`~DiagonalizableCorruption.alpha_sigma`
-(or, where that underflows, :meth:`~DiagonalizableCorruption.log_alpha_sigma`); transitions,
+A subclass names its basis and implements one hook, ``_alpha_sigma(t)`` (or, where ``alpha_t``
+underflows, ``_log_alpha_sigma(t)``), which the public, checked
+:meth:`~DiagonalizableCorruption.alpha_sigma` and :meth:`~DiagonalizableCorruption.log_alpha_sigma`
+call after checking the times (a template method); transitions,
 the posterior, prediction conversions, the SNR and its derivative, and the Markov validity
 check are written once here, in log space where the naive form loses precision.
 
@@ -15,7 +17,6 @@ times ``t``, ``s`` are (B,) or scalars; per-coordinate coefficients broadcast to
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -57,8 +58,15 @@ class DiagonalizableCorruption(Configurable):
     """Base class of every corruption: per-coordinate ``alpha_t``, ``sigma_t`` in a basis ``V``.
 
     Subclasses call ``super().__init__(shape, basis, prior)``, register any schedule
-    parameters as buffers, and implement :meth:`alpha_sigma` or :meth:`log_alpha_sigma`.
-    After construction the Markov validity check (:meth:`check_validity`) runs
+    parameters as buffers, and implement one of two hooks, which receive checked (B,) times
+    (a floating tensor, at least float32, in [0, 1]) and return tensors broadcastable to (B, *shape):
+
+    - ``_alpha_sigma(self, t) -> (alpha_t, sigma_t)``, or
+    - ``_log_alpha_sigma(self, t) -> (log alpha_t, log sigma_t)`` where ``alpha_t`` underflows.
+
+    The public :meth:`alpha_sigma` and :meth:`log_alpha_sigma` check the times, then call the
+    hook; a subclass does not override them (that is refused). After construction the Markov
+    validity check (:meth:`check_validity`) runs
     automatically and refuses a schedule whose SNR increases in some coordinate. The
     constructor's arguments are recorded in ``self.config`` (:class:`~lincorrupt.config.Configurable`),
     so ``type(c)(**c.config)`` rebuilds the corruption and :func:`lincorrupt.load` rebuilds it from a file.
@@ -71,10 +79,7 @@ class DiagonalizableCorruption(Configurable):
 
     def __init__(self, shape: tuple[int, ...], basis: Basis, prior: Prior | None = None):
         super().__init__()
-        cls = type(self)
-        base = DiagonalizableCorruption
-        if cls.alpha_sigma is base.alpha_sigma and cls.log_alpha_sigma is base.log_alpha_sigma:
-            raise TypeError(f"{cls.__name__} must implement alpha_sigma(t) or log_alpha_sigma(t)")
+        _check_hooks(type(self))
         self.shape = tuple(int(d) for d in shape)
         if not self.shape or min(self.shape) < 1:
             raise ValueError(f"shape must be a non-empty tuple of positive sizes, got {shape}")
@@ -85,47 +90,41 @@ class DiagonalizableCorruption(Configurable):
         #: :meth:`fit_data_statistics` sets it (the "data" time grid reads it).
         self.register_buffer("data_var", None)
 
-    def __init_subclass__(cls, **kwargs):
-        """Make the subclass's own ``alpha_sigma`` / ``log_alpha_sigma`` check their times."""
-        super().__init_subclass__(**kwargs)
-        for name in ("alpha_sigma", "log_alpha_sigma"):
-            if name in cls.__dict__ and not hasattr(cls.__dict__[name], "__wrapped__"):
-                setattr(cls, name, _checking_times(cls.__dict__[name]))
-
     def finish_init(self) -> None:
         """Once the outermost constructor has returned (the schedule is complete): :meth:`check_validity`."""
         self.check_validity()
 
     # ----------------------------------------------------------------- the schedule
     def alpha_sigma(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
-        """Per-coordinate ``(alpha_t, sigma_t)`` in basis coordinates.
+        """Per-coordinate ``(alpha_t, sigma_t)`` in basis coordinates, at checked times.
 
-        A subclass's implementation receives checked times: a (B,) floating tensor (at least
-        float32) in [0, 1] (the range is checked while validation is on); callers may also
-        pass a scalar.
+        Checks ``t`` (:meth:`check_time`: a (B,) floating tensor or a scalar, in [0, 1] while
+        validation is on), then calls the subclass's hook ``_alpha_sigma`` (or exponentiates
+        ``_log_alpha_sigma``).
 
         Args:
-            t: (B,) times in [0, 1].
+            t: (B,) times in [0, 1], or a scalar (one time).
         Returns:
             Two tensors broadcastable to (B, *shape), e.g. (B, 1, H, W) or (B, 1, 1, 1).
         """
-        log_alpha, log_sigma = self.log_alpha_sigma(t)
-        return log_alpha.exp(), log_sigma.exp()
+        return self._alpha_sigma(self.check_time(t, "t"))
 
     def log_alpha_sigma(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
-        """``(log alpha_t, log sigma_t)``; override instead of :meth:`alpha_sigma` where
-        ``alpha_t`` underflows (e.g. heat dissipation of high frequencies). Times as in
-        :meth:`alpha_sigma`."""
-        alpha, sigma = self.alpha_sigma(t)
-        return alpha.log(), sigma.log()
+        """``(log alpha_t, log sigma_t)`` at checked times, as :meth:`alpha_sigma`; finite where
+        ``alpha_t`` underflows (e.g. heat dissipation of high frequencies) if the subclass
+        implements the hook ``_log_alpha_sigma``."""
+        return self._log_alpha_sigma(self.check_time(t, "t"))
+
+    def _alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Subclass hook: ``(alpha_t, sigma_t)`` at (B,) times already checked (floating, at least
+        float32, in [0, 1]). Implement this or :meth:`_log_alpha_sigma`."""
+        log_alpha, log_sigma = self._log_alpha_sigma(t)
+        return log_alpha.exp(), log_sigma.exp()
 
     def _log_alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """The subclass's schedule at already checked times ``t`` (B,), in log form, without
-        checking them again (for the library's own callers)."""
-        cls = type(self)
-        if cls.log_alpha_sigma is not DiagonalizableCorruption.log_alpha_sigma:
-            return cls.log_alpha_sigma.__wrapped__(self, t)
-        alpha, sigma = cls.alpha_sigma.__wrapped__(self, t)
+        """Subclass hook: ``(log alpha_t, log sigma_t)`` at checked (B,) times; implement it instead of
+        :meth:`_alpha_sigma` where ``alpha_t`` underflows. The library's own callers use this form."""
+        alpha, sigma = self._alpha_sigma(t)
         return alpha.log(), sigma.log()
 
     def coefficients(self, t: Tensor | float, batch_size: int | None = None) -> Coefficients:
@@ -133,19 +132,19 @@ class DiagonalizableCorruption(Configurable):
 
         Computed in ``t``'s dtype (at least float32); pass float64 times for float64 precision.
         """
-        return self.coefficients_at(self.check_time(t, "t", batch_size))
+        return self.coefficients_unchecked(self.check_time(t, "t", batch_size))
 
-    def coefficients_at(self, t: Tensor) -> Coefficients:
-        """:class:`Coefficients` at times ``t`` (B,) already checked by :meth:`check_time`.
+    def coefficients_unchecked(self, t: Tensor) -> Coefficients:
+        """:meth:`coefficients` without the check of the times: ``t`` (B,) must already have
+        passed :meth:`check_time` (samplers, losses and grids check their times once, then call this).
 
-        Only the schedule's output shape is checked (no value check, so no host sync): for
-        code that checked its times once and needs the coefficients, e.g. a loss.
+        Only the schedule's output shape is checked (no value check, so no host sync).
         """
         log_alpha, log_sigma = self._log_alpha_sigma(t)
         target = (t.shape[0], *self.shape)
         for name, value in (("alpha", log_alpha), ("sigma", log_sigma)):
             if value.ndim != len(target) or torch.broadcast_shapes(value.shape, target) != target:
-                raise ValueError(f"{type(self).__name__}.alpha_sigma returned {name} of shape "
+                raise ValueError(f"{type(self).__name__}'s schedule hook returned {name} of shape "
                                  f"{tuple(value.shape)}; expected a shape broadcastable to {target} "
                                  f"with the same number of dimensions")
         return Coefficients(log_alpha, log_sigma)
@@ -164,18 +163,19 @@ class DiagonalizableCorruption(Configurable):
         ``d/dt SNR = SNR * d/dt log SNR``; the continuous-time ELBO weight (VDM eq. 17) is
         ``-1/2 d/dt SNR_t``.
         """
-        return self.d_log_snr_dt_at(self.check_time(t, "t"))
+        return self.d_log_snr_dt_unchecked(self.check_time(t, "t"))
 
-    def d_log_snr_dt_at(self, t: Tensor) -> Tensor:
-        """:meth:`d_log_snr_dt` at times ``t`` (B,) already checked by :meth:`check_time` (no second check)."""
-        _, tangent = torch.func.jvp(lambda t: self.coefficients_at(t).logsnr, (t,), (torch.ones_like(t),))
+    def d_log_snr_dt_unchecked(self, t: Tensor) -> Tensor:
+        """:meth:`d_log_snr_dt` without the check of the times ``t`` (B,), which must already have passed
+        :meth:`check_time` (for losses and the ELBO, which check them once)."""
+        _, tangent = torch.func.jvp(lambda t: self.coefficients_unchecked(t).logsnr, (t,), (torch.ones_like(t),))
         return tangent
 
     # ----------------------------------------------------------------- the process
     def transition(self, s: Tensor | float, t: Tensor | float) -> Transition:
         """``q(u_t | u_s)`` for ``0 <= s < t <= 1``: ``alpha_{t|s}``, ``sigma^2_{t|s}`` per coordinate."""
         s, t = self._check_pair(s, t)
-        return transition(self.coefficients_at(s), self.coefficients_at(t))
+        return transition(self.coefficients_unchecked(s), self.coefficients_unchecked(t))
 
     def diffuse(self, x: Tensor, t: Tensor | float, noise: Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -194,7 +194,7 @@ class DiagonalizableCorruption(Configurable):
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         else:
             self.check_like(noise, x, "noise")
-        c = self.coefficients_at(self.check_time(t, "t", x.shape[0], x.device))
+        c = self.coefficients_unchecked(self.check_time(t, "t", x.shape[0], x.device))
         u_t = c.alpha * self.basis.to_basis(x) + c.sigma * self.basis.to_basis(noise)
         return self.basis.from_basis(u_t).to(x.dtype), noise
 
@@ -211,7 +211,7 @@ class DiagonalizableCorruption(Configurable):
         self.check_data(x)
         self.check_like(z_t, x, "z_t")
         s, t = self._check_pair(s, t, x.shape[0], x.device)
-        c_t, c_x, var = posterior_coefficients(self.coefficients_at(s), self.coefficients_at(t))
+        c_t, c_x, var = posterior_coefficients(self.coefficients_unchecked(s), self.coefficients_unchecked(t))
         mean = c_t * self.basis.to_basis(z_t) + c_x * self.basis.to_basis(x)
         return Gaussian(mean.to(x.dtype), var.expand(mean.shape).to(x.dtype))
 
@@ -230,7 +230,7 @@ class DiagonalizableCorruption(Configurable):
         src, dst = get_prediction(source), get_prediction(target)
         self.check_data(z_t, "z_t")
         self.check_like(output, z_t, "output")
-        c = self.coefficients_at(self.check_time(t, "t", z_t.shape[0], z_t.device))
+        c = self.coefficients_unchecked(self.check_time(t, "t", z_t.shape[0], z_t.device))
         u_t, out = self.basis.to_basis(z_t), self.basis.to_basis(output)
         u_x, u_eps = src.to_x(c, u_t, out), src.to_eps(c, u_t, out)
         return self.basis.from_basis(dst.target(c, u_x, u_eps)).to(z_t.dtype)
@@ -272,7 +272,7 @@ class DiagonalizableCorruption(Configurable):
         times = torch.linspace(0, 1, num_times, dtype=torch.float64, device=self._device())
         last_t = last_half_logsnr = None
         for t in times.split(max(1, min(64, VALIDITY_CHUNK_ELEMENTS // math.prod(self.shape)))):
-            c = self.coefficients_at(t)
+            c = self.coefficients_unchecked(t)
             self._check_finite(t, c)
             half_logsnr = c.log_alpha - c.log_sigma  # log SNR / 2: halving is exact, so it orders alike
             if last_half_logsnr is not None:
@@ -406,13 +406,12 @@ class DiagonalizableCorruption(Configurable):
         return f"shape={self.shape}"
 
 
-def _checking_times(schedule):
-    """Wrap a subclass's ``alpha_sigma`` / ``log_alpha_sigma`` so that it receives checked
-    (B,) times (:meth:`DiagonalizableCorruption.check_time`); the unchecked implementation
-    stays reachable as ``__wrapped__``."""
-    @functools.wraps(schedule)
-    def checked(self, t):
-        return schedule(self, self.check_time(t, "t"))
-
-    return checked
-
+def _check_hooks(cls: type) -> None:
+    """``TypeError`` unless ``cls`` implements a schedule hook and leaves the checked public methods alone."""
+    base = DiagonalizableCorruption
+    for public in ("alpha_sigma", "log_alpha_sigma"):
+        if getattr(cls, public) is not getattr(base, public):
+            raise TypeError(f"{cls.__name__} overrides {public}(t), the public method that checks the times; "
+                            f"implement the hook _{public}(t) instead (it receives checked (B,) times)")
+    if cls._alpha_sigma is base._alpha_sigma and cls._log_alpha_sigma is base._log_alpha_sigma:
+        raise TypeError(f"{cls.__name__} must implement the hook _alpha_sigma(t) or _log_alpha_sigma(t)")

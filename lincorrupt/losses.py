@@ -28,8 +28,8 @@ def elbo_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: 
     in nats (without the prior and reconstruction terms).
     """
     t = corruption.check_time(t, "t")
-    c = corruption.coefficients_at(t)
-    return -0.5 * corruption.d_log_snr_dt_at(t) * torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
+    c = corruption.coefficients_unchecked(t)
+    return -0.5 * corruption.d_log_snr_dt_unchecked(t) * torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
 
 
 def soft_score_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: Prediction) -> Tensor:
@@ -40,7 +40,7 @@ def soft_score_weighting(corruption: DiagonalizableCorruption, t: Tensor, predic
     tensor broadcastable to (B, *shape).
     """
     t = corruption.check_time(t, "t")
-    c = corruption.coefficients_at(t)
+    c = corruption.coefficients_unchecked(t)
     return torch.exp(2 * (c.log_alpha + prediction.log_x_scale(c)))
 
 
@@ -53,7 +53,7 @@ def snr_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: P
     :func:`soft_score_weighting`.
     """
     t = corruption.check_time(t, "t")
-    c = corruption.coefficients_at(t)
+    c = corruption.coefficients_unchecked(t)
     return torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
 
 
@@ -100,7 +100,7 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
     else:
         corruption.check_like(noise, x, "noise")
     t = corruption.check_time(t, "t", x.shape[0], x.device)
-    c = corruption.coefficients_at(t)
+    c = corruption.coefficients_unchecked(t)
     basis = corruption.basis
     u_x, u_eps = basis.to_basis(x), basis.to_basis(noise)
     z_t = basis.from_basis(c.alpha * u_x + c.sigma * u_eps).to(x.dtype)  # the diffuse step, sharing u_x, u_eps

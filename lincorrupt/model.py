@@ -110,6 +110,15 @@ def model_record(network: nn.Module, corruption: DiagonalizableCorruption, predi
             "corruption_state": state, "prediction": get_prediction(prediction).name}
 
 
+def model_entry(network: nn.Module, corruption: DiagonalizableCorruption, prediction: str) -> dict[str, Any]:
+    """``{"diffusion_model": model_record(...)}`` for a checkpoint when both modules record their
+    constructor arguments, else ``{}`` (a Trainer may train any network; only such a run lacks it)."""
+    try:
+        return {"diffusion_model": model_record(network, corruption, prediction)}
+    except SpecError:
+        return {}
+
+
 def load(path: str | os.PathLike, map_location: str | torch.device | None = None, ema: bool = True) -> DiffusionModel:
     """Rebuild the model of a run folder, a Trainer checkpoint or a file of :meth:`DiffusionModel.save`.
 

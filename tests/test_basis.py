@@ -96,7 +96,7 @@ def test_frequencies_are_the_heat_equation_eigenvalues():
     # pixel centres are the DCT-II basis vectors, with eigenvalue (pi k / H)^2 + (pi j / W)^2.
     h, w = 5, 7
     basis = lc.DCTBasis(h, w)
-    lam = basis.frequencies_squared()
+    lam = basis.frequencies_squared
     k, j = 3, 2
     y = torch.arange(h, dtype=torch.float64)[:, None] + 0.5
     x = torch.arange(w, dtype=torch.float64)[None, :] + 0.5

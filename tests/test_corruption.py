@@ -231,7 +231,7 @@ class SharpeningDiffusion(lc.DiagonalizableCorruption):
     def __init__(self):
         super().__init__(SHAPE, lc.IdentityBasis())
 
-    def alpha_sigma(self, t):
+    def _alpha_sigma(self, t):
         t = t.view(-1, 1, 1, 1)
         alpha = torch.cos(t * math.pi / 2).expand(-1, *SHAPE).clone()
         alpha[:, 0, 1, 2] = torch.where(t.flatten() > 0.5, 1.0 - t.flatten() / 2, alpha[:, 0, 1, 2])
@@ -248,8 +248,49 @@ def test_a_corruption_without_a_schedule_is_refused():
         def __init__(self):
             super().__init__(SHAPE, lc.IdentityBasis())
 
-    with pytest.raises(TypeError, match="must implement alpha_sigma"):
+    with pytest.raises(TypeError, match=r"must implement the hook _alpha_sigma\(t\) or _log_alpha_sigma\(t\)"):
         NoSchedule()
+
+
+@pytest.mark.parametrize("public", ["alpha_sigma", "log_alpha_sigma"])
+def test_overriding_the_checked_public_schedule_is_refused_naming_the_hook(public):
+    """The library calls the hook, so an override of the public method would be silently ignored by
+    samplers and losses: it is refused when the corruption is built."""
+    def schedule(self, t):
+        t = t.view(-1, 1, 1, 1)
+        return torch.cos(t * math.pi / 2), torch.sin(t * math.pi / 2)
+
+    Overriding = type("Overriding", (RecordingTimes,), {public: schedule})
+    with pytest.raises(TypeError, match=f"Overriding overrides {public}\\(t\\).*implement the hook _{public}"):
+        Overriding()
+
+
+class RecordingTimes(lc.DiagonalizableCorruption):
+    """Records what its hook receives."""
+
+    def __init__(self):
+        super().__init__(SHAPE, lc.IdentityBasis())
+
+    def _alpha_sigma(self, t):
+        self.received = t
+        t = t.view(-1, 1, 1, 1)
+        return torch.cos(t * math.pi / 2), torch.sin(t * math.pi / 2).clamp(min=1e-3)
+
+
+@pytest.mark.parametrize("public", ["alpha_sigma", "log_alpha_sigma"])
+def test_the_public_schedule_hands_its_hook_checked_times(public):
+    """A scalar, a float16 or a double time reaches the hook as a (B,) tensor of at least float32, in
+    its own dtype otherwise; the results are the hook's (exponentiated or logged as asked)."""
+    c = RecordingTimes()
+    for t, shape, dtype in ((0.25, (1,), torch.float32), (torch.tensor([0.5, 0.75], dtype=torch.float16), (2,),
+                                                          torch.float32), (torch.tensor([0.3], dtype=f64), (1,), f64)):
+        first, second = getattr(c, public)(t)
+        assert (tuple(c.received.shape), c.received.dtype) == (shape, dtype)
+        expected = (torch.cos(c.received * math.pi / 2), torch.sin(c.received * math.pi / 2).clamp(min=1e-3))
+        if public == "log_alpha_sigma":
+            expected = tuple(e.log() for e in expected)
+        torch.testing.assert_close(first.flatten(), expected[0])
+        torch.testing.assert_close(second.flatten(), expected[1])
 
 
 # ---------------------------------------------------------------- predictions and loss
@@ -361,7 +402,7 @@ class TabulatedCorruption(lc.DiagonalizableCorruption):
         self.register_buffer("table_alpha", log_alpha)
         self.register_buffer("table_sigma", log_sigma)
 
-    def log_alpha_sigma(self, t):
+    def _log_alpha_sigma(self, t):
         k = torch.round(t * (len(self.table_alpha) - 1)).long()
         return self.table_alpha[k], self.table_sigma[k]
 
@@ -476,7 +517,7 @@ class VanishingSignal(lc.DiagonalizableCorruption):
         super().__init__(SHAPE, lc.IdentityBasis())
         self.end = end
 
-    def alpha_sigma(self, t):
+    def _alpha_sigma(self, t):
         t = t.view(-1, 1, 1, 1)
         return torch.cos((t / self.end).clamp(max=1) * math.pi / 2) * (t < self.end), (0.01 + t).clamp(max=1)
 
@@ -506,6 +547,26 @@ def test_casting_the_module_keeps_its_coefficients_exact(name, cast):
 
 def test_casting_up_widens_and_moving_moves():
     c = lc.IHDM(SHAPE, prior=lc.GaussianPrior(torch.zeros(SHAPE), torch.ones(SHAPE))).double()
-    assert c.prior.mean.dtype == f64 and c.frequencies_squared.dtype == f64
+    assert c.prior.mean.dtype == f64 and c.basis.frequencies_squared.dtype == f64
     c = c.to("meta")
     assert all(b.device.type == "meta" for b in c.buffers())
+
+
+@pytest.mark.parametrize("name", ["ihdm", "blurring", "soft"])
+def test_the_dct_frequencies_live_in_the_basis_and_older_files_still_load(name):
+    """``lambda`` is the DCT basis's float64 buffer, the closed form ``(pi k / H)^2 + (pi l / W)^2``, derived
+    from H and W and so not saved; a state dict written when each corruption saved its own copy still
+    rebuilds the same schedule."""
+    from lincorrupt.config import build_module, module_spec
+
+    c = CORRUPTIONS[name]()
+    h, w = SHAPE[-2:]
+    k, j = torch.meshgrid(torch.arange(h, dtype=f64), torch.arange(w, dtype=f64), indexing="ij")
+    torch.testing.assert_close(c.basis.frequencies_squared, (math.pi * k / h) ** 2 + (math.pi * j / w) ** 2,
+                               rtol=1e-15, atol=0)
+    assert not any("frequencies_squared" in key for key in c.state_dict())
+    older = {**c.state_dict(), "frequencies_squared": c.basis.frequencies_squared.clone()}
+    rebuilt = build_module(module_spec(c, older), older)
+    t = torch.linspace(0, 1, 9, dtype=f64)
+    for a, b in zip(rebuilt.log_alpha_sigma(t), c.log_alpha_sigma(t)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -36,3 +36,18 @@ def test_no_machine_specific_path(source):
                                        ("the [temp](../tmp/x.md) page", False)])
 def test_the_pattern_tells_machine_paths_from_repository_paths(text, bad):
     assert bool(MACHINE_PATH.search(text)) == bad
+
+
+WORDING_SOURCES = sorted([ROOT / "README.md", ROOT / "pyproject.toml", ROOT / "Makefile",
+                          *(p for p in (ROOT / "docs").rglob("*.md") if "node_modules" not in p.parts)])
+
+
+@pytest.mark.parametrize("source", WORDING_SOURCES, ids=[str(p.relative_to(ROOT)) for p in WORDING_SOURCES])
+def test_no_wording_about_whose_machines(source):
+    """What readers see names a machine by what it is ("a 2-core x86-64 machine"), not by whose it is."""
+    import re
+
+    whose = re.compile(r"\b(team|our machines?|these machines)\b", re.IGNORECASE)
+    lines = [f"{source.relative_to(ROOT)}:{n}: {line.strip()}"
+             for n, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1) if whose.search(line)]
+    assert not lines, "say which machine, not whose (e.g. 'a 2-core x86-64 machine'):\n" + "\n".join(lines)

@@ -349,7 +349,7 @@ def test_docstring_math_is_rendered_by_katex(built_site):
 
 
 def test_overriding_methods_show_their_base_docstring(built_site):
-    """``DDPM.log_alpha_sigma`` has no docstring of its own; the reference shows the one it
+    """``GaussianPrior.log_prob`` has no docstring of its own; the reference shows the one it
     overrides, as ``help()`` would (``inspect.getdoc``)."""
     import inspect
 
@@ -357,10 +357,10 @@ def test_overriding_methods_show_their_base_docstring(built_site):
 
     site_dir, log, returncode = built_site
     assert returncode == 0, log
-    assert lc.DDPM.log_alpha_sigma.__doc__ is None, "DDPM.log_alpha_sigma got a docstring: pick another example"
-    words = inspect.getdoc(lc.DDPM.log_alpha_sigma).split("where", 1)[1].replace("``", "")  # "alpha_t underflows ..."
-    first_line = " ".join(re.sub(r":\w+:`~?([^`]+)`", r"\1", words).split())  # Sphinx roles shown as their name
-    html = _entry_html(site_dir, "corruptions", "lincorrupt.corruptions.DDPM.log_alpha_sigma")
+    assert lc.GaussianPrior.log_prob.__doc__ is None, "GaussianPrior.log_prob got a docstring: pick another example"
+    words = inspect.getdoc(lc.GaussianPrior.log_prob).split(":", 1)[0].replace("``", "")  # "log p(u_1) in nats, ..."
+    first_line = " ".join(words.split())
+    html = _entry_html(site_dir, "priors", "lincorrupt.priors.GaussianPrior.log_prob")
     assert first_line in " ".join(re.sub(r"<[^>]+>", "", html).split())
 
 

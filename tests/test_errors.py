@@ -132,7 +132,7 @@ def test_bad_constructor_arguments():
             def __init__(self):
                 super().__init__((2, 4, 6), lc.DCTBasis(6, 4))
 
-            def alpha_sigma(self, t):
+            def _alpha_sigma(self, t):
                 raise AssertionError("not reached")
 
         Bad()
@@ -143,10 +143,10 @@ def test_a_schedule_with_the_wrong_shape_is_named():
         def __init__(self):
             super().__init__(SHAPE, lc.IdentityBasis())
 
-        def alpha_sigma(self, t):
+        def _alpha_sigma(self, t):
             return torch.cos(t * math.pi / 2).view(-1, 1), torch.sin(t * math.pi / 2).view(-1, 1)
 
-    with pytest.raises(ValueError, match=r"WrongShape.alpha_sigma returned alpha of shape \(64, 1\)"):
+    with pytest.raises(ValueError, match=r"WrongShape.s schedule hook returned alpha of shape \(64, 1\)"):
         WrongShape()
 
 
@@ -173,7 +173,7 @@ class QuarterCircle(lc.DiagonalizableCorruption):
     def __init__(self):
         super().__init__(SHAPE, lc.IdentityBasis())
 
-    def alpha_sigma(self, t):
+    def _alpha_sigma(self, t):
         t = t.view(-1, 1, 1, 1)
         return torch.sqrt(1 - t**2), t.clamp(min=1e-3)
 

@@ -211,3 +211,18 @@ def test_a_run_resumed_from_a_checkpoint_elsewhere_writes_where_out_dir_says(scr
     assert load_checkpoint(new / "checkpoint.pt")["config"]["out_dir"] == str(new)
     assert load_checkpoint(source)["step"] == before["step"]  # the source run is left as it was
     assert lc.load(new).info["step"] == before["step"] + 1
+
+
+def test_a_run_resumed_from_elsewhere_without_out_dir_writes_to_the_default_not_the_recorded_folder(
+        script, trained, data_root, tmp_path, monkeypatch):
+    """Without --out-dir the run goes to the flag's default (runs/<corruption> here), never back into the
+    folder the checkpoint was trained in, whose checkpoint must stay as it was."""
+    source = trained["out"] / "checkpoint.pt"
+    before = load_checkpoint(source)
+    monkeypatch.chdir(tmp_path)
+    script.main(["--checkpoint", str(source), "--resume", "--data-root", str(data_root),
+                 "--steps", str(before["step"] + 1), "--no-progress", "--device", "cpu", "--num-workers", "0",
+                 "--sample-steps", "2"])
+    written = load_checkpoint(tmp_path / "runs" / "blurring" / "checkpoint.pt")
+    assert written["step"] == before["step"] + 1 and written["config"]["out_dir"] == "runs/blurring"
+    assert load_checkpoint(source)["step"] == before["step"]

@@ -51,7 +51,7 @@ class Fade(lc.DiagonalizableCorruption):
         super().__init__(shape, lc.IdentityBasis())
         self.rate = rate
 
-    def log_alpha_sigma(self, t):
+    def _log_alpha_sigma(self, t):
         t = t.view(-1, *[1] * len(self.shape))
         return -self.rate * t, 0.5 * torch.log1p(-torch.exp(-2 * self.rate * t)).clamp(min=-30)
 
@@ -80,6 +80,17 @@ def test_spec_refuses_an_unrecorded_module_and_an_unknown_class():
         module_spec(torch.nn.Linear(2, 2))
     with pytest.raises(SpecError, match="not defined in this process"):
         build_module({"class": "nowhere.Missing", "config": {}})
+
+
+def test_a_checkpoint_holds_the_model_entry_only_when_both_modules_record_their_arguments():
+    from lincorrupt.model import model_entry, model_record
+
+    net, corruption = UNet(image_size=8, in_channels=1, ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(),
+                           groups=4), lc.DDPM((1, 8, 8))
+    entry = model_entry(net, corruption, "v")
+    assert entry.keys() == {"diffusion_model"} and entry["diffusion_model"]["prediction"] == "v"
+    assert entry["diffusion_model"]["network"] == model_record(net, corruption, "v")["network"]
+    assert model_entry(torch.nn.Conv2d(1, 1, 1), corruption, "v") == {}  # any network trains; it just cannot load
 
 
 # ----------------------------------------------------------------- fitted buffers travel

@@ -1,6 +1,7 @@
 """Quality during training: the Trainer's evaluator hook, its records and plot, and the 8-bit quantisation."""
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -12,7 +13,15 @@ import lincorrupt as lc
 from lincorrupt.data import TensorImages
 from lincorrupt.nn import UNet
 from lincorrupt.train import TrainConfig, Trainer
-from lincorrupt.train.evaluation import QualityEvaluator, feature_space, quantize
+from lincorrupt.train.evaluation import (
+    METRICS,
+    QualityEvaluator,
+    feature_space,
+    fid_metric,
+    kid_metric,
+    precision_recall_metric,
+    quantize,
+)
 
 SHAPE = (1, 8, 8)
 PROJECTION = torch.randn(64, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -34,7 +43,7 @@ def test_trainer_logs_quality_every_eval_every_steps(tmp_path):
     images = torch.randint(0, 256, (16, *SHAPE), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
     reference = project(images.float() / 127.5 - 1)
     evaluator = QualityEvaluator(project, reference, "random projection", num_samples=6, steps=2, batch_size=4,
-                                 kid_subset_size=5)
+                                 metrics={**METRICS, "kid": partial(kid_metric, subset_size=5)})
     cfg = TrainConfig(steps=4, batch_size=4, warmup_steps=1, num_workers=0, log_every=2, sample_every=0, ckpt_every=0,
                       prediction="v", progress=False, out_dir=str(tmp_path), eval_every=2)
     net = UNet(image_size=8, in_channels=1, ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), groups=4)
@@ -74,14 +83,34 @@ def test_evaluator_computes_only_the_metrics_it_is_given(tmp_path):
                       ckpt_every=0, prediction="v", progress=False, out_dir=str(tmp_path))
     net = UNet(image_size=8, in_channels=1, ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), groups=4)
     trainer = Trainer(net, lc.BlurringDiffusion(SHAPE), TensorImages(images, SHAPE), cfg)
-    only_fid = QualityEvaluator(project, reference, "p", num_samples=5, steps=2, batch_size=2, metrics=("fid",))
+    only_fid = QualityEvaluator(project, reference, "p", num_samples=5, steps=2, batch_size=2,
+                                metrics={"fid": fid_metric})
     record = only_fid(trainer)
     assert {k for k in record if k not in ("eval", "eval_samples", "eval_sampler")} == {"fid"}
     # the same samples (the seed fixes them) with every metric: the same FID, and the other metrics besides
-    full = QualityEvaluator(project, reference, "p", num_samples=5, steps=2, batch_size=2, kid_subset_size=4)(trainer)
+    every = {**METRICS, "kid": partial(kid_metric, subset_size=4)}
+    full = QualityEvaluator(project, reference, "p", num_samples=5, steps=2, batch_size=2, metrics=every)(trainer)
     assert full["fid"] == record["fid"] and {"kid", "kid_std", "precision", "recall"} <= set(full)
-    with pytest.raises(ValueError, match="metrics=\\('is'"):
-        QualityEvaluator(project, reference, "p", metrics=("is",))
+    # a metric of one's own: it sees the reference and the 5 samples' features
+    seen = QualityEvaluator(project, reference, "p", num_samples=5, steps=2, batch_size=2,
+                            metrics={"sizes": lambda real, fake: {"n_real": len(real), "n_fake": len(fake)}})(trainer)
+    assert (seen["n_real"], seen["n_fake"]) == (len(reference), 5)
+    for bad in (("fid",), {}):
+        with pytest.raises(TypeError, match="metrics must be a non-empty mapping of names to metric"):
+            QualityEvaluator(project, reference, "p", metrics=bad)
+    with pytest.raises(TypeError, match=r"metrics \['fid'\] are not callable"):
+        QualityEvaluator(project, reference, "p", metrics={"fid": "fid"})
+
+
+def test_the_default_metrics_are_the_library_formulas_on_the_same_features():
+    rng = np.random.default_rng(3)
+    real, fake = rng.normal(size=(40, 3)), rng.normal(0.5, 1.0, size=(20, 3))
+    from lincorrupt.metrics import frechet_distance, kid, precision_recall
+    assert fid_metric(real, fake) == {"fid": frechet_distance(real, fake)}
+    mean, std = kid(real, fake, subsets=50, subset_size=20)  # subset size capped by the 20 samples
+    assert kid_metric(real, fake) == {"kid": mean, "kid_std": std}
+    precision, recall = precision_recall(real[:20], fake, k=3)
+    assert precision_recall_metric(real, fake) == {"precision": precision, "recall": recall}
 
 
 def test_sample_features_draws_the_share_in_batches_with_a_seeded_generator():

@@ -70,9 +70,9 @@ class ColourFadeDiffusion(lc.DiagonalizableCorruption):
         self.min_scale = min_scale
         blur = torch.tensor([blur_luminance, blur_chroma, blur_chroma])
         self.register_buffer("blur", blur.view(3, 1, 1))                                   # (3, 1, 1)
-        self.register_buffer("lam", basis.dct.frequencies_squared().float()[None])      # (1, H, W)
+        self.register_buffer("lam", basis.dct.frequencies_squared.float()[None])        # (1, H, W)
 
-    def log_alpha_sigma(self, t):
+    def _log_alpha_sigma(self, t):
         t = t.view(-1, 1, 1, 1)                                                           # (B, 1, 1, 1)
         log_a, log_sigma = vp_log_alpha_sigma(cosine_logsnr(t))
         tau = blur_tau(t, 1.0) * self.blur.to(t.dtype) ** 2                              # (B, 3, 1, 1)
@@ -85,7 +85,7 @@ class ColourFadeDiffusion(lc.DiagonalizableCorruption):
 class ColourReturns(ColourFadeDiffusion):
     """A broken variant: the chroma blur peaks at t = 0.5 and then *un*-blurs."""
 
-    def log_alpha_sigma(self, t):
+    def _log_alpha_sigma(self, t):
         t = t.view(-1, 1, 1, 1)
         log_a, log_sigma = vp_log_alpha_sigma(cosine_logsnr(t))
         tau = 0.5 * (self.blur.to(t.dtype) * torch.sin(math.pi * t) ** 2) ** 2

@@ -32,7 +32,7 @@ class Backwards(lc.DiagonalizableCorruption):
     def __init__(self, shape):
         super().__init__(shape, lc.IdentityBasis())
 
-    def log_alpha_sigma(self, t):
+    def _log_alpha_sigma(self, t):
         return vp_log_alpha_sigma(-cosine_logsnr(t.view(-1, 1, 1, 1)))
 
 

@@ -50,10 +50,8 @@ class BlurringDiffusion(DiagonalizableCorruption):
         super().__init__(shape, basis, prior)
         self.sigma_blur_max, self.min_scale = float(sigma_blur_max), float(min_scale)
         self.logsnr_min, self.logsnr_max = float(logsnr_min), float(logsnr_max)
-        # float64: exp(-lambda tau) is sensitive
-        self.register_buffer("frequencies_squared", basis.frequencies_squared())
 
-    def log_alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+    def _log_alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         t = t.view(-1, 1, 1, 1)
         log_a, log_sigma = vp_log_alpha_sigma(cosine_logsnr(t, self.logsnr_min, self.logsnr_max))
         tau = blur_tau(t, self.sigma_blur_max)
@@ -63,7 +61,7 @@ class BlurringDiffusion(DiagonalizableCorruption):
         """``log d_t = log((1 - min_scale) exp(-lambda tau_t) + min_scale)``, (B, 1, H, W), in log space:
         ``logaddexp(log1p(-min_scale) - lambda tau_t, log min_scale)``, which stays finite where
         ``exp(-lambda tau_t)`` underflows and is exactly ``-lambda tau_t`` for ``min_scale = 0``."""
-        log_decay = math.log1p(-self.min_scale) - self.frequencies_squared.to(t.dtype) * tau
+        log_decay = math.log1p(-self.min_scale) - self.basis.frequencies_squared.to(t.dtype) * tau
         # a fill on the device, not torch.tensor(): a host-to-device copy would wait for the GPU every step
         log_floor = torch.full_like(log_decay, math.log(self.min_scale) if self.min_scale > 0 else -math.inf)
         return torch.logaddexp(log_decay, log_floor)

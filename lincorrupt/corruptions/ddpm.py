@@ -41,7 +41,7 @@ class DDPM(DiagonalizableCorruption):
         self.num_steps, self.logsnr_min, self.logsnr_max = num_steps, logsnr_min, logsnr_max
         self.register_buffer("log_alphabar", linear_beta_log_alphabar(num_steps, beta_start, beta_end))
 
-    def log_alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+    def _log_alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         log_alpha, log_sigma = _SCHEDULES[self.schedule](self, t)
         view = (-1,) + (1,) * len(self.shape)
         return log_alpha.view(view), log_sigma.view(view)

@@ -53,12 +53,10 @@ class IHDM(DiagonalizableCorruption):
         self.sigma, self.data_range = float(sigma), float(data_range)
         self.sigma_blur_min, self.sigma_blur_max = float(sigma_blur_min), float(sigma_blur_max)
         self.num_steps = num_steps
-        # float64: exp(-lambda tau) is sensitive
-        self.register_buffer("frequencies_squared", basis.frequencies_squared())
 
-    def log_alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+    def _log_alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         tau = log_spaced_blur_tau(t.view(-1, 1, 1, 1), self.sigma_blur_min, self.sigma_blur_max, self.num_steps)
-        log_alpha = -self.frequencies_squared.to(t.dtype) * tau
+        log_alpha = -self.basis.frequencies_squared.to(t.dtype) * tau
         log_sigma = torch.full_like(tau, math.log(self.sigma * self.data_range))
         return log_alpha, log_sigma
 

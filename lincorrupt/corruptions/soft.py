@@ -64,8 +64,6 @@ class SoftDiffusion(DiagonalizableCorruption):
         super().__init__(shape, basis, prior if prior is not None else GaussianPrior())
         self.noise_min, self.noise_max = float(noise_min), float(noise_max)
         self.register_buffer("blur_levels", _check_levels(blur_levels))
-        # float64: exp(-lambda tau) is sensitive
-        self.register_buffer("frequencies_squared", basis.frequencies_squared())
 
     @classmethod
     def fit(cls, x: Tensor, num_levels: int = 32, sigma_blur_min: float = 0.01, sigma_blur_max: float = 23.0,
@@ -91,14 +89,14 @@ class SoftDiffusion(DiagonalizableCorruption):
         u = basis.to_basis(x.detach().cpu().to(torch.float64))  # once, on the CPU, in float64
         mean, var = u.mean(0), u.var(0)
         candidates = torch.linspace(sigma_blur_min, sigma_blur_max, num_candidates, dtype=torch.float64)
-        levels = select_blur_levels(candidates, basis.frequencies_squared(), mean, var, num_levels)
+        levels = select_blur_levels(candidates, basis.frequencies_squared, mean, var, num_levels)
         kwargs.setdefault("prior", GaussianPrior(mean, var))
         return cls(tuple(x.shape[1:]), blur_levels=levels, **kwargs)
 
-    def log_alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+    def _log_alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         t = t.view(-1, 1, 1, 1)
         sigma_b = interpolate_levels(t, self.blur_levels.to(t.dtype))
-        log_alpha = -self.frequencies_squared.to(t.dtype) * (0.5 * sigma_b**2)
+        log_alpha = -self.basis.frequencies_squared.to(t.dtype) * (0.5 * sigma_b**2)
         log_sigma = math.log(self.noise_min) + t * math.log(self.noise_max / self.noise_min)
         return log_alpha, log_sigma
 
@@ -136,7 +134,7 @@ def blur_w2_distances(sigma_a: Tensor, sigma_b: Tensor, frequencies_squared: Ten
 
     Args:
         sigma_a: (M,) blur levels; sigma_b: (N,) blur levels.
-        frequencies_squared: (H, W) ``lambda`` of :meth:`~lincorrupt.DCTBasis.frequencies_squared`.
+        frequencies_squared: (H, W) ``lambda`` of :attr:`~lincorrupt.DCTBasis.frequencies_squared`.
         mean, var: (C, H, W) per-coordinate mean and variance of the data's DCT coordinates.
     Returns:
         (M, N) distances ``W2(sigma_a[i], sigma_b[j])``, float64.

@@ -70,6 +70,14 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     return x.add(1.0).div(2.0).clamp(0.0, 1.0)
 
 
+def first_images(dataset: Dataset, n: int) -> torch.Tensor:
+    """The first ``min(n, len(dataset))`` images of a dataset of uint8 (C, H, W) tensors (or
+    ``(image, label)`` pairs), stacked and mapped to [-1, 1] in float64: (n, C, H, W)."""
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    images = torch.stack([item[0] if isinstance(item, tuple) else item for item in items])
+    return images.double().div(127.5).sub(1.0)  # to_model_range, in float64
+
+
 def _describe(shape) -> str:
     c, h, w = shape
     return f"{h}x{w} with {c} channel(s)"

@@ -53,7 +53,7 @@ def radial_bands(height: int, width: int, num_bands: int | None = None) -> Tenso
     """Band index of each DCT-II coordinate (k, l) by its radial frequency, (H, W) int64 on the CPU.
 
     The radial frequency is ``rho[k, l] = sqrt((k / H)^2 + (l / W)^2)``, i.e. ``sqrt(lambda[k, l]) / pi`` with
-    ``lambda`` of :meth:`lincorrupt.DCTBasis.frequencies_squared`: heat dissipation decays every coordinate of
+    ``lambda`` of :attr:`lincorrupt.DCTBasis.frequencies_squared`: heat dissipation decays every coordinate of
     a band about alike. Bands are equal-width bins of ``rho``, band 0 holding the DC:
 
     - ``num_bands=None``: width ``1 / max(H, W)``, so for square images ``band = floor(sqrt(k^2 + l^2))``, the
@@ -228,7 +228,7 @@ def wiener_x_hat(fit: GaussianFit, corruption: DiagonalizableCorruption, z_t: Te
     t = t if isinstance(t, Tensor) else torch.tensor(float(t), dtype=f64, device=z_t.device)  # a float: exactly
     t = corruption.check_time(t, "t", b, z_t.device).to(f64)
     mu, cov = GaussianFit(fit.mean.to(z_t.device, f64), fit.cov.to(z_t.device, f64)).in_basis(basis)
-    c = corruption.coefficients_at(t)
+    c = corruption.coefficients_unchecked(t)
     a = c.alpha.expand(b, *corruption.shape).reshape(b, d)
     s2 = (2 * c.log_sigma).exp().expand(b, *corruption.shape).reshape(b, d)
     u_t = basis.to_basis(z_t.to(f64)).reshape(b, d)

@@ -39,7 +39,7 @@ def mean_log_snr(corruption: DiagonalizableCorruption, t: Tensor) -> Tensor:
     Non-increasing in t for every valid corruption; for a scalar schedule (DDPM) it is the
     log-SNR itself, for blurring diffusion the noise log-SNR plus the mean log-attenuation.
     """
-    c = corruption.coefficients_at(t)
+    c = corruption.coefficients_unchecked(t)
     return c.logsnr.clamp(min=LOGSNR_FLOOR).expand(t.shape[0], *corruption.shape).flatten(1).mean(1)
 
 
@@ -95,11 +95,11 @@ def _equal_information_grid(corruption: DiagonalizableCorruption, steps: int, de
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     with torch.no_grad():
         zero = torch.zeros(1, dtype=torch.float64, device=device)
-        t_end = 0.0 if bool(torch.isfinite(corruption.coefficients_at(zero).logsnr).all()) else T_EPS
+        t_end = 0.0 if bool(torch.isfinite(corruption.coefficients_unchecked(zero).logsnr).all()) else T_EPS
         fine = _fine_times(t_end, device)
         moves, last = [], None
         for chunk in fine.split(512):  # (len, coordinates) at a time
-            logsnr = corruption.coefficients_at(chunk).logsnr + log_var
+            logsnr = corruption.coefficients_unchecked(chunk).logsnr + log_var
             info = torch.nn.functional.softplus(logsnr).flatten(1) / 2
             if last is not None:
                 info = torch.cat([last, info])

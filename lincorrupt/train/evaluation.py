@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +30,36 @@ from lincorrupt.metrics import (
 )
 from lincorrupt.sampling import sample
 
-__all__ = ["QualityEvaluator", "METRICS", "feature_space", "quantize", "plot_quality"]
+__all__ = ["QualityEvaluator", "METRICS", "Metric", "fid_metric", "kid_metric", "precision_recall_metric",
+           "feature_space", "quantize", "plot_quality"]
 
-#: What :class:`QualityEvaluator` can compute: name -> ``metric(reference, fake, kid_subset_size) -> record``.
-METRICS: dict[str, Callable[[np.ndarray, np.ndarray, int], dict[str, float]]] = {
-    "fid": lambda real, fake, _: {"fid": frechet_distance(real, fake)},
-    "kid": lambda real, fake, subset: dict(zip(("kid", "kid_std"),
-                                               kid(real, fake, subsets=50, subset_size=min(subset, len(fake))))),
-    "precision_recall": lambda real, fake, _: dict(zip(("precision", "recall"),
-                                                       precision_recall(real[:len(fake)], fake))),
-}
+#: A metric of :class:`QualityEvaluator`: ``metric(reference, fake) -> record``, two (N, D) feature arrays to
+#: a dict of named numbers.
+Metric = Callable[[np.ndarray, np.ndarray], dict[str, float]]
+
+
+def fid_metric(reference: np.ndarray, fake: np.ndarray) -> dict[str, float]:
+    """``{"fid": ...}``: :func:`~lincorrupt.metrics.frechet_distance` of the two feature sets."""
+    return {"fid": frechet_distance(reference, fake)}
+
+
+def kid_metric(reference: np.ndarray, fake: np.ndarray, subset_size: int = 1000,
+               subsets: int = 50) -> dict[str, float]:
+    """``{"kid": mean, "kid_std": std}``: :func:`~lincorrupt.metrics.kid` over ``subsets`` subsets of
+    ``min(subset_size, len(fake))`` rows; ``functools.partial(kid_metric, subset_size=...)`` changes them."""
+    mean, std = kid(reference, fake, subsets=subsets, subset_size=min(subset_size, len(fake)))
+    return {"kid": mean, "kid_std": std}
+
+
+def precision_recall_metric(reference: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[str, float]:
+    """``{"precision": ..., "recall": ...}``: :func:`~lincorrupt.metrics.precision_recall` against as many
+    reference rows as there are samples (the two manifolds then have the same number of points)."""
+    precision, recall = precision_recall(reference[:len(fake)], fake, k=k)
+    return {"precision": precision, "recall": recall}
+
+
+#: The metrics :class:`QualityEvaluator` computes by default: name -> :data:`Metric`.
+METRICS: dict[str, Metric] = {"fid": fid_metric, "kid": kid_metric, "precision_recall": precision_recall_metric}
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
@@ -58,24 +78,26 @@ class QualityEvaluator:
         num_samples: generated images per evaluation (over all processes).
         steps, sampler, grid: how they are drawn (see :func:`lincorrupt.sample`).
         batch_size: images sampled at once per process.
-        kid_subset_size: rows per KID subset (capped by the sample count).
         seed: the same samples' noise at every evaluation, so changes come from the weights.
-        metrics: the keys of :data:`METRICS` to compute (default all).
+        metrics: what to compute, name -> :data:`Metric` (default :data:`METRICS`, all three); e.g.
+            ``{"fid": fid_metric}`` for FID alone, or ``{**METRICS, "kid": partial(kid_metric, subset_size=500)}``.
     """
 
     def __init__(self, features: Callable[[torch.Tensor], np.ndarray], reference: np.ndarray, label: str,
                  num_samples: int = 1000, steps: int = 20, sampler: str = "dpm++2m", grid: str = "logsnr",
-                 batch_size: int = 250, kid_subset_size: int = 1000, seed: int = 0,
-                 metrics: tuple[str, ...] = tuple(METRICS)):
+                 batch_size: int = 250, seed: int = 0, metrics: Mapping[str, Metric] = METRICS):
         if num_samples < 4:
             raise ValueError(f"num_samples must be >= 4 for the metrics, got {num_samples}")
-        unknown = [m for m in metrics if m not in METRICS]
-        if unknown or not metrics:
-            raise ValueError(f"metrics={metrics!r}: expected a non-empty selection of {sorted(METRICS)}")
-        self.metrics = tuple(metrics)
+        if not isinstance(metrics, Mapping) or not metrics:
+            raise TypeError(f"metrics must be a non-empty mapping of names to metric(reference, fake) -> dict, such "
+                            f"as METRICS ({sorted(METRICS)}), got {metrics!r}")
+        not_callable = sorted(str(name) for name, metric in metrics.items() if not callable(metric))
+        if not_callable:
+            raise TypeError(f"metrics {not_callable} are not callable: each must be metric(reference, fake) -> dict")
+        self.metrics = dict(metrics)
         self.features, self.reference, self.label = features, np.asarray(reference), label
         self.num_samples, self.steps, self.sampler, self.grid = num_samples, steps, sampler, grid
-        self.batch_size, self.kid_subset_size, self.seed = batch_size, kid_subset_size, seed
+        self.batch_size, self.seed = batch_size, seed
 
     def __call__(self, trainer) -> dict[str, float]:
         """Sample, embed and compare; returns the record (on every process)."""
@@ -88,8 +110,8 @@ class QualityEvaluator:
         fake = sample_features(draw, self.num_samples, lambda x: self.features(quantize(x)), self.batch_size,
                                self.seed, dist.rank, dist.world_size, trainer.device)
         record = {"eval": self.label}
-        for name in self.metrics:
-            record.update(METRICS[name](self.reference, fake, self.kid_subset_size))
+        for metric in self.metrics.values():
+            record.update(metric(self.reference, fake))
         return {**record, "eval_samples": len(fake), "eval_sampler": f"{self.sampler}/{self.grid}/{self.steps}"}
 
 

@@ -42,10 +42,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from lincorrupt.config import SpecError
-from lincorrupt.data.images import to_model_range, to_unit_range
+from lincorrupt.data.images import first_images, to_model_range, to_unit_range
 from lincorrupt.losses import diffusion_loss
-from lincorrupt.model import model_record
+from lincorrupt.model import model_entry
 from lincorrupt.sampling import sample
 from lincorrupt.train.checkpoint import (
     check_compatible,
@@ -76,14 +75,6 @@ STATE_KEYS = ("corruption", "shape", "step", "model", "ema", "optimizer", "sched
 #: Training images whose per-coordinate variance the Trainer records on a corruption that has none
 #: (:meth:`~lincorrupt.DiagonalizableCorruption.fit_data_statistics`, read by the "data" time grid).
 DATA_STATISTICS_IMAGES = 2048
-
-
-def first_images(dataset: Dataset, n: int) -> torch.Tensor:
-    """The first ``min(n, len(dataset))`` images of a dataset of uint8 (C, H, W) tensors (or
-    ``(image, label)`` pairs), stacked and mapped to [-1, 1] in float64: (n, C, H, W)."""
-    items = [dataset[i] for i in range(min(n, len(dataset)))]
-    images = torch.stack([item[0] if isinstance(item, tuple) else item for item in items])
-    return images.double().div(127.5).sub(1.0)  # to_model_range, in float64
 
 
 class Trainer:
@@ -166,7 +157,7 @@ class Trainer:
         (every rank must call it); else only this rank's (dropout streams then restart on resume)."""
         rng = self._rng_state()
         return {
-            **_model_record(self.model, self.corruption, self.cfg.prediction),
+            **model_entry(self.model, self.corruption, self.cfg.prediction),
             "corruption": type(self.corruption).__name__, "shape": list(self.shape), "step": self.step,
             "model": self.model.state_dict(), "ema": self.ema.module.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -446,12 +437,3 @@ class Trainer:
                            method=self.cfg.sampler, generator=g, device=self.device, progress=False)
         save_image(to_unit_range(x.float().cpu()), path, nrow=int(math.ceil(math.sqrt(n))))
         return x
-
-
-def _model_record(network: nn.Module, corruption: nn.Module, prediction: str) -> dict[str, Any]:
-    """``{"diffusion_model": ...}`` (what :func:`lincorrupt.load` rebuilds the model from) when the
-    network and the corruption record their constructor arguments, else ``{}``."""
-    try:
-        return {"diffusion_model": model_record(network, corruption, prediction)}
-    except SpecError:
-        return {}
