@@ -61,7 +61,7 @@ from lincorrupt.metrics import FIDStats, dataset_stats, fid, inception_weights_p
 from lincorrupt.model import from_checkpoint
 from lincorrupt.nn import UNet
 from lincorrupt.train import CheckpointError, TrainConfig, Trainer, init_distributed
-from lincorrupt.train.checkpoint import load_latest, require_keys
+from lincorrupt.train.checkpoint import load_latest, require_keys, run_checkpoints
 from lincorrupt.train.cli import Interval, OptionError, given_options, option, parse_config
 from lincorrupt.train.data_order import derive_seed
 from lincorrupt.train.distributed import DEFAULT_TIMEOUT
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   f"it cannot be rebuilt; train a new run")
         cfg = resumed_config(ckpt_state, given_options(Config, argv), ckpt_path)
         out = Path(cfg.out_dir)
-    elif existing := [n for n in ("checkpoint.pt", "checkpoint.pt.prev") if (out / n).exists()]:
+    elif existing := run_checkpoints(out):  # fail before loading data; Trainer.fit checks again under the lock
         raise CheckpointError(f"{out} already holds {' and '.join(existing)}: pass --resume to continue it, "
                               f"or another --out-dir")
 
