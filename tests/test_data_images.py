@@ -89,3 +89,39 @@ def test_ranges():
     x = torch.tensor([0, 255, 128], dtype=torch.uint8)
     torch.testing.assert_close(to_model_range(x), torch.tensor([-1.0, 1.0, 128 / 127.5 - 1]))
     torch.testing.assert_close(to_unit_range(torch.tensor([-2.0, -1.0, 0.0, 1.0])), torch.tensor([0.0, 0.0, 0.5, 1.0]))
+
+
+def write_grey16(root, images: list[np.ndarray], suffix: str = ".png") -> None:
+    d = root / "train" / "class0"
+    d.mkdir(parents=True, exist_ok=True)
+    for i, a in enumerate(images):
+        Image.fromarray(a).save(d / f"{i:03d}{suffix}")
+
+
+def test_16_bit_grey_is_scaled_by_its_bit_depth(tmp_path):
+    """16-bit grey PNGs (mode I;16) and TIFFs: round(v * 255 / 65535), one channel as for 8-bit grey;
+    convert("RGB") clipped every value above 255 to white."""
+    rng = np.random.default_rng(0)
+    values = np.concatenate([[0, 1, 128, 129, 385, 65535], 257 * np.arange(0, 256, 26),
+                             rng.integers(0, 65536, 64 - 16)]).astype(np.uint16).reshape(8, 8)
+    write_grey16(tmp_path, [values, values[::-1].copy()])
+    write_grey16(tmp_path / "tif", [values], suffix=".tif")
+    expected = (values.astype(np.int64) * 255 + 32767) // 65535  # nearest integer; ties cannot occur
+    ds = load_images(tmp_path, (1, 8, 8))
+    assert ds.verify() == []
+    np.testing.assert_array_equal(ds[0][0].numpy(), expected)
+    np.testing.assert_array_equal(ds[1][0].numpy(), expected[::-1])
+    np.testing.assert_array_equal(load_images(tmp_path / "tif", (1, 8, 8))[0][0].numpy(), expected)
+    assert expected.min() == 0 and expected.max() == 255 and len(np.unique(expected)) > 40
+    with pytest.raises(ValueError, match=r"000.png are 8x8 with 1 channel\(s\), expected 8x8 with 3 channel\(s\)"):
+        load_images(tmp_path, (3, 8, 8))  # as 8-bit grey is
+
+
+@pytest.mark.parametrize("dtype, mode", [(np.int32, "I"), (np.float32, "F")])
+def test_32_bit_integer_and_float_pixels_are_refused_naming_the_file(tmp_path, dtype, mode):
+    write_grey16(tmp_path, [np.full((8, 8), 3, dtype=dtype)], suffix=".tif")
+    for skip in (False, True):  # not an unreadable file to skip: a format to convert
+        with pytest.raises(ValueError, match=rf"000.tif holds .* pixels \(mode {mode}\), whose range"):
+            load_images(tmp_path, (1, 8, 8), skip_unreadable=skip)
+        with pytest.raises(ValueError, match=rf"000.tif holds .* pixels \(mode {mode}\), whose range"):
+            load_images(tmp_path, (3, 8, 8), skip_unreadable=skip)
