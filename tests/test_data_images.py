@@ -125,3 +125,20 @@ def test_32_bit_integer_and_float_pixels_are_refused_naming_the_file(tmp_path, d
             load_images(tmp_path, (1, 8, 8), skip_unreadable=skip)
         with pytest.raises(ValueError, match=rf"000.tif holds .* pixels \(mode {mode}\), whose range"):
             load_images(tmp_path, (3, 8, 8), skip_unreadable=skip)
+
+
+def test_linked_class_folders_are_followed_and_a_loop_is_named(tmp_path):
+    """A class folder that links elsewhere (a shared disk, another copy) is read like a real one; rglob skipped it."""
+    patches = photo_patches(4, 8)
+    write_folder(tmp_path / "elsewhere", patches, split=None)  # class0: 000, 002; class1: 001, 003
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    (tmp_path / "data" / "train" / "class0").symlink_to(tmp_path / "elsewhere" / "class0", target_is_directory=True)
+    (tmp_path / "data" / "train" / "class1").symlink_to(tmp_path / "elsewhere" / "class1", target_is_directory=True)
+    ds = load_images(tmp_path / "data", (3, 8, 8))
+    assert [p.relative_to(tmp_path / "data").as_posix() for p in ds.files] == [
+        "train/class0/000.png", "train/class0/002.png", "train/class1/001.png", "train/class1/003.png"]
+    np.testing.assert_array_equal(ds[2].permute(1, 2, 0).numpy(), patches[1])
+    loop = tmp_path / "elsewhere" / "class1" / "again"
+    loop.symlink_to(tmp_path / "data" / "train", target_is_directory=True)  # back to the root: a loop
+    with pytest.raises(ValueError, match=r"train/class1/again is the folder \S*data/train again \(a link loop"):
+        load_images(tmp_path / "data", (3, 8, 8))

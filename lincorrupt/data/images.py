@@ -127,8 +127,31 @@ class TensorImages(Dataset):
         return self.images[i]
 
 
+def _raise(error: OSError) -> None:
+    raise error
+
+
+def _image_files(root: Path) -> list[Path]:
+    """Every image file under ``root``, sorted, through linked folders too (``rglob`` skips those).
+
+    Raises:
+        ValueError: two paths under ``root`` reach one folder (a link loop, or a folder linked twice), naming both.
+        OSError: a folder cannot be listed (no folder is skipped silently).
+    """
+    seen: dict[tuple[int, int], str] = {}
+    files = []
+    for top, _, names in os.walk(root, onerror=_raise, followlinks=True):
+        st = os.stat(top)
+        if (first := seen.setdefault((st.st_dev, st.st_ino), top)) != top:
+            raise ValueError(f"{top} is the folder {first} again (a link loop, or one folder linked twice); "
+                             f"remove the link so that each image is read once")
+        files += [Path(top) / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(p for p in files if p.is_file())
+
+
 class ImageFolder(Dataset):
-    """Every image under ``root/<class>/`` (sorted, recursive), each checked against ``shape``.
+    """Every image under ``root/<class>/`` (sorted, recursive, through linked folders), each checked against
+    ``shape``.
 
     Args:
         root: folder of class subfolders.
@@ -140,14 +163,15 @@ class ImageFolder(Dataset):
 
     Raises:
         FileNotFoundError: no images under ``root``.
-        ValueError: an image's header gives another size or channel count than ``shape``, or pixels of 32-bit
-            integers or floats (16-bit grey is scaled to 8 bits, 1 channel like 8-bit grey).
+        ValueError: two paths under ``root`` reach one folder (a link loop); an image's header gives another
+            size or channel count than ``shape``; or its pixels are 32-bit integers or floats (16-bit grey is
+            scaled to 8 bits, 1 channel like 8-bit grey).
         UnreadableImageError: an image's header cannot be read (unless ``skip_unreadable``).
     """
 
     def __init__(self, root: str | os.PathLike, shape: tuple[int, int, int], skip_unreadable: bool = False):
         self.root, self.shape, self.skip_unreadable = Path(root), tuple(shape), skip_unreadable
-        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        self.files = _image_files(self.root)
         if not self.files:
             raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {self.root}")
         # one flag per file in shared memory: DataLoader workers mark what they skip, the main process counts
