@@ -36,7 +36,8 @@ __all__ = ["QualityEvaluator", "METRICS", "feature_space", "quantize", "plot_qua
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray, int], dict[str, float]]] = {
     "fid": lambda real, fake, _: {"fid": frechet_distance(real, fake)},
     "kid": lambda real, fake, subset: dict(zip(("kid", "kid_std"),
-                                               kid(real, fake, subsets=50, subset_size=min(subset, len(fake))))),
+                                               kid(real, fake, subsets=50,
+                                                   subset_size=min(subset, len(real), len(fake))))),
     "precision_recall": lambda real, fake, _: dict(zip(("precision", "recall"),
                                                        precision_recall(real[:len(fake)], fake))),
 }
@@ -58,7 +59,7 @@ class QualityEvaluator:
         num_samples: generated images per evaluation (over all processes).
         steps, sampler, grid: how they are drawn (see :func:`lincorrupt.sample`).
         batch_size: images sampled at once per process.
-        kid_subset_size: rows per KID subset (capped by the sample count).
+        kid_subset_size: rows per KID subset (capped by the sample and reference counts).
         seed: the same samples' noise at every evaluation, so changes come from the weights.
         metrics: the keys of :data:`METRICS` to compute (default all).
     """
