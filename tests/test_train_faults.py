@@ -504,6 +504,38 @@ def test_sample_only_into_a_new_folder(script, data_root, tmp_path):
     assert (tmp_path / "new" / "samples" / "samples.png").is_file()
 
 
+def test_sample_only_keeps_the_training_summary_and_names_a_checkpoint_it_did_not_write(script, data_root, tmp_path):
+    args = TINY + ["--data-root", str(data_root), "--num-workers", "0", "--out-dir", str(tmp_path / "run")]
+    script.main(args + ["--steps", "1"])
+    trained = (tmp_path / "run" / "summary.json").read_text()
+    script.main(args + ["--sample-only"])
+    assert (tmp_path / "run" / "summary.json").read_text() == trained and json.loads(trained)["status"] == "done"
+    assert json.loads((tmp_path / "run" / "sample_summary.json").read_text())["config"]["sample_only"] is True
+    make_trainer(tmp_path / "other", 1).fit()  # a Trainer run of another script (the demo's, say): no model_args
+    with pytest.raises(CheckpointError, match=r"no model_args: this script did not write it .*`lincorrupt sample "):
+        script.main(args + ["--sample-only", "--checkpoint", str(tmp_path / "other" / "checkpoint.pt")])
+
+
+@pytest.mark.slow  # subprocesses
+@pytest.mark.parametrize("where", ["a file", "a read-only folder"])
+def test_an_out_dir_that_cannot_be_written_is_one_error_line(data_root, tmp_path, where):
+    out = tmp_path / "out"
+    if where == "a file":
+        out.write_text("not a folder")
+        out = out / "run"
+    else:
+        out.mkdir()
+        out.chmod(0o555)
+        if os.access(out, os.W_OK):  # root writes anyway
+            pytest.skip("this user can write into read-only folders")
+        out = out / "run"
+    proc = run_script(TINY + ["--data-root", str(data_root), "--num-workers", "0", "--out-dir", str(out), "--steps",
+                              "1"])
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    assert str(out.parent) in err
+
+
 @pytest.mark.parametrize("problem, message", [
     ("weights", "cannot read Inception weights"),
     ("dims", "invalid choice: 100"),
