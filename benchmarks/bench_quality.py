@@ -217,7 +217,7 @@ def train(run: Run, budget: Budget, out: Path, device: torch.device) -> None:
 # ----------------------------------------------------------------------------------- evaluation
 def quality(real: np.ndarray, fake: np.ndarray, kid_subset: int) -> dict:
     """FID, KID (x 1e3, mean and std over 100 subsets), precision and recall (k = 3, equal set sizes)."""
-    k_mean, k_std = kid(real, fake, subsets=100, subset_size=min(kid_subset, len(fake)))
+    k_mean, k_std = kid(real, fake, subsets=100, subset_size=min(kid_subset, len(real), len(fake)))
     precision, recall = precision_recall(real[:len(fake)], fake)
     return {"fid": frechet_distance(real, fake), "kid_x1e3": 1e3 * k_mean, "kid_std_x1e3": 1e3 * k_std,
             "precision": precision, "recall": recall, "samples": len(fake)}

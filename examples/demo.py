@@ -1,8 +1,11 @@
 """The README's main job: blurring diffusion trained on real data on a CPU, offline, in a few minutes.
 
     make demo                                  # = .venv/bin/python examples/demo.py --out out/demo
-    .venv/bin/python examples/demo.py --out out/demo --steps 2000   # longer: better samples
-    .venv/bin/python examples/demo.py --out out/demo --steps 5000 --resume   # continue the last run
+    .venv/bin/python examples/demo.py --out out/demo --steps 2000 --resume   # continue it: better samples
+    .venv/bin/python examples/demo.py --out out/demo2 --steps 2000           # a new run beside it
+
+The demo never deletes a run: into an --out whose run/ holds one, it starts only with --resume.
+SIGTERM/Ctrl-C save a checkpoint and exit with 128 + the signal (continue with --resume).
 
 Data: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package (/usr/share/datasets/fashion-mnist),
 installed with apt-get when it is missing and apt-get may run; else torchvision's download when
@@ -21,7 +24,9 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -34,7 +39,9 @@ import torch  # noqa: E402
 import lincorrupt as lc  # noqa: E402
 from lincorrupt.data import DEBIAN_DIR, TensorImages, load_fashion_mnist, load_images, to_model_range  # noqa: E402
 from lincorrupt.nn import UNet  # noqa: E402
-from lincorrupt.train import TrainConfig, Trainer  # noqa: E402
+from lincorrupt.train import CheckpointError, TrainConfig, Trainer  # noqa: E402
+from lincorrupt.train.checkpoint import run_checkpoints  # noqa: E402
+from lincorrupt.train.lock import RunLockedError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (1, 28, 28)
@@ -132,6 +139,18 @@ def loss_curve(metrics: Path, path: Path) -> list[dict]:
     return records
 
 
+def check_fresh(run: Path) -> None:
+    """A run without --resume must not touch another run's files: refuse a run folder that holds them (the
+    Trainer checks the checkpoint again under its lock, for a run that finishes meanwhile)."""
+    if existing := run_checkpoints(run):
+        raise CheckpointError(f"{run} already holds a run ({' and '.join(existing)}): continue it with --resume "
+                              f"(and a larger --steps), or pass another --out; the demo deletes no run")
+    if (run / "metrics.jsonl").exists():
+        raise CheckpointError(f"{run} holds metrics.jsonl of a run without a checkpoint yet (one still in its first "
+                              f"{RECIPE['ckpt_every']} steps, or stopped before them): wait for it, or remove {run} "
+                              f"once no process uses it, or pass another --out")
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="out/demo")
@@ -139,29 +158,32 @@ def main(argv: list[str] | None = None) -> dict:
                                                 "into OUT/data)")
     p.add_argument("--steps", type=int, default=600, help="~4 min on a busy 2-core CPU")
     p.add_argument("--sample-steps", type=int, default=200, help="ancestral sampler steps for the grid")
-    p.add_argument("--resume", action="store_true", help="continue the run in OUT/run up to --steps (default: "
-                                                         "start afresh)")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT/run up to --steps (without it, "
+                                                         "an OUT/run that holds a run is refused)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads; the network is tiny, and on a shared 2-core machine 2 threads "
                         "measured 4-6x slower than 1 (OpenMP threads wait for each other)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    run = out / "run"
+    if not args.resume:
+        check_fresh(run)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     data, root = fashion_mnist(Path(args.data) if args.data else None, out / "data")
     forward_process(data, out / "forward_process.png")
 
-    run = out / "run"
-    if run.exists() and not args.resume:  # a previous demo: start afresh (the run is only a few minutes)
-        shutil.rmtree(run)
     cfg = TrainConfig(steps=args.steps, sample_steps=args.sample_steps, out_dir=str(run), **RECIPE)
     torch.manual_seed(cfg.seed)  # the network's initial weights
     trainer = Trainer(UNet(**UNET), lc.BlurringDiffusion(SHAPE, **CORRUPTION), data, cfg)  # lc.load(run) rebuilds it
     if args.resume:
         trainer.resume(run / "checkpoint.pt")
     first_step, train_start = trainer.step, time.perf_counter()
-    trainer.fit()
+    if trainer.fit() == "interrupted":
+        print(f"interrupted at step {trainer.step}: checkpoint saved to {run / 'checkpoint.pt'}; continue with "
+              f"--resume")
+        return {"status": "interrupted", "signal": trainer.stop_signal or signal.SIGTERM, "steps": trainer.step}
     train_minutes = (time.perf_counter() - train_start) / 60
     this_run = f", the last {trainer.step - first_step}" if first_step else ""
     trainer.sample_grid(out / "samples.png")
@@ -183,9 +205,14 @@ Continue training: .venv/bin/python examples/demo.py --out {shown(out, REPO)} --
 """
     (out / "summary.md").write_text(text)
     print(text)
-    return {"minutes": minutes, "steps": trainer.step,
+    return {"status": "done", "minutes": minutes, "steps": trainer.step,
             "first_loss": records[0]["loss"], "last_loss": records[-1]["loss"]}
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        result = main()
+    except (CheckpointError, RunLockedError, OSError) as e:  # OSError: an --out that cannot be written
+        sys.exit(f"error: {e}")
+    if result["status"] == "interrupted":  # as shells report a process ended by a signal
+        sys.exit(128 + int(result["signal"]))

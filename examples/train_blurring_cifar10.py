@@ -27,7 +27,8 @@ optimisation recipe (batch 128, lr 2e-4, EMA 0.9999, ...), which the paper reuse
         --ch-mult 1,2 --num-res-blocks 1 --batch-size 16 --steps 200 --sample-every 100
 
 Writes to --out-dir (runs/<corruption>): checkpoint.pt (+ .prev), metrics.jsonl, sample grids,
-samples.png, fid.json, summary.json.
+samples.png, fid.json, summary.json (--sample-only: sample_summary.json, so that the training's
+summary stays).
 
 The checkpoint carries its model, as every Trainer checkpoint does (``lc.load(out_dir)``
 rebuilds it: the UNet and the corruption with their constructor arguments, the corruption's
@@ -61,7 +62,7 @@ from lincorrupt.metrics import FIDStats, dataset_stats, fid, inception_weights_p
 from lincorrupt.model import from_checkpoint
 from lincorrupt.nn import UNet
 from lincorrupt.train import CheckpointError, TrainConfig, Trainer, init_distributed
-from lincorrupt.train.checkpoint import load_latest, require_keys
+from lincorrupt.train.checkpoint import load_latest, require_keys, run_checkpoints
 from lincorrupt.train.cli import Interval, OptionError, given_options, option, parse_config
 from lincorrupt.train.data_order import derive_seed
 from lincorrupt.train.distributed import DEFAULT_TIMEOUT
@@ -244,11 +245,12 @@ def main(argv: list[str] | None = None) -> dict:
         ckpt_path, ckpt_state = load_latest(cfg.checkpoint or out)  # falls back to .prev if the file is damaged
         require_keys(ckpt_state, STATE_KEYS, ckpt_path)
         if "model_args" not in ckpt_state["extra"]:
-            raise CheckpointError(f"{ckpt_path} holds no model_args (written by an older version of this script): "
-                                  f"it cannot be rebuilt; train a new run")
+            raise CheckpointError(f"{ckpt_path} holds no model_args: this script did not write it (another Trainer "
+                                  f"run, e.g. examples/demo.py's, or an older version of this script); sample it with "
+                                  f"`lincorrupt sample {ckpt_path}` or lc.load, or train a new run here")
         # the run writes where --out-dir says (its default included), never into the folder the checkpoint recorded
         cfg = resumed_config(ckpt_state, {**given_options(Config, argv), "out_dir": str(out)}, ckpt_path)
-    elif existing := [n for n in ("checkpoint.pt", "checkpoint.pt.prev") if (out / n).exists()]:
+    elif existing := run_checkpoints(out):  # fail before loading data; Trainer.fit checks again under the lock
         raise CheckpointError(f"{out} already holds {' and '.join(existing)}: pass --resume to continue it, "
                               f"or another --out-dir")
 
@@ -297,8 +299,9 @@ def main(argv: list[str] | None = None) -> dict:
         summary["samples"] = str(out / "samples.png")
     if cfg.fid:
         summary["fid"] = evaluate_fid(cfg, trainer, data, weights)
-    if dist.is_main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if dist.is_main:  # --sample-only keeps the training's summary.json
+        name = "sample_summary.json" if cfg.sample_only else "summary.json"
+        (out / name).write_text(json.dumps(summary, indent=2) + "\n")
     summary["losses"] = trainer.losses
     return summary
 
@@ -384,7 +387,7 @@ def evaluate_fid(cfg: Config, trainer: Trainer, data, weights: Path) -> float:
 if __name__ == "__main__":
     try:
         summary = main()
-    except (FileNotFoundError, ValueError, CheckpointError, RunLockedError, FloatingPointError) as e:
+    except (OSError, ValueError, CheckpointError, RunLockedError, FloatingPointError) as e:  # OSError: the out-dir
         sys.exit(f"error: {e}")
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -29,7 +29,7 @@ from torch import Tensor
 from .coefficients import T_EPS
 from .corruption import DiagonalizableCorruption
 from .predictions import get_prediction
-from .validation import check_model_output, is_validating
+from .validation import check_model_output, check_nonempty, is_validating
 
 __all__ = ["ELBO", "elbo", "bits_per_dim", "prior_term", "diffusion_term", "reconstruction_term",
            "low_discrepancy_times", "default_t_min", "NUM_PIXEL_VALUES"]
@@ -134,9 +134,13 @@ def reconstruction_term(corruption: DiagonalizableCorruption, x: Tensor, noise: 
         t_min: time of the decoder.
     """
     corruption.check_data(x)
-    k = torch.round((x + 1) * (NUM_PIXEL_VALUES - 1) / 2)
-    if is_validating() and (bool(((k < 0) | (k > NUM_PIXEL_VALUES - 1)).any()) or not torch.allclose(
-            k * 2 / (NUM_PIXEL_VALUES - 1) - 1, x, atol=1e-4)):
+    x_wide = x.to(torch.promote_types(x.dtype, torch.float32))
+    k = torch.round((x_wide + 1) * (NUM_PIXEL_VALUES - 1) / 2)
+    # x holds k / 127.5 - 1 rounded to its dtype: off by at most half its spacing (eps / 2, relative) plus 1e-4
+    grid = k * 2 / (NUM_PIXEL_VALUES - 1) - 1
+    tolerance = 1e-4 + torch.finfo(x.dtype).eps / 2 * grid.abs()
+    if is_validating() and (bool(((k < 0) | (k > NUM_PIXEL_VALUES - 1)).any()) or
+                            not bool(((x_wide - grid).abs() <= tolerance).all())):
         raise ValueError("the likelihood needs 8-bit images scaled to [-1, 1] (values k / 127.5 - 1, k = 0..255)")
     t = torch.full((x.shape[0],), float(t_min), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
     z, _ = corruption.diffuse(x, t, noise=noise)
@@ -173,6 +177,7 @@ def elbo(model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCo
         :class:`ELBO` with ``prior``, ``diffusion``, ``reconstruction`` and ``total``, each (B,).
     """
     corruption.check_data(x)
+    check_nonempty(x, "x", "the bound (per datum, and bits_per_dim)")
     if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be None (continuous time) or a positive int, got {steps!r}")
     if not isinstance(num_times, int) or num_times < 1:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .corruption import DiagonalizableCorruption
 from .predictions import Prediction, get_prediction
-from .validation import check_model_output
+from .validation import check_model_output, check_nonempty
 
 __all__ = ["diffusion_loss", "elbo_weighting", "soft_score_weighting", "snr_weighting"]
 
@@ -93,6 +93,7 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
     if reduction not in _REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; expected one of {sorted(_REDUCTIONS)}")
     corruption.check_data(x)
+    check_nonempty(x, "x", "the loss (a mean over the batch)")
     if t is None:
         t = torch.rand(x.shape[0], generator=generator, device=x.device)
     if noise is None:

@@ -73,7 +73,8 @@ class DiffusionModel(nn.Module):
     def sample(self, num_samples: int, **options) -> Tensor:
         """:func:`lincorrupt.sample`: (N, *shape) samples, the network in eval mode meanwhile.
 
-        Options as there (``steps``, ``method``, ``grid``, ``generator``, ...), but not ``prediction``.
+        Options as there (``steps``, ``method``, ``grid``, ``generator``, ...), but not ``prediction``. The N images
+        are one batch, held at once: for many, call it in batches of a few hundred with one ``generator``.
         """
         with _eval(self.network):
             return sample(self.network, self.corruption, num_samples, prediction=self.prediction, **_fixed(options))

@@ -23,7 +23,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["set_validate_args", "validate_args", "is_validating", "check_finite", "check_like", "check_model_output"]
+__all__ = ["set_validate_args", "validate_args", "is_validating", "check_finite", "check_like", "check_model_output",
+           "check_nonempty"]
 
 _enabled = True
 
@@ -60,6 +61,12 @@ def check_finite(x: Tensor, name: str) -> None:
         first = tuple(int(i) for i in bad.nonzero()[0])
         raise ValueError(f"{name} must be finite, but {int(bad.sum())} of its {x.numel()} values are NaN or "
                          f"Inf (the first, {x[first].item()}, at index {first})")
+
+
+def check_nonempty(x: Tensor, name: str, needs: str) -> None:
+    """``ValueError`` when the batch ``x`` (B, ...) holds no example, where ``needs`` (a mean over it) has no value."""
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); {needs} needs at least one example")
 
 
 def check_like(y: Tensor, x: Tensor, name: str) -> None:

@@ -1,13 +1,23 @@
 """examples/demo.py (``make demo``) end to end, shortened, on a Fashion-MNIST-format root of real photo crops."""
 
 import importlib.util
+import json
+import os
+import signal
+import socket
 import struct
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import matplotlib.cbook
 import numpy as np
+import pytest
 from PIL import Image
+
+from lincorrupt.train import CheckpointError
+from lincorrupt.train.lock import RunLockedError
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
 
@@ -29,11 +39,16 @@ def write_idx_root(root: Path, n: int = 40) -> Path:
     return root
 
 
-def test_demo_writes_its_pictures_and_summary(tmp_path):
+@pytest.fixture(scope="module")
+def demo():
     spec = importlib.util.spec_from_file_location("lincorrupt_demo", DEMO)
-    demo = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = demo
-    spec.loader.exec_module(demo)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_writes_its_pictures_and_summary(demo, tmp_path):
     out = tmp_path / "out"
     root = write_idx_root(out / "data")
     result = demo.main(["--out", str(out), "--data", str(root), "--steps", "3", "--sample-steps", "3"])
@@ -45,3 +60,55 @@ def test_demo_writes_its_pictures_and_summary(tmp_path):
     assert "from data\n" in summary and str(tmp_path) not in summary.split("Continue training")[0]  # relative to --out
     resumed = demo.main(["--out", str(out), "--data", str(root), "--steps", "4", "--sample-steps", "3", "--resume"])
     assert resumed["steps"] == 4 and "4 steps of batch 32, the last 1 in" in (out / "summary.md").read_text()
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_a_run_without_resume_deletes_no_run(demo, tmp_path):
+    """Neither a finished run (its checkpoint) nor a live one (its lock, before its first save) is removed."""
+    out = tmp_path / "out"
+    root = write_idx_root(tmp_path / "data")
+    args = ["--out", str(out), "--data", str(root), "--steps", "1", "--sample-steps", "1"]
+    demo.main(args)
+    before = files(out / "run")
+    with pytest.raises(CheckpointError, match="already holds a run .*--resume"):
+        demo.main(args[:-4] + ["--steps", "2", "--sample-steps", "1"])  # a longer run, --resume forgotten
+    assert files(out / "run") == before
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a run still in its first steps: its lock, nothing else yet
+        starting = tmp_path / "starting"
+        (starting / "run").mkdir(parents=True)
+        (starting / "run" / ".lock").write_text(json.dumps({"pid": live.pid, "host": socket.gethostname()}))
+        with pytest.raises(RunLockedError, match=f"in use by pid {live.pid}"):
+            demo.main(["--out", str(starting), "--data", str(root), "--steps", "1", "--sample-steps", "1"])
+        assert files(starting / "run") == {".lock": (starting / "run" / ".lock").read_bytes()}
+        (starting / "run" / "metrics.jsonl").write_text('{"step": 10, "loss": 0.5}\n')  # it has logged
+        with pytest.raises(CheckpointError, match="metrics.jsonl of a run without a checkpoint"):
+            demo.main(["--out", str(starting), "--data", str(root), "--steps", "1", "--sample-steps", "1"])
+        assert len(files(starting / "run")) == 2
+    finally:
+        live.kill()
+        live.wait()
+
+
+@pytest.mark.slow  # a subprocess
+def test_an_interrupted_demo_saves_and_exits_with_128_plus_the_signal(tmp_path):
+    root = write_idx_root(tmp_path / "data")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(DEMO), "--out", str(out), "--data", str(root), "--steps", "100000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(DEMO.parents[1]), "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 180
+    while not (out / "run" / "metrics.jsonl").is_file():  # training has begun: 10 steps logged
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "interrupted at step" in stdout and "--resume" in stdout
+    assert (out / "run" / "checkpoint.pt").is_file() and not (out / "samples.png").exists()
+    proc = subprocess.run([sys.executable, str(DEMO), "--out", str(out), "--data", str(root)], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(DEMO.parents[1])})
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "--resume" in proc.stderr

@@ -163,6 +163,31 @@ def test_bad_input_is_refused():
         lc.elbo(model, c, x, t_min=1.0)
 
 
+def test_an_empty_batch_is_refused_naming_it():
+    c = lc.BlurringDiffusion(SHAPE)
+    empty = torch.zeros(0, *SHAPE)
+    for f in (lc.elbo, lc.bits_per_dim):
+        with pytest.raises(ValueError, match=r"x is an empty batch \(shape \(0, "):
+            f(lambda z, t: z, c, empty)
+    with pytest.raises(ValueError, match=r"x is an empty batch .*the loss"):
+        lc.diffusion_loss(lambda z, t: z, c, empty)  # the mean over no example was NaN
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_exact_8_bit_data_passes_the_check_in_every_float_dtype_and_off_grid_data_does_not(dtype):
+    """All 256 values k / 127.5 - 1 rounded to the dtype: float16 misses them by up to 2.4e-4, more than a fixed
+    1e-4, and far less than the 3.9e-3 that half a pixel step is."""
+    c = lc.DDPM((1, 16, 16))
+    k = torch.arange(256, dtype=torch.float64).reshape(1, 1, 16, 16)
+    x = (k / 127.5 - 1).to(dtype)
+    assert dtype != torch.float16 or (x.double() - (k / 127.5 - 1)).abs().max() > 1e-4  # the case that failed
+    terms = lc.elbo(lambda z, t: torch.zeros_like(z), c, x)
+    assert terms.total.dtype == dtype and bool(torch.isfinite(terms.total).all())
+    for offset in (0.5, 0.1):  # off the grid by half a step, and by a tenth of one
+        with pytest.raises(ValueError, match="8-bit"):
+            lc.elbo(lambda z, t: torch.zeros_like(z), c, ((k + offset).clamp(max=255) / 127.5 - 1).to(dtype))
+
+
 def test_ddpm_with_a_noise_free_start_begins_the_bound_at_its_first_step():
     c = lc.DDPM(SHAPE, schedule="linear")
     x = pixel_images(2, SHAPE, 0)

@@ -5,6 +5,7 @@ double loop and its unbiasedness; precision/recall against hand-counted cases an
 """
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -97,17 +98,17 @@ def mmd2_double_loop(x, y):
 def test_kid_equals_a_double_loop_when_the_subset_is_the_whole_set(seed, m, d, subsets):
     rng = np.random.default_rng(seed)
     a, b = rng.normal(size=(m, d)), rng.normal(size=(m, d)) + 0.3
-    mean, std = kid(a, b, subsets=subsets, subset_size=1000, seed=seed)  # capped at m: every subset is a permutation
+    mean, std = kid(a, b, subsets=subsets, subset_size=m, seed=seed)  # every subset is a permutation of the set
     assert mean == pytest.approx(mmd2_double_loop(a, b), rel=1e-10, abs=1e-12)
     assert std < 1e-10 * (1 + abs(mean))
 
 
 @settings(max_examples=5)
 @given(seed=seeds)
-def test_kid_draws_subsets_without_replacement_of_the_capped_size(seed):
+def test_kid_draws_subsets_without_replacement(seed):
     rng = np.random.default_rng(seed)
     a, b = rng.normal(size=(7, 2)), rng.normal(size=(5, 2))
-    mean, _ = kid(a, b, subsets=1, subset_size=50, seed=seed)  # 5 rows of each: all of b, 5 distinct rows of a
+    mean, _ = kid(a, b, subsets=1, subset_size=5, seed=seed)  # 5 rows of each: all of b, 5 distinct rows of a
     candidates = [mmd2_double_loop(a[list(rows)], b) for rows in itertools.combinations(range(7), 5)]
     assert min(abs(mean - c) for c in candidates) < 1e-10
 
@@ -189,6 +190,29 @@ def test_precision_recall_of_far_apart_clusters_are_zero():
     rng = np.random.default_rng(0)
     real, fake = rng.normal(size=(40, 3)), rng.normal(size=(30, 3)) + 100.0
     assert precision_recall(real, fake, k=3) == (0.0, 0.0)
+
+
+def test_precision_recall_warns_when_duplicate_real_features_leave_zero_radii():
+    """Every real row four times (k = 3): all real radii are 0, and fakes a hair away count as outside (precision
+    0); the warning names the set, and a set without k duplicates draws none."""
+    rng = np.random.default_rng(0)
+    unique = rng.normal(size=(10, 3))
+    real, fake = np.repeat(unique, 4, axis=0), unique + 1e-6
+    with pytest.warns(RuntimeWarning, match=r"real_feats: 40 of 40 rows have at least k=3 exact duplicates"):
+        precision, _ = precision_recall(real, fake, k=3)
+    assert precision == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert precision_recall(np.repeat(unique, 3, axis=0), fake, k=3)[0] == 1.0  # two copies each: radius > 0
+
+
+def test_kid_refuses_a_subset_larger_than_a_set():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(30, 2)), rng.normal(size=(20, 2))
+    with pytest.raises(ValueError, match=r"subset_size=21 is more than the rows of feats_a \(30\) or feats_b \(20\);"
+                                         r" pass subset_size <= 20"):
+        kid(a, b, subset_size=21)  # was computed on 20 rows without a word
+    assert kid(a, b, subsets=1, subset_size=20)[1] == 0.0
 
 
 # invariances -----------------------------------------------------------------------------------------------------

@@ -390,6 +390,70 @@ def test_lock_of_another_host_names_it_and_the_lock_is_exclusive_within_a_proces
     assert not (tmp_path / ".lock").exists()
 
 
+def write_lock(folder: Path, **owner) -> None:
+    (folder / ".lock").write_text(json.dumps({"host": socket.gethostname(), "time": 0, **owner}))
+
+
+def proc_start(pid: int) -> int:
+    """Field 22 of /proc/<pid>/stat, read as proc(5) describes it (the name in field 2 is in parentheses)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+def test_a_lock_naming_this_pid_from_an_earlier_process_is_stale(tmp_path):
+    """A restarted container: the new process has the pid of the killed one, whose lock is still there."""
+    for owner in ({"pid": os.getpid()}, {"pid": os.getpid(), "start": 1, "boot": "an-earlier-boot"}):
+        write_lock(tmp_path, **owner)
+        assert make_trainer(tmp_path, 1).fit() == "done"
+        assert not (tmp_path / ".lock").exists()
+        for name in ("checkpoint.pt", "checkpoint.pt.prev", "metrics.jsonl"):
+            (tmp_path / name).unlink(missing_ok=True)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="start times come from /proc")
+def test_a_live_pid_that_started_after_the_lock_was_written_is_not_its_owner(tmp_path):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write_lock(tmp_path, pid=other.pid, start=proc_start(other.pid) - 1)  # the pid's earlier process
+        with RunLock(tmp_path):
+            owner = json.loads((tmp_path / ".lock").read_text())
+        assert owner["pid"] == os.getpid() and owner["start"] == proc_start(os.getpid())
+        assert owner["boot"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        write_lock(tmp_path, pid=other.pid, start=proc_start(other.pid), boot=owner["boot"])  # it is the owner
+        with pytest.raises(RunLockedError, match=f"in use by pid {other.pid} on this host"):
+            RunLock(tmp_path).acquire()
+        write_lock(tmp_path, pid=other.pid, start=proc_start(other.pid), boot="an-earlier-boot")
+        with RunLock(tmp_path):  # a lock from before a reboot: every process of that boot is gone
+            pass
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_fresh_run_refuses_a_folder_where_a_run_finished_after_it_was_set_up(tmp_path):
+    """The race of two fresh runs: the second passed every check before the first finished; under the lock it
+    finds the first one's checkpoint and overwrites nothing."""
+    late = make_trainer(tmp_path, 3)
+    make_trainer(tmp_path, 2, ckpt_every=1).fit()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert {"checkpoint.pt", "checkpoint.pt.prev", "metrics.jsonl"} <= before.keys()
+    with pytest.raises(CheckpointError, match=r"already holds checkpoint.pt and checkpoint.pt.prev .*resume"):
+        late.fit()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    late.resume(tmp_path / "checkpoint.pt")  # resuming it is what the message asks for
+    assert late.fit() == "done" and load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
+
+
+def test_the_script_checks_again_under_the_lock(script, data_root, tmp_path, monkeypatch):
+    """The script's early check saw an empty folder; a run finished in between: fit refuses it."""
+    args = TINY + ["--data-root", str(data_root), "--num-workers", "0", "--out-dir", str(tmp_path), "--steps", "1"]
+    script.main(args)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    monkeypatch.setattr(script, "run_checkpoints", lambda folder: [])
+    with pytest.raises(CheckpointError, match="already holds checkpoint.pt .*resume"):
+        script.main(args)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
 @pytest.mark.slow  # subprocesses
 def test_two_script_runs_into_one_folder(data_root, tmp_path):
     args = TINY + ["--data-root", str(data_root), "--num-workers", "0", "--out-dir", str(tmp_path)]
@@ -438,6 +502,38 @@ def test_sample_only_into_a_new_folder(script, data_root, tmp_path):
     script.main(args + ["--out-dir", str(tmp_path / "new" / "samples"), "--sample-only",
                         "--checkpoint", str(tmp_path / "run" / "checkpoint.pt")])
     assert (tmp_path / "new" / "samples" / "samples.png").is_file()
+
+
+def test_sample_only_keeps_the_training_summary_and_names_a_checkpoint_it_did_not_write(script, data_root, tmp_path):
+    args = TINY + ["--data-root", str(data_root), "--num-workers", "0", "--out-dir", str(tmp_path / "run")]
+    script.main(args + ["--steps", "1"])
+    trained = (tmp_path / "run" / "summary.json").read_text()
+    script.main(args + ["--sample-only"])
+    assert (tmp_path / "run" / "summary.json").read_text() == trained and json.loads(trained)["status"] == "done"
+    assert json.loads((tmp_path / "run" / "sample_summary.json").read_text())["config"]["sample_only"] is True
+    make_trainer(tmp_path / "other", 1).fit()  # a Trainer run of another script (the demo's, say): no model_args
+    with pytest.raises(CheckpointError, match=r"no model_args: this script did not write it .*`lincorrupt sample "):
+        script.main(args + ["--sample-only", "--checkpoint", str(tmp_path / "other" / "checkpoint.pt")])
+
+
+@pytest.mark.slow  # subprocesses
+@pytest.mark.parametrize("where", ["a file", "a read-only folder"])
+def test_an_out_dir_that_cannot_be_written_is_one_error_line(data_root, tmp_path, where):
+    out = tmp_path / "out"
+    if where == "a file":
+        out.write_text("not a folder")
+        out = out / "run"
+    else:
+        out.mkdir()
+        out.chmod(0o555)
+        if os.access(out, os.W_OK):  # root writes anyway
+            pytest.skip("this user can write into read-only folders")
+        out = out / "run"
+    proc = run_script(TINY + ["--data-root", str(data_root), "--num-workers", "0", "--out-dir", str(out), "--steps",
+                              "1"])
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    assert str(out.parent) in err
 
 
 @pytest.mark.parametrize("problem, message", [

@@ -10,7 +10,8 @@
 Nothing downloads unless ``download=`` names a torchvision dataset. An image file that cannot be
 decoded is an :class:`UnreadableImageError` naming the file, or, with ``skip_unreadable=True``,
 replaced by the next readable image and counted; :meth:`ImageFolder.verify` decodes every file
-up front and lists the unreadable ones.
+up front and lists the unreadable ones. 16-bit grey images are scaled to 8 bits; pixels of
+32-bit integers or floats (whose range a file does not state) are refused, naming the file.
 Datasets return uint8 tensors; :func:`to_model_range` maps a batch to [-1, 1] on the device.
 """
 
@@ -32,6 +33,8 @@ __all__ = ["ImageFolder", "TensorImages", "UnreadableImageError", "load_images",
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff"}
 MODE_CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}
+#: PIL's modes of 16-bit grey (e.g. a 16-bit greyscale PNG) -> bits per value.
+GREY_BITS = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16}
 
 
 class UnreadableImageError(ValueError):
@@ -44,19 +47,44 @@ def _unreadable(path: Path, error: BaseException) -> UnreadableImageError:
                                 f"verify() (--verify-data) lists every such file before training")
 
 
+def _layout(img: Image.Image, path: Path) -> tuple[int, int]:
+    """(channels, bits per value) of an opened image as :func:`_decode` returns it: grey 1, RGB 3, RGBA 4 channels
+    of 8 bits; 16-bit grey (:data:`GREY_BITS`) 1 channel of 16 bits; other 8-bit modes (palette, CMYK, ...) 3.
+
+    Raises:
+        ValueError: 32-bit integer or floating-point pixels (modes I and F, which state no range), naming the file.
+    """
+    if img.mode in GREY_BITS:
+        return 1, GREY_BITS[img.mode]
+    if img.mode in ("I", "F"):
+        kind = "32-bit integer" if img.mode == "I" else "floating-point"
+        raise ValueError(f"{path} holds {kind} pixels (mode {img.mode}), whose range the file does not state; "
+                         f"convert it to 8- or 16-bit grey or RGB")
+    return MODE_CHANNELS.get(img.mode, 3), 8
+
+
 def _decode(path: Path) -> torch.Tensor:
-    """The pixels of the image file ``path`` as uint8 (C, H, W) (palette images converted to RGB).
+    """The pixels of the image file ``path`` as uint8 (C, H, W): 8-bit modes as they are (palette images and other
+    modes converted to RGB), 16-bit grey scaled as ``round(v * 255 / 65535)``.
 
     Raises:
         UnreadableImageError: the file cannot be opened or its contents cannot be decoded.
+        ValueError: its pixel format is refused (:func:`_layout`).
     """
     try:
-        with Image.open(path) as img:
-            if img.mode not in MODE_CHANNELS or img.mode == "P":
-                img = img.convert("RGB")
-            x = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
+        img = Image.open(path)
     except Exception as e:  # PIL raises OSError, SyntaxError, zlib.error, ... for damaged files
         raise _unreadable(path, e) from None
+    with img:
+        _, bits = _layout(img, path)
+        try:
+            if bits > 8:  # np.rint: no ties, since v * 255 / 65535 = v / 257 is never k + 1/2
+                x = np.rint(np.asarray(img, dtype=np.float64) * (255 / (2**bits - 1))).astype(np.uint8)
+            else:
+                x = np.array(img if img.mode in MODE_CHANNELS else img.convert("RGB"), dtype=np.uint8, copy=True)
+        except Exception as e:
+            raise _unreadable(path, e) from None
+    x = torch.from_numpy(x)
     return x[None] if x.ndim == 2 else rearrange(x, "h w c -> c h w")
 
 
@@ -107,8 +135,31 @@ class TensorImages(Dataset):
         return self.images[i]
 
 
+def _raise(error: OSError) -> None:
+    raise error
+
+
+def _image_files(root: Path) -> list[Path]:
+    """Every image file under ``root``, sorted, through linked folders too (``rglob`` skips those).
+
+    Raises:
+        ValueError: two paths under ``root`` reach one folder (a link loop, or a folder linked twice), naming both.
+        OSError: a folder cannot be listed (no folder is skipped silently).
+    """
+    seen: dict[tuple[int, int], str] = {}
+    files = []
+    for top, _, names in os.walk(root, onerror=_raise, followlinks=True):
+        st = os.stat(top)
+        if (first := seen.setdefault((st.st_dev, st.st_ino), top)) != top:
+            raise ValueError(f"{top} is the folder {first} again (a link loop, or one folder linked twice); "
+                             f"remove the link so that each image is read once")
+        files += [Path(top) / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(p for p in files if p.is_file())
+
+
 class ImageFolder(Dataset):
-    """Every image under ``root/<class>/`` (sorted, recursive), each checked against ``shape``.
+    """Every image under ``root/<class>/`` (sorted, recursive, through linked folders), each checked against
+    ``shape``.
 
     Args:
         root: folder of class subfolders.
@@ -120,25 +171,27 @@ class ImageFolder(Dataset):
 
     Raises:
         FileNotFoundError: no images under ``root``.
-        ValueError: an image's header gives another size or channel count than ``shape``.
+        ValueError: two paths under ``root`` reach one folder (a link loop); an image's header gives another
+            size or channel count than ``shape``; or its pixels are 32-bit integers or floats (16-bit grey is
+            scaled to 8 bits, 1 channel like 8-bit grey).
         UnreadableImageError: an image's header cannot be read (unless ``skip_unreadable``).
     """
 
     def __init__(self, root: str | os.PathLike, shape: tuple[int, int, int], skip_unreadable: bool = False):
         self.root, self.shape, self.skip_unreadable = Path(root), tuple(shape), skip_unreadable
-        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        self.files = _image_files(self.root)
         if not self.files:
             raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {self.root}")
         # one flag per file in shared memory: DataLoader workers mark what they skip, the main process counts
         self.unreadable = torch.zeros(len(self.files), dtype=torch.bool).share_memory_()
         for i, path in enumerate(self.files):  # fail fast here, not inside a DataLoader worker (reads headers only)
             try:
-                with Image.open(path) as img:
-                    found = (MODE_CHANNELS.get(img.mode, 3), img.height, img.width)
+                img = Image.open(path)
             except Exception as e:
                 self._mark(i, _unreadable(path, e))
                 continue
-            _check_shape(found, self.shape, str(path))
+            with img:
+                _check_shape((_layout(img, path)[0], img.height, img.width), self.shape, str(path))
         if bool(self.unreadable.all()):
             raise UnreadableImageError(f"none of the {len(self.files)} images under {self.root} can be read")
 

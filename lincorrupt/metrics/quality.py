@@ -7,6 +7,7 @@ on the network that produced the features: they are comparable only within one f
 from __future__ import annotations
 
 import operator
+import warnings
 
 import numpy as np
 import torch
@@ -91,7 +92,7 @@ def kid(feats_a, feats_b, subsets: int = 100, subset_size: int = 1000, seed: int
     """Kernel Inception Distance: unbiased MMD^2 with a cubic polynomial kernel, averaged over random subsets.
 
     Binkowski et al. 2018 ("Demystifying MMD GANs") with the kernel ``k(x, y) = (x.y / D + 1)^3`` and the unbiased
-    MMD^2 estimator (Gretton et al. 2012, Lemma 6): on each of ``subsets`` draws of ``m = min(subset_size, N_a, N_b)``
+    MMD^2 estimator (Gretton et al. 2012, Lemma 6): on each of ``subsets`` draws of ``m = subset_size``
     rows of each set without replacement (a numpy Generator seeded with ``seed``),
     ``(sum_{i!=j} k(x_i, x_j) + sum_{i!=j} k(y_i, y_j)) / (m (m - 1)) - 2 sum_{i,j} k(x_i, y_j) / m^2``.
     Unbiased, so it can be slightly negative. The value depends on the feature network: compare it only within one
@@ -101,7 +102,7 @@ def kid(feats_a, feats_b, subsets: int = 100, subset_size: int = 1000, seed: int
         feats_a: (N_a, D) features, N_a >= 2.
         feats_b: (N_b, D) features, N_b >= 2.
         subsets: number of random subsets, >= 1.
-        subset_size: rows per subset, >= 2 (capped at ``min(N_a, N_b)``).
+        subset_size: rows per subset, 2 <= subset_size <= min(N_a, N_b).
         seed: seed of the subset draws.
 
     Returns:
@@ -111,7 +112,10 @@ def kid(feats_a, feats_b, subsets: int = 100, subset_size: int = 1000, seed: int
     b = _features(feats_b, "feats_b", 2, "KID (the unbiased estimator)")
     _same_width(a, b, "feats_a", "feats_b")
     subsets = _positive(subsets, "subsets", 1)
-    m = min(_positive(subset_size, "subset_size", 2), len(a), len(b))
+    m = _positive(subset_size, "subset_size", 2)
+    if m > min(len(a), len(b)):
+        raise ValueError(f"subset_size={m} is more than the rows of feats_a ({len(a)}) or feats_b ({len(b)}); pass "
+                         f"subset_size <= {min(len(a), len(b))} (the subsets are drawn without replacement)")
     rng = np.random.default_rng(seed)
     values = np.array([_mmd2_unbiased(a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)])
                        for _ in range(subsets)])
@@ -125,13 +129,19 @@ def _distance_blocks(x: torch.Tensor, y: torch.Tensor):
         yield start, torch.cdist(x[start:start + _BLOCK], y, compute_mode="donot_use_mm_for_euclid_dist")
 
 
-def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Distance of each row of ``x`` to its k-th nearest neighbour among the other rows."""
+def _knn_radii(x: torch.Tensor, k: int, name: str) -> torch.Tensor:
+    """Distance of each row of ``x`` to its k-th nearest neighbour among the other rows; warns when rows with k
+    exact duplicates make radii 0 (their balls hold only exact copies)."""
     radii = torch.empty(len(x), dtype=x.dtype)
     for start, d in _distance_blocks(x, x):
         rows = torch.arange(d.shape[0])
         d[rows, rows + start] = float("inf")  # exclude the point itself (duplicates still count as neighbours)
         radii[start:start + len(d)] = torch.topk(d, k, dim=1, largest=False).values[:, -1]
+    if zero := int((radii == 0).sum()):
+        warnings.warn(f"{name}: {zero} of {len(x)} rows have at least k={k} exact duplicates, so their radius is 0 "
+                      f"and only an exact copy lies inside it (the precision or recall against this set counts "
+                      f"little else); deduplicate the rows (np.unique(feats, axis=0)) or raise k",
+                      RuntimeWarning, stacklevel=3)
     return radii
 
 
@@ -141,8 +151,9 @@ def precision_recall(real_feats, fake_feats, k: int = 3) -> tuple[float, float]:
     Each set's manifold is the union of balls around its points, radius the distance to the
     k-th nearest other point of the same set; precision is the fraction of fake points inside the real manifold,
     recall the fraction of real points inside the fake manifold; inside means ``distance <= radius`` for some point
-    of the other set. Distances are exact, in float64 row blocks of 1000. The values depend on the feature network:
-    compare them only within one feature space.
+    of the other set. Duplicates count as neighbours, as in the paper: a row with k exact copies has radius 0, which
+    draws a ``RuntimeWarning`` naming the set (deduplicate it, or raise k). Distances are exact, in float64 row
+    blocks of 1000. The values depend on the feature network: compare them only within one feature space.
 
     Args:
         real_feats: (N_r, D) features of real data, N_r > k.
@@ -158,7 +169,7 @@ def precision_recall(real_feats, fake_feats, k: int = 3) -> tuple[float, float]:
     fake = _features(fake_feats, "fake_feats", k + 1, need)
     _same_width(real, fake, "real_feats", "fake_feats")
     real, fake = torch.from_numpy(real), torch.from_numpy(fake)
-    r_real, r_fake = _knn_radii(real, k), _knn_radii(fake, k)
+    r_real, r_fake = _knn_radii(real, k, "real_feats"), _knn_radii(fake, k, "fake_feats")
     fake_in_real = torch.zeros(len(fake), dtype=torch.bool)
     real_in_fake = torch.zeros(len(real), dtype=torch.bool)
     for start, d in _distance_blocks(fake, real):  # (fake block, all real): both directions from one pass

@@ -65,7 +65,9 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
     Args:
         model: ``model(z_t, t) -> Tensor`` of z_t's shape (put it in eval mode yourself).
         corruption: the forward process; its ``prior`` gives ``u_1``.
-        num_samples: N.
+        num_samples: N, drawn in one batch: the N images and the sampler's state are held at once (memory grows
+            with N and the network's activations), so draw many in calls of a few hundred with one
+            ``generator``, or through :func:`lincorrupt.metrics.sample_features` (its ``batch_size``).
         steps: network evaluations = number of grid intervals (ignored if ``grid`` is a tensor).
         prediction: what the model outputs: "eps", "x" or "v".
         method: a key of :data:`SAMPLERS`: "ancestral", "ddim" (option ``eta``), "dpm++2m",

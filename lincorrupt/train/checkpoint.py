@@ -21,14 +21,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_latest", "find_checkpoint",
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_latest", "find_checkpoint", "run_checkpoints",
            "check_compatible", "require_keys", "remove_partial_saves", "state_checksum", "FORMAT"]
 
 FORMAT = "lincorrupt-checkpoint-v1"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated, damaged, foreign or incompatible."""
+    """A checkpoint file is missing, truncated, damaged, foreign or incompatible, or a new run would overwrite one."""
 
 
 def _update(h, key: str, value: Any) -> None:
@@ -93,6 +93,11 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def run_checkpoints(folder: str | os.PathLike) -> list[str]:
+    """The names of the checkpoint files a run left in ``folder`` (``checkpoint.pt``, ``checkpoint.pt.prev``)."""
+    return [name for name in ("checkpoint.pt", "checkpoint.pt.prev") if (Path(folder) / name).exists()]
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:

@@ -46,8 +46,9 @@ def fid_metric(reference: np.ndarray, fake: np.ndarray) -> dict[str, float]:
 def kid_metric(reference: np.ndarray, fake: np.ndarray, subset_size: int = 1000,
                subsets: int = 50) -> dict[str, float]:
     """``{"kid": mean, "kid_std": std}``: :func:`~lincorrupt.metrics.kid` over ``subsets`` subsets of
-    ``min(subset_size, len(fake))`` rows; ``functools.partial(kid_metric, subset_size=...)`` changes them."""
-    mean, std = kid(reference, fake, subsets=subsets, subset_size=min(subset_size, len(fake)))
+    ``min(subset_size, len(reference), len(fake))`` rows; ``functools.partial(kid_metric, subset_size=...)``
+    changes them."""
+    mean, std = kid(reference, fake, subsets=subsets, subset_size=min(subset_size, len(reference), len(fake)))
     return {"kid": mean, "kid_std": std}
 
 

@@ -47,10 +47,12 @@ from lincorrupt.losses import diffusion_loss
 from lincorrupt.model import model_entry
 from lincorrupt.sampling import sample
 from lincorrupt.train.checkpoint import (
+    CheckpointError,
     check_compatible,
     load_checkpoint,
     remove_partial_saves,
     require_keys,
+    run_checkpoints,
     save_checkpoint,
 )
 from lincorrupt.train.config import TrainConfig, default_workers
@@ -137,6 +139,7 @@ class Trainer:
         self.stop_signal: int | None = None  # the signal that stopped fit (None: none, or another rank's)
         self._updating = False  # inside the optimiser/EMA update of a step: the state is not consistent
         self._fit_start = 0  # the step fit started from (a failure before any new step saves nothing)
+        self._restored = False  # whether load_state_dict ran: a run from step 0 that did not resume starts afresh
         self._validated = False
         self._gen = torch.Generator(self.device)
 
@@ -176,7 +179,7 @@ class Trainer:
         keep_kernel_options(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
+        self.step, self._restored = int(state["step"]), True
         rngs = state["rng"]
         if len(rngs) == self.dist.world_size:  # else: dropout streams restart (all other draws are step-seeded)
             self._set_rng_state(rngs[self.dist.rank])
@@ -281,13 +284,16 @@ class Trainer:
         """Train until ``config.steps``; returns ``"done"`` or ``"interrupted"`` (SIGTERM/SIGINT, checkpoint
         saved; :attr:`stop_signal` names the signal).
 
-        Rank 0 holds the run folder's lock (:class:`lincorrupt.train.lock.RunLock`) meanwhile. An
+        Rank 0 holds the run folder's lock (:class:`lincorrupt.train.lock.RunLock`) meanwhile. Under
+        it, a run from step 0 that did not :meth:`resume` refuses a folder holding a checkpoint (another
+        run's, perhaps one that finished a moment ago), so that it overwrites nothing. An
         exception that escapes the loop first saves the state after the last completed step, if
         it is finite (under DDP, rank 0's state; the peers may be gone), then propagates.
 
         Raises:
             ValueError: ``self.step`` (a resumed checkpoint's) is beyond ``config.steps``.
             lincorrupt.train.lock.RunLockedError: another live process trains into ``out_dir``.
+            lincorrupt.train.CheckpointError: a fresh run's ``out_dir`` already holds a checkpoint.
             NonFiniteStateError: the state became non-finite by a checkpoint step (not written).
         """
         cfg, main = self.cfg, self.dist.is_main
@@ -296,6 +302,10 @@ class Trainer:
                              f"pass steps >= {self.step} to continue training it")
         with RunLock(self.out_dir) if main else contextlib.nullcontext():
             if main:
+                if self.step == 0 and not self._restored and (existing := run_checkpoints(self.out_dir)):
+                    raise CheckpointError(f"{self.out_dir} already holds {' and '.join(existing)} of another run; a "
+                                          f"fresh run would overwrite it: resume it (Trainer.resume before fit) or "
+                                          f"train into another out_dir")
                 for tmp in remove_partial_saves(self.out_dir):
                     print(f"removed {tmp}, left by a save that was killed", file=sys.stderr)
             return self._fit(cfg, main)
