@@ -1,16 +1,16 @@
 """Training at scale: gradient accumulation, activation checkpointing, TF32, DataLoader workers, per-image draws."""
 
 
-import numpy as np
 import pytest
 import torch
 
 import lincorrupt as lc
+from helpers.ops import OpCounter
 from lincorrupt.data import TensorImages
 from lincorrupt.nn import UNet
 from lincorrupt.train import StepBatchSampler, TrainConfig, Trainer
 from lincorrupt.train.config import MAX_WORKERS, default_workers
-from lincorrupt.train.data_order import sample_seeds
+from lincorrupt.train.data_order import derive_seed
 from lincorrupt.train.precision import allow_tf32
 
 SHAPE = (3, 8, 8)
@@ -63,17 +63,29 @@ def test_draws_of_an_image_depend_only_on_seed_step_and_its_global_index(tmp_pat
         ts, ns, fs = trainer.draw(5, start, n)
         assert torch.equal(ts, t[start:start + n]) and torch.equal(ns, noise[start:start + n])
         assert torch.equal(fs, flip[start:start + n])
-    # independently: image i's generator is seeded by word i of the SeedSequence of (seed, step)
-    words = np.random.SeedSequence([trainer.cfg.seed, 5]).generate_state(B, np.uint64)
-    for i in (0, 6):
-        g = torch.Generator().manual_seed(int(words[i] >> np.uint64(1)))
-        u = torch.rand(2, generator=g)
-        assert t[i] == u[0] and flip[i] == (u[1] < 0.5) and torch.equal(noise[i], torch.randn(SHAPE, generator=g))
-    assert sample_seeds(0, 5, 3, 2) == sample_seeds(0, 5, 0, 5)[3:]
+    # independently: one generator seeded by the SeedSequence of (seed, step) draws t, the flips, the noise
+    g = torch.Generator().manual_seed(derive_seed(trainer.cfg.seed, 5))
+    assert torch.equal(t, torch.rand(B, generator=g)) and torch.equal(flip, torch.rand(B, generator=g) < 0.5)
+    assert torch.equal(noise, torch.randn(B, *SHAPE, generator=g))
     assert not torch.equal(trainer.draw(6, 0, B)[1], noise) and not torch.equal(noise[0], noise[1])
-    assert t.min() >= 0 and t.max() < 1 and noise.shape == (B, *SHAPE)
+    assert t.min() >= 0 and t.max() < 1 and noise.shape == (B, *SHAPE) and flip.dtype == torch.bool
     trainer.fit()  # training does not move the draws of a step
     assert torch.equal(trainer.draw(5, 0, B)[1], noise)
+
+
+def test_the_ops_of_a_training_step_do_not_grow_with_the_batch_size(tmp_path):
+    """The random draws of a step are a fixed number of launches (not one per image): a step at
+    batch 16 runs exactly the operators of a step at batch 4, random ones included."""
+    counts = []
+    for batch in (4, 16):
+        trainer = make_trainer(tmp_path / str(batch), batch_size=batch)
+        x = IMAGES[:batch]
+        trainer.train_step(x)  # the first step validates its arguments
+        with OpCounter() as ops:
+            trainer.train_step(x)
+        counts.append(ops.counts)
+    assert counts[0] == counts[1]
+    assert sum(n for op, n in counts[0].items() if op.startswith(("aten.normal", "aten.uniform"))) <= 3
 
 
 def test_checkpoint_activations_trains_like_the_plain_network(tmp_path):
