@@ -5,13 +5,14 @@ import pytest
 import torch
 
 import lincorrupt as lc
-from helpers.ops import OpCounter
+from helpers.ops import OpCounter, step_copies
 from lincorrupt.data import TensorImages
 from lincorrupt.nn import UNet
+from lincorrupt.nn.unet import AttnBlock
 from lincorrupt.train import StepBatchSampler, TrainConfig, Trainer
 from lincorrupt.train.config import MAX_WORKERS, default_workers
 from lincorrupt.train.data_order import derive_seed
-from lincorrupt.train.precision import allow_tf32
+from lincorrupt.train.precision import Autocast, allow_tf32
 
 SHAPE = (3, 8, 8)
 IMAGES = torch.randint(0, 256, (24, *SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
@@ -190,3 +191,23 @@ def test_grad_accum_skips_the_all_reduce_for_all_but_the_last_micro_batch(tmp_pa
     trainer.ddp = StubDDP()
     trainer.fit()
     assert entered == [0] * 3 + [1] * 3 + [2] * 3
+
+
+def test_a_bf16_channels_last_step_copies_no_activation_inside_the_network(tmp_path):
+    """Under bf16 autocast with channels_last (the network's autocast as on CUDA, emulated on the
+    CPU) the activation copies are: the uint8 batch to float32, z_t to channels_last and to bf16,
+    the (B, ch) time embedding to bf16, the bf16 output to float32 and that output's gradient back,
+    and one contiguous gradient per attention block in the backward. None at a GroupNorm (it
+    casts its (C,) weights instead) nor before attention (strided q, k, v views). Parameters: at
+    most one cast each way (forward and gradient) per parameter tensor, the floor with float32 weights."""
+    trainer = make_trainer(tmp_path, batch_size=6, channels_last=True)  # 6: no layer of the net is 6 wide
+    trainer.net = Autocast(trainer.model, torch.bfloat16, channels_last=True)
+    activations, parameters = step_copies(trainer, IMAGES[:6])
+    attention_blocks = sum(isinstance(m, AttnBlock) for m in trainer.model.modules())
+    f32, bf16 = torch.float32, torch.bfloat16
+    expected = [("_to_copy", torch.uint8, f32, False), ("clone", f32, f32, True), ("_to_copy", f32, bf16, True),
+                ("_to_copy", f32, bf16, None), ("_to_copy", bf16, f32, True), ("_to_copy", f32, bf16, False),
+                *[("clone", bf16, bf16, None)] * attention_blocks]
+    assert attention_blocks == 4 and sorted(activations, key=str) == sorted(expected, key=str)
+    n_params = len(list(trainer.model.parameters()))
+    assert 0 < parameters <= 2 * n_params + 1  # + the corruption's (H, W) float64 frequencies cast to float32
