@@ -131,3 +131,16 @@ def test_compiled_training_matches_eager_on_cuda(tmp_path):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
     for p, q in zip(eager.model.parameters(), compiled.model.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+
+
+def test_a_bf16_channels_last_step_copies_no_activation_inside_the_network(tmp_path):
+    """CUDA autocast runs group_norm in float32: the UNet's GroupNorm must keep bf16 there too, so
+    a step's activation copies are only those at the network's edges (and one gradient per
+    attention block), as the CPU emulation in test_train_scale.py lists them."""
+    from helpers.ops import step_copies
+    from lincorrupt.nn.unet import AttnBlock
+    trainer = make_trainer(tmp_path, batch_size=6, precision="bf16", channels_last=True)  # 6: no layer is 6 wide
+    activations, parameters = step_copies(trainer, torch.randint(0, 256, (6, *SHAPE), dtype=torch.uint8, device=CUDA))
+    attention_blocks = sum(isinstance(m, AttnBlock) for m in trainer.model.modules())
+    assert len(activations) <= 6 + attention_blocks, activations
+    assert parameters <= 2 * len(list(trainer.model.parameters())) + 1

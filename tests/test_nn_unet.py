@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lincorrupt.nn import UNet
-from lincorrupt.nn.unet import timestep_embedding
+from lincorrupt.nn.unet import GroupNorm, timestep_embedding
 
 TINY = dict(image_size=16, in_channels=3, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), groups=8)
 
@@ -135,3 +135,21 @@ def test_checkpoint_activations_gives_the_same_outputs_and_gradients_with_less_s
     assert saved1 < saved0 / 2  # the blocks' inner activations are recomputed, not stored
     with torch.no_grad():  # nothing to recompute without gradients: the plain forward
         torch.testing.assert_close(ckpt.eval()(z, t), plain.eval()(z, t), rtol=1e-5, atol=1e-6)
+
+
+def test_group_norm_keeps_its_inputs_dtype_and_layout_under_autocast():
+    torch.manual_seed(0)
+    ref = torch.nn.GroupNorm(4, 8)
+    torch.nn.init.normal_(ref.weight), torch.nn.init.normal_(ref.bias)
+    norm = GroupNorm(4, 8)
+    norm.load_state_dict(ref.state_dict())  # the same parameters and state dict
+    x = (torch.randn(3, 8, 5, 5) * 3 + 1).to(memory_format=torch.channels_last)
+    torch.testing.assert_close(norm(x), ref(x), rtol=0, atol=0)  # no autocast: nn.GroupNorm itself
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = norm(x.bfloat16())
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    # the float32 norm of the same bf16 input, rounded to bf16 once (the kernel accumulates in float32)
+    torch.testing.assert_close(y.float(), ref(x.bfloat16().float()), rtol=2e-2, atol=2e-2)
+    norms = [m for m in UNet(image_size=8, ch=8, ch_mult=(1,), num_res_blocks=1, groups=4).modules()
+             if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(type(m) is GroupNorm for m in norms)

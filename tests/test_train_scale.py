@@ -1,17 +1,18 @@
 """Training at scale: gradient accumulation, activation checkpointing, TF32, DataLoader workers, per-image draws."""
 
 
-import numpy as np
 import pytest
 import torch
 
 import lincorrupt as lc
+from helpers.ops import OpCounter, step_copies
 from lincorrupt.data import TensorImages
 from lincorrupt.nn import UNet
+from lincorrupt.nn.unet import AttnBlock
 from lincorrupt.train import StepBatchSampler, TrainConfig, Trainer
 from lincorrupt.train.config import MAX_WORKERS, default_workers
-from lincorrupt.train.data_order import sample_seeds
-from lincorrupt.train.precision import allow_tf32
+from lincorrupt.train.data_order import derive_seed
+from lincorrupt.train.precision import Autocast, allow_tf32
 
 SHAPE = (3, 8, 8)
 IMAGES = torch.randint(0, 256, (24, *SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
@@ -63,17 +64,29 @@ def test_draws_of_an_image_depend_only_on_seed_step_and_its_global_index(tmp_pat
         ts, ns, fs = trainer.draw(5, start, n)
         assert torch.equal(ts, t[start:start + n]) and torch.equal(ns, noise[start:start + n])
         assert torch.equal(fs, flip[start:start + n])
-    # independently: image i's generator is seeded by word i of the SeedSequence of (seed, step)
-    words = np.random.SeedSequence([trainer.cfg.seed, 5]).generate_state(B, np.uint64)
-    for i in (0, 6):
-        g = torch.Generator().manual_seed(int(words[i] >> np.uint64(1)))
-        u = torch.rand(2, generator=g)
-        assert t[i] == u[0] and flip[i] == (u[1] < 0.5) and torch.equal(noise[i], torch.randn(SHAPE, generator=g))
-    assert sample_seeds(0, 5, 3, 2) == sample_seeds(0, 5, 0, 5)[3:]
+    # independently: one generator seeded by the SeedSequence of (seed, step) draws t, the flips, the noise
+    g = torch.Generator().manual_seed(derive_seed(trainer.cfg.seed, 5))
+    assert torch.equal(t, torch.rand(B, generator=g)) and torch.equal(flip, torch.rand(B, generator=g) < 0.5)
+    assert torch.equal(noise, torch.randn(B, *SHAPE, generator=g))
     assert not torch.equal(trainer.draw(6, 0, B)[1], noise) and not torch.equal(noise[0], noise[1])
-    assert t.min() >= 0 and t.max() < 1 and noise.shape == (B, *SHAPE)
+    assert t.min() >= 0 and t.max() < 1 and noise.shape == (B, *SHAPE) and flip.dtype == torch.bool
     trainer.fit()  # training does not move the draws of a step
     assert torch.equal(trainer.draw(5, 0, B)[1], noise)
+
+
+def test_the_ops_of_a_training_step_do_not_grow_with_the_batch_size(tmp_path):
+    """The random draws of a step are a fixed number of launches (not one per image): a step at
+    batch 16 runs exactly the operators of a step at batch 4, random ones included."""
+    counts = []
+    for batch in (4, 16):
+        trainer = make_trainer(tmp_path / str(batch), batch_size=batch)
+        x = IMAGES[:batch]
+        trainer.train_step(x)  # the first step validates its arguments
+        with OpCounter() as ops:
+            trainer.train_step(x)
+        counts.append(ops.counts)
+    assert counts[0] == counts[1]
+    assert sum(n for op, n in counts[0].items() if op.startswith(("aten.normal", "aten.uniform"))) <= 3
 
 
 def test_checkpoint_activations_trains_like_the_plain_network(tmp_path):
@@ -178,3 +191,23 @@ def test_grad_accum_skips_the_all_reduce_for_all_but_the_last_micro_batch(tmp_pa
     trainer.ddp = StubDDP()
     trainer.fit()
     assert entered == [0] * 3 + [1] * 3 + [2] * 3
+
+
+def test_a_bf16_channels_last_step_copies_no_activation_inside_the_network(tmp_path):
+    """Under bf16 autocast with channels_last (the network's autocast as on CUDA, emulated on the
+    CPU) the activation copies are: the uint8 batch to float32, z_t to channels_last and to bf16,
+    the (B, ch) time embedding to bf16, the bf16 output to float32 and that output's gradient back,
+    and one contiguous gradient per attention block in the backward. None at a GroupNorm (it
+    casts its (C,) weights instead) nor before attention (strided q, k, v views). Parameters: at
+    most one cast each way (forward and gradient) per parameter tensor, the floor with float32 weights."""
+    trainer = make_trainer(tmp_path, batch_size=6, channels_last=True)  # 6: no layer of the net is 6 wide
+    trainer.net = Autocast(trainer.model, torch.bfloat16, channels_last=True)
+    activations, parameters = step_copies(trainer, IMAGES[:6])
+    attention_blocks = sum(isinstance(m, AttnBlock) for m in trainer.model.modules())
+    f32, bf16 = torch.float32, torch.bfloat16
+    expected = [("_to_copy", torch.uint8, f32, False), ("clone", f32, f32, True), ("_to_copy", f32, bf16, True),
+                ("_to_copy", f32, bf16, None), ("_to_copy", bf16, f32, True), ("_to_copy", f32, bf16, False),
+                *[("clone", bf16, bf16, None)] * attention_blocks]
+    assert attention_blocks == 4 and sorted(activations, key=str) == sorted(expected, key=str)
+    n_params = len(list(trainer.model.parameters()))
+    assert 0 < parameters <= 2 * n_params + 1  # + the corruption's (H, W) float64 frequencies cast to float32

@@ -43,15 +43,36 @@ def _zero(module: nn.Module) -> nn.Module:
     return module
 
 
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` in its input's dtype and memory layout, also under autocast.
+
+    CUDA autocast runs ``group_norm`` in float32: each bf16/fp16 activation would be copied to
+    float32 before the norm (and the gradient back after it), and the next convolution would copy
+    the float32 output to bf16 again. Here only the (C,) weight and bias are cast; the kernel still
+    accumulates the mean and variance in float32. Same parameters and state dict as ``nn.GroupNorm``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype or not torch.is_autocast_enabled(x.device.type):
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+
+
+def last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """``x``, copied only when its last dimension is strided (what the fused attention kernels need)."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
 class ResBlock(nn.Module):
     """GroupNorm-swish-conv, plus the time embedding, GroupNorm-swish-dropout-conv, skip."""
 
     def __init__(self, c_in: int, c_out: int, temb_dim: int, dropout: float, groups: int):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, c_in)
+        self.norm1 = GroupNorm(groups, c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.temb = nn.Linear(temb_dim, c_out)
-        self.norm2 = nn.GroupNorm(groups, c_out)
+        self.norm2 = GroupNorm(groups, c_out)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(c_out, c_out, 3, padding=1))
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
@@ -66,9 +87,11 @@ class ResBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Self-attention over the H*W positions (single-head in DDPM), residual.
 
-    q, k and v are each made contiguous as (B, heads, HW, C / heads), the layout for which
+    q, k and v are (B, heads, HW, C / heads) views with a unit last stride, the layout for which
     ``scaled_dot_product_attention`` takes its fused kernels (flash / memory-efficient on CUDA,
-    flash on CPU) instead of the unfused math path that strided views fall back to.
+    flash on CPU) instead of the unfused math path: on a channels_last input they are views of the
+    qkv convolution's output (no copy), and the attention's output viewed back is channels_last;
+    on a contiguous (NCHW) input each is copied once.
     """
 
     def __init__(self, channels: int, groups: int, heads: int = 1):
@@ -76,7 +99,7 @@ class AttnBlock(nn.Module):
         if channels % heads:
             raise ValueError(f"AttnBlock: heads={heads} must divide channels={channels}")
         self.heads = heads
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = GroupNorm(groups, channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
 
@@ -84,7 +107,7 @@ class AttnBlock(nn.Module):
         H, W = x.shape[-2:]
         qkv = rearrange(self.qkv(self.norm(x)), "b (three heads c) h w -> three b heads (h w) c", three=3,
                         heads=self.heads)
-        q, k, v = qkv.contiguous().unbind(0)  # each (B, heads, HW, C / heads), contiguous
+        q, k, v = (last_dim_contiguous(y) for y in qkv.unbind(0))  # each (B, heads, HW, C / heads)
         h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C / heads)) v
         return x + self.proj(rearrange(h, "b heads (h w) c -> b (heads c) h w", h=H, w=W))
 
@@ -196,7 +219,7 @@ class UNet(Configurable):
                 self.up.append(Upsample(c))
                 res *= 2
 
-        self.norm_out = nn.GroupNorm(groups, c)
+        self.norm_out = GroupNorm(groups, c)
         self.conv_out = _zero(nn.Conv2d(c, self.out_channels, 3, padding=1))
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -18,10 +18,11 @@ from torch import Tensor
 from ..corruption import DiagonalizableCorruption
 from ..validation import is_validating
 from .denoiser import Denoiser, StepInfo, clip_x_hat, dynamic_threshold
+from .graphs import CUDAGraphModel
 from .grids import GRIDS, data_grid, info_grid, logsnr_grid, mean_log_snr, uniform_grid
 from .samplers import SAMPLERS, ancestral, ddim, ddim_coefficients, dpmpp_2m, dpmpp_2s, dpmpp_3m, momentum, naive
 
-__all__ = ["sample", "Denoiser", "StepInfo", "clip_x_hat", "dynamic_threshold", "ancestral", "ddim",
+__all__ = ["sample", "CUDAGraphModel", "Denoiser", "StepInfo", "clip_x_hat", "dynamic_threshold", "ancestral", "ddim",
            "ddim_coefficients", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "momentum", "naive", "uniform_grid",
            "logsnr_grid", "info_grid", "data_grid", "mean_log_snr", "SAMPLERS", "GRIDS"]
 

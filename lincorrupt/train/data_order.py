@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["StepBatchSampler", "derive_seed", "sample_seeds"]
+__all__ = ["StepBatchSampler", "derive_seed", "step_draws"]
 
 
 def derive_seed(*ints: int) -> int:
@@ -16,11 +16,22 @@ def derive_seed(*ints: int) -> int:
     return int(np.random.SeedSequence([int(i) for i in ints]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def sample_seeds(seed: int, step: int, start: int, n: int) -> list[int]:
-    """63-bit seeds of the images ``start .. start + n - 1`` of the global batch of ``step``:
-    word i of the SeedSequence of (seed, step), which does not depend on how many are asked for."""
-    words = np.random.SeedSequence([int(seed), int(step)]).generate_state(start + n, np.uint64)[start:]
-    return [int(w >> np.uint64(1)) for w in words]
+def step_draws(seed: int, step: int, batch_size: int, shape: tuple[int, ...], generator: torch.Generator,
+               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random draws of the global batch of ``step``, in three kernel launches whatever the batch size:
+    ``t`` (B,) ~ U(0, 1), ``flip`` (B,) bool (each image with probability 1/2) and ``noise`` (B, *shape)
+    ~ N(0, I), in that order, from ``generator`` reseeded by :func:`derive_seed` ``(seed, step)``.
+
+    Image i's draws are row i whichever process or micro-batch trains it: a rank slices out its
+    images, so every world size and every ``grad_accum`` trains on the same draws. Each rank draws
+    the whole global batch (B x prod(shape) float32 numbers, 12.6 MB for 1,024 images of 3x32x32).
+    ``generator`` lives on ``device`` (its numbers differ between CPU and CUDA generators).
+    """
+    generator.manual_seed(derive_seed(seed, step))
+    t = torch.rand(batch_size, generator=generator, device=device)
+    flip = torch.rand(batch_size, generator=generator, device=device) < 0.5
+    noise = torch.randn((batch_size, *shape), generator=generator, device=device)
+    return t, noise, flip
 
 
 class StepBatchSampler(Sampler[list[int]]):

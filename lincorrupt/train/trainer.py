@@ -3,9 +3,10 @@
 One step (DDPM, Ho et al. 2020, Algorithm 1, with the recipe of its CIFAR-10 run):
 
 1. take this rank's slice of the global batch of step s (:class:`StepBatchSampler`), map to [-1, 1];
-2. for each image of the slice, draw t ~ U(0, 1), eps ~ N(0, I) and the flip from a generator
-   seeded by (seed, s, the image's index in the global batch): each rank draws only its own
-   images, and any world size (and any ``grad_accum``) trains on the same draws;
+2. draw t ~ U(0, 1), eps ~ N(0, I) and the flip for the whole global batch at once from a
+   generator seeded by (seed, s) (:func:`~lincorrupt.train.data_order.step_draws`, three kernel
+   launches) and keep this rank's rows: any world size (and any ``grad_accum``) trains on the
+   same draws;
 3. ``loss = diffusion_loss(model, corruption, x, t=t, noise=eps)``, the network under autocast;
    with ``grad_accum`` > 1, steps 2-3 and the backward run per micro-batch, each loss divided
    by ``grad_accum`` (so the gradient is that of the mean over the batch; under DDP, gradients
@@ -56,7 +57,7 @@ from lincorrupt.train.checkpoint import (
     save_checkpoint,
 )
 from lincorrupt.train.config import TrainConfig, default_workers
-from lincorrupt.train.data_order import StepBatchSampler, derive_seed, sample_seeds
+from lincorrupt.train.data_order import StepBatchSampler, derive_seed, step_draws
 from lincorrupt.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, is_distributed
 from lincorrupt.train.ema import EMA
 from lincorrupt.train.finite import NonFiniteStateError, check_finite
@@ -222,23 +223,19 @@ class Trainer:
 
     def draw(self, step: int, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """t (n,), noise (n, *shape), flip (n,) for the images ``start .. start + n - 1`` of the
-        global batch of ``step``: image i's draws come from a generator seeded by (seed, step, i),
-        so they do not depend on which process draws them, nor on the micro-batch."""
-        g, ts, noises, flips = self._gen, [], [], []
-        for s in sample_seeds(self.cfg.seed, step, start, n):
-            g.manual_seed(s)
-            u = torch.rand(2, generator=g, device=self.device)
-            ts.append(u[:1])
-            flips.append(u[1:] < 0.5)
-            noises.append(torch.randn(self.shape, generator=g, device=self.device))
-        return torch.cat(ts), torch.stack(noises), torch.cat(flips)
+        global batch of ``step``: rows of :func:`step_draws`, the same whichever process or
+        micro-batch asks for them."""
+        t, noise, flip = step_draws(self.cfg.seed, step, self.cfg.batch_size, self.shape, self._gen, self.device)
+        return t[start:start + n], noise[start:start + n], flip[start:start + n]
 
-    def loss(self, x_uint8: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def loss(self, x_uint8: torch.Tensor, start: int = 0,
+             draws: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Steps 1-3: the mean loss of this rank's uint8 images at ``self.step``; ``start`` is the
-        first one's index in this rank's slice (a micro-batch's offset)."""
+        first one's index in this rank's slice (a micro-batch's offset); ``draws`` their
+        (t, noise, flip), by default :meth:`draw`'s."""
         x = to_model_range(x_uint8.to(self.device, non_blocking=True))
         first = self.dist.rank * (self.cfg.batch_size // self.dist.world_size) + start
-        t, noise, flip = self.draw(self.step, first, x.shape[0])
+        t, noise, flip = self.draw(self.step, first, x.shape[0]) if draws is None else draws
         if self.cfg.hflip:
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return diffusion_loss(self.net, self.corruption, x, prediction=self.cfg.prediction, t=t, noise=noise)
@@ -256,12 +253,14 @@ class Trainer:
         micro = x_uint8.shape[0] // k
         if micro * k != x_uint8.shape[0]:
             raise ValueError(f"a batch of {x_uint8.shape[0]} images cannot be split into grad_accum={k} micro-batches")
-        losses = []
+        losses, first = [], self.dist.rank * (self.cfg.batch_size // self.dist.world_size)
+        draws = self.draw(self.step, first, x_uint8.shape[0])  # once per step, sliced per micro-batch
         with validate_args(is_validating() and not self._validated):
             for j in range(k):
                 sync = self.ddp is None or j == k - 1
+                part = slice(j * micro, (j + 1) * micro)
                 with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                    loss = self.loss(x_uint8[j * micro:(j + 1) * micro], start=j * micro)
+                    loss = self.loss(x_uint8[part], start=j * micro, draws=tuple(d[part] for d in draws))
                     with allow_tf32(True) if self.tf32 else contextlib.nullcontext():
                         self.scaler.scale(loss / k if k > 1 else loss).backward()
                 losses.append(loss.detach())
