@@ -4,9 +4,13 @@
     .venv/bin/python benchmarks/bench_samplers.py --quick       # NFE 5 ... 100
     .venv/bin/python benchmarks/bench_samplers.py --size 16     # 16x16 patches (slower)
     .venv/bin/python benchmarks/bench_samplers.py --plot samplers.png   # also draw KL vs NFE
+    .venv/bin/python benchmarks/bench_samplers.py --data fashion-mnist --max-nfe 50   # whole 28x28 images
+    .venv/bin/python benchmarks/bench_samplers.py --data cifar10 --root PATH          # whole 32x32 grey images
 
-Data: a Gaussian N(m, S) fitted to grey-scale patches of the real CIFAR-10 training images
-(../shared/data/cifar10-jpeg.zip, read in place; a smooth synthetic covariance if it is absent).
+Data (--data): a Gaussian N(m, S) fitted to grey-scale 8x8 patches of the images under --root
+(an image folder or a zip of one, read in place; a smooth synthetic covariance without --root), or
+to whole images: --data fashion-mnist (28x28, lincorrupt's reader, Debian's package by default) or
+--data cifar10 --root PATH (32x32 grey; colour 3x32x32, D = 3072, does not fit in minutes here).
 For Gaussian data the denoiser E[x | z_t] is affine and known in closed form, so every sampler
 is an affine map of the prior draw plus independent noise, and the mean and covariance of what
 it generates are computed *exactly*:
