@@ -36,6 +36,7 @@ import math  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+import scipy.linalg  # noqa: E402
 import torch  # noqa: E402
 
 import lincorrupt as lc  # noqa: E402
@@ -55,21 +56,23 @@ class Oracle:
     """Gaussian data N(m, S) through a corruption, in its basis coordinates u = x A (A: V as a matrix)."""
 
     def __init__(self, corruption, x: torch.Tensor):
-        self.c, self.D = corruption, math.prod(SHAPE)
+        self.c, self.shape, self.D = corruption, corruption.shape, math.prod(corruption.shape)
         flat = x.reshape(len(x), self.D).numpy()
         self.m, self.cov = flat.mean(0), np.cov(flat.T) + 1e-4 * np.eye(self.D)
-        eye = torch.eye(self.D, dtype=f64).view(self.D, *SHAPE)
+        eye = torch.eye(self.D, dtype=f64).view(self.D, *self.shape)
         self.A = corruption.basis.to_basis(eye).reshape(self.D, -1).numpy()  # row j: V^T e_j
         self.mu, self.C = self.m @ self.A, self.A.T @ self.cov @ self.A
         self.gains = {}  # t -> (G, b): every sampler on a grid evaluates the same times
 
     def coefficients(self, t: float) -> Coefficients:
         log_a, log_s = self.c.log_alpha_sigma(torch.tensor([t], dtype=f64))
-        return Coefficients(log_a.expand(1, *SHAPE).reshape(self.D), log_s.expand(1, *SHAPE).reshape(self.D))
+        return Coefficients(log_a.expand(1, *self.shape).reshape(self.D), log_s.expand(1, *self.shape).reshape(self.D))
 
     def denoiser(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         """E[u_x | u_t] = G u_t + b with G = C a (a C a + s^2)^-1 (Gaussian conditioning)."""
         if t not in self.gains:
+            if len(self.gains) >= 128:  # D x D each: keep the newest (one grid's times), not every time seen
+                self.gains.pop(next(iter(self.gains)))
             self.gains[t] = self._gain(t)
         return self.gains[t]
 
@@ -77,13 +80,13 @@ class Oracle:
         c = self.coefficients(t)
         a, s = c.alpha.numpy(), c.sigma.numpy()
         K = a[:, None] * self.C * a[None] + np.diag(s**2)
-        G = np.linalg.solve(K, a[:, None] * self.C).T  # K symmetric: G = (K^-1 a C)^T
+        G = scipy.linalg.cho_solve(scipy.linalg.cho_factor(K), a[:, None] * self.C).T  # K SPD: G = (K^-1 a C)^T
         return G, self.mu - G @ (a * self.mu)
 
     def model(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        G, b = self.denoiser(float(t[0]))
-        u = z.reshape(len(z), self.D).double().numpy() @ self.A
-        return torch.from_numpy((u @ G.T + b) @ self.A.T).reshape(z.shape).to(z.dtype)
+        G, b = self.denoiser(float(t[0]))  # the basis's own (fast) transforms, not the dense D x D matrix A
+        u = self.c.basis.to_basis(z.double()).reshape(len(z), self.D).numpy()
+        return self.c.basis.from_basis(torch.from_numpy(u @ G.T + b).reshape(z.shape)).to(z.dtype)
 
     def prior_moments(self) -> tuple[np.ndarray, np.ndarray]:
         """The exact q(u_1) = N(a_1 mu, a_1 C a_1 + s_1^2)."""
@@ -122,7 +125,7 @@ def output_moments(oracle: Oracle, method: str, times: torch.Tensor) -> tuple[np
     mean, P = oracle.prior_moments()
     if method not in STOCHASTIC:  # deterministic: run lincorrupt's sampler on probe rows
         rows = np.vstack([mean, mean + np.linalg.cholesky(P).T])
-        u = torch.from_numpy(rows).reshape(len(rows), *SHAPE)
+        u = torch.from_numpy(rows).reshape(len(rows), *oracle.shape)
         y = lc.SAMPLERS[method](lc.Denoiser(oracle.model, oracle.c, "x"), oracle.c, u, times)
         y = y.reshape(len(rows), oracle.D).numpy()
         return y[0], (y[1:] - y[0]).T @ (y[1:] - y[0])

@@ -4,9 +4,13 @@
     .venv/bin/python benchmarks/bench_samplers.py --quick       # NFE 5 ... 100
     .venv/bin/python benchmarks/bench_samplers.py --size 16     # 16x16 patches (slower)
     .venv/bin/python benchmarks/bench_samplers.py --plot samplers.png   # also draw KL vs NFE
+    .venv/bin/python benchmarks/bench_samplers.py --data fashion-mnist --max-nfe 50   # whole 28x28 images
+    .venv/bin/python benchmarks/bench_samplers.py --data cifar10 --root PATH          # whole 32x32 grey images
 
-Data: a Gaussian N(m, S) fitted to grey-scale patches of the real CIFAR-10 training images
-(../shared/data/cifar10-jpeg.zip, read in place; a smooth synthetic covariance if it is absent).
+Data (--data): a Gaussian N(m, S) fitted to grey-scale 8x8 patches of the images under --root
+(an image folder or a zip of one, read in place; a smooth synthetic covariance without --root), or
+to whole images: --data fashion-mnist (28x28, lincorrupt's reader, Debian's package by default) or
+--data cifar10 --root PATH (32x32 grey; colour 3x32x32, D = 3072, does not fit in minutes here).
 For Gaussian data the denoiser E[x | z_t] is affine and known in closed form, so every sampler
 is an affine map of the prior draw plus independent noise, and the mean and covariance of what
 it generates are computed *exactly*:
@@ -30,47 +34,83 @@ ancestral sampling with 250 and 1000 steps on the uniform grid (bisection over N
 
 from __future__ import annotations
 
-import argparse
-import io
-import math
-import time
-import warnings
-import zipfile
-from pathlib import Path
+import os
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core: the machines are shared
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import lincorrupt as lc
-from lincorrupt.coefficients import Coefficients, posterior_coefficients
+import argparse  # noqa: E402
+import io  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+import zipfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import lincorrupt as lc  # noqa: E402
+from lincorrupt.coefficients import Coefficients, posterior_coefficients  # noqa: E402
+from lincorrupt.sampling.samplers import SAMPLER_ORDERS  # noqa: E402
 
 f64 = torch.float64
-ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.zip"
 T = 1000
 
 
 # ------------------------------------------------------------------------------- data
-def patches(size: int, num_images: int = 3000, seed: int = 0) -> tuple[np.ndarray, str]:
-    """(N, size^2) grey-scale patches in [-1, 1], four per image; synthetic if the zip is absent."""
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def read_images(root: Path, num_images: int | None = None, seed: int = 0) -> list[np.ndarray]:
+    """Grey-scale images in [-1, 1] (float64, (H, W)) from an image folder or a zip of one, read in place.
+
+    The training images are those under a ``train/`` folder if there is one (CIFAR-10's JPEG
+    layout, ``train/<class>/*.jpg``), else every .jpg / .jpeg / .png; ``num_images`` of them
+    drawn without replacement (all if None), in a fixed order.
+    """
+    from PIL import Image
+
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"--root {root} does not exist: give an image folder or a zip of one")
+    if root.is_file():
+        with zipfile.ZipFile(root) as z:
+            names = [n for n in z.namelist() if n.lower().endswith(IMAGE_SUFFIXES)]
+            read = lambda n, z=z: io.BytesIO(z.read(n))  # noqa: E731
+            return _decode_grey(names, read, num_images, seed, Image, f"the zip {root}")
+    names = sorted(str(f.relative_to(root)) for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    return _decode_grey(names, lambda n: root / n, num_images, seed, Image, f"the folder {root}")
+
+
+def _decode_grey(names, read, num_images, seed, Image, where) -> list[np.ndarray]:
+    train = [n for n in names if n.startswith("train/")]
+    names = sorted(train or names)
+    if not names:
+        raise FileNotFoundError(f"{where} holds no .jpg / .jpeg / .png images")
+    if num_images is not None and num_images < len(names):
+        names = list(np.random.default_rng(seed).choice(names, num_images, replace=False))
+    return [np.asarray(Image.open(read(n)).convert("L"), dtype=np.float64) / 127.5 - 1 for n in names]
+
+
+def patches(size: int, num_images: int = 3000, seed: int = 0, root: Path | None = None) -> tuple[np.ndarray, str]:
+    """(N, size^2) grey-scale patches in [-1, 1], four per image of ``root``; synthetic without a root."""
     rng = np.random.default_rng(seed)
-    if not ZIP.exists():
+    if root is None:
         yy, xx = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
         pos = np.stack([yy.ravel(), xx.ravel()], 1)
         cov = 0.2 * np.exp(-((pos[:, None] - pos[None]) ** 2).sum(-1) / 8.0)
         x = rng.multivariate_normal(np.zeros(size * size), cov, 4 * num_images)
         x += rng.choice([-0.5, 0.0, 0.5], len(x))[:, None]  # three brightness modes
-        return x, f"synthetic smooth Gaussian patches ({ZIP} not found)"
-    from PIL import Image
-
-    with zipfile.ZipFile(ZIP) as z:
-        names = [n for n in z.namelist() if n.startswith("train/") and n.endswith(".jpg")]
-        out = []
-        for name in rng.choice(names, num_images, replace=False):
-            img = np.asarray(Image.open(io.BytesIO(z.read(name))).convert("L"), dtype=np.float64) / 127.5 - 1
-            for _ in range(4):
-                i, j = rng.integers(0, img.shape[0] - size + 1, 2)
-                out.append(img[i:i + size, j:j + size].ravel())
-    return np.stack(out), f"{4 * num_images} grey {size}x{size} patches of CIFAR-10 train images"
+        return x, "synthetic smooth Gaussian patches (no --root given)"
+    out = []
+    for img in read_images(root, num_images, seed):
+        for _ in range(4):
+            i, j = rng.integers(0, img.shape[0] - size + 1, 2)
+            out.append(img[i:i + size, j:j + size].ravel())
+    return np.stack(out), f"{len(out)} grey {size}x{size} patches of the images under {root}"
 
 
 def fit_gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -338,19 +378,199 @@ def plot(results: dict, nfes: list[int], path: Path) -> None:
     print(f"wrote {path}")
 
 
+# ------------------------------------------------------------------------------- real sizes
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_momentum import STOCHASTIC, output_moments  # noqa: E402
+from bench_momentum import Oracle as FullOracle  # noqa: E402
+
+
+def real_images(data: str, root: Path | None, num_images: int | None) -> tuple[torch.Tensor, str]:
+    """(N, 1, H, W) float64 training images in [-1, 1] and a description: Fashion-MNIST (28x28, read
+    with lincorrupt's reader from ``root``, default Debian's package) or grey CIFAR-10 (32x32, from
+    the image folder or zip ``root``)."""
+    if data == "fashion-mnist":
+        from lincorrupt.data import DEBIAN_DIR, load_fashion_mnist
+
+        images = load_fashion_mnist(train=True, root=root or DEBIAN_DIR)[0][:num_images].to(f64) / 127.5 - 1
+        return images, f"{len(images)} Fashion-MNIST training images under {root or DEBIAN_DIR}"
+    grey = read_images(root, num_images)
+    shapes = {g.shape for g in grey}
+    if len(shapes) != 1:
+        raise ValueError(f"the images under {root} have several sizes {sorted(shapes)}; expected one (32x32)")
+    images = torch.from_numpy(np.stack(grey))[:, None]
+    return images, f"{len(images)} grey {images.shape[-2]}x{images.shape[-1]} training images under {root}"
+
+
+def real_corruptions(size: int) -> dict:
+    """The issue's four processes at H = W = ``size``, blur widths scaled by size / 32."""
+    shape = (1, size, size)
+    return {"blurring": lc.BlurringDiffusion(shape, sigma_blur_max=20.0 * size / 32),
+            "no-blur": lc.BlurringDiffusion(shape, sigma_blur_max=0.0),
+            "ddpm": lc.DDPM(shape, schedule="linear", num_steps=T),
+            "ihdm": lc.IHDM(shape, sigma_blur_max=24.0 * size / 32)}
+
+
+def is_isotropic(corruption) -> bool:
+    """Whether alpha_t and sigma_t are the same in every coordinate (checked on 65 times)."""
+    t = torch.linspace(0.0, 1.0, 65, dtype=f64)
+    return all(bool((v.expand(65, *corruption.shape).flatten(1) == v.expand(65, *corruption.shape).flatten(1)[:, :1])
+                    .all()) for v in corruption.log_alpha_sigma(t))
+
+
+class IsotropicOracle:
+    """Gaussian data N(m, S) through a schedule that is the same in every coordinate (DDPM, blurring
+    without blur): every sampler then commutes with rotations, so it runs in the eigenbasis of S,
+    where the exact denoiser is diagonal, g = lam a / (a^2 lam + s^2), and mean and variance are
+    exact per eigen-coordinate at O(D) per step (the same numbers as :class:`FullOracle`, faster)."""
+
+    def __init__(self, corruption, x: torch.Tensor):
+        self.c, self.shape, self.D = corruption, corruption.shape, math.prod(corruption.shape)
+        flat = x.reshape(len(x), self.D).numpy()
+        self.lam, V = np.linalg.eigh(np.cov(flat.T) + 1e-4 * np.eye(self.D))
+        self.mu = flat.mean(0) @ V
+
+    def coefficients(self, t: float) -> Coefficients:
+        return Coefficients(*(v.reshape(-1)[:1] for v in self.c.log_alpha_sigma(torch.tensor([t], dtype=f64))))
+
+    def denoiser(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        c = self.coefficients(t)
+        a, s = float(c.alpha), float(c.sigma)
+        g = self.lam * a / (a**2 * self.lam + s**2)
+        return g, self.mu - g * a * self.mu
+
+    def model(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_hat with the sampler's basis coordinates read as eigen-coordinates (one scalar schedule)."""
+        g, b = self.denoiser(float(t[0]))
+        u = self.c.basis.to_basis(z.double()).reshape(len(z), self.D).numpy()
+        return self.c.basis.from_basis(torch.from_numpy(u * g + b).reshape(z.shape)).to(z.dtype)
+
+    def kl(self, mean: np.ndarray, var: np.ndarray) -> float:
+        """KL(N(mean, diag var) || N(mu, diag lam)) in nats, eigen-coordinates."""
+        if not (var > 0).all():
+            return math.inf
+        return 0.5 * float((var / self.lam + (self.mu - mean) ** 2 / self.lam - 1 + np.log(self.lam / var)).sum())
+
+
+def isotropic_moments(oracle: IsotropicOracle, method: str, times: torch.Tensor):
+    """Exact per-eigen-coordinate mean and variance of a sampler's output from the exact q(u_1)."""
+    c = oracle.coefficients(1.0)
+    mean, var = float(c.alpha) * oracle.mu, float(c.alpha) ** 2 * oracle.lam + float(c.sigma) ** 2
+    if method not in STOCHASTIC:  # deterministic: the mean and the mean plus one standard deviation
+        u = torch.from_numpy(np.stack([mean, mean + np.sqrt(var)])).reshape(2, *oracle.shape)
+        y = lc.SAMPLERS[method](lc.Denoiser(oracle.model, oracle.c, "x"), oracle.c, u, times).reshape(2, -1).numpy()
+        return y[0], (y[1] - y[0]) ** 2
+    ts = times.tolist()
+    for t, s in zip(ts[:-1], ts[1:]):
+        g, b = oracle.denoiser(t)
+        if s == 0:
+            return g * mean + b, g**2 * var
+        k_u, k_x, v = (float(w.reshape(-1)[0]) for w in STOCHASTIC[method](oracle.coefficients(t),
+                                                                          oracle.coefficients(s)))
+        mean, var = (k_u + k_x * g) * mean + k_x * b, (k_u + k_x * g) ** 2 * var + v
+    raise ValueError("a time grid ends at 0")
+
+
+def smallest_nfe(kl_at, target: float, points: tuple[int, ...] = (10, 20, 50), cap: int = 100) -> int | None:
+    """Smallest NFE <= cap with KL <= target: ``points`` (the table's NFEs) and then doubling until one
+    reaches the target, then bisection below it (assumes the KL falls with NFE there); None if not
+    reached at ``cap``."""
+    failed, points = 0, list(points)
+    while True:
+        n = min(points.pop(0) if points else 2 * failed, cap)
+        if kl_at(n) <= target:
+            break
+        if n >= cap:
+            return None
+        failed = n
+    lo, hi = failed + 1, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if kl_at(mid) <= target else (mid + 1, hi)
+    return hi
+
+
+def real_size_run(args) -> None:
+    """Every sampler x grid at the data's own size, exact denoiser of the full-covariance Gaussian."""
+    for method, order in SAMPLER_ORDERS.items():
+        if order is None and method not in STOCHASTIC:
+            raise SystemExit(f"sampler {method!r} is stochastic and has no exact step rule in "
+                             f"bench_momentum.STOCHASTIC")
+    start = time.perf_counter()
+    x, source = real_images(args.data, args.root, args.images)
+    size = x.shape[-1]
+    samplers, grids = args.samplers or list(lc.SAMPLERS), args.grids or list(lc.GRIDS)
+    nfes = (10, 20, 50)
+    print(f"# bench_samplers --data {args.data}: KL(generated || data) in nats per {size}x{size} image (D={size**2}), "
+          f"exact moments from the exact q(u_1); data: a Gaussian (1e-4 ridge) fitted to {source}")
+    print(f"# NFE columns: smallest NFE <= {args.max_nfe} whose KL is at most that of ancestral sampling on the "
+          f"uniform grid with 250 / 1000 steps (doubling from 10, then bisection); >{args.max_nfe}: not reached")
+    header = (f"| {'corruption':10} | {'sampler':9} | {'grid':7} | " + " | ".join(f"{n:>7}" for n in nfes)
+              + " | NFE@250 | NFE@1000 |")
+    for name, c in real_corruptions(size).items():
+        c.fit_data_statistics(x)
+        oracle = IsotropicOracle(c, x) if is_isotropic(c) else FullOracle(c, x)
+        moments = isotropic_moments if isinstance(oracle, IsotropicOracle) else output_moments
+        cache = {}
+
+        def kl(method, grid, n, oracle=oracle, c=c, moments=moments, cache=cache):
+            if (method, grid, n) not in cache:
+                cache[method, grid, n] = oracle.kl(*moments(oracle, method, lc.GRIDS[grid](c, n)))
+            return cache[method, grid, n]
+
+        refs = {}
+        for steps in (250, 1000):  # the (G, b) cache is cleared after each group of runs: D x D per time
+            refs[steps] = kl("ancestral", "uniform", steps)
+            oracle.gains = {}
+        for grid in grids:
+            for n in nfes:  # every sampler on one grid evaluates the same times: one cache for them
+                for method in samplers:
+                    kl(method, grid, n)
+                oracle.gains = {}
+        print(f"\n## {name} ({type(oracle).__name__}): ancestral / uniform KL {fmt(refs[250])} at 250 steps, "
+              f"{fmt(refs[1000])} at 1000 ({time.perf_counter() - start:.0f} s)")
+        print(header)
+        print("|" + "|".join("-" * len(cell) for cell in header.split("|")[1:-1]) + "|")
+        for method in samplers:
+            for grid in grids:
+                hits = [smallest_nfe(lambda n, m=method, g=grid: kl(m, g, n), refs[s], nfes, args.max_nfe)
+                        for s in (250, 1000)]
+                oracle.gains = {}
+                cells = [f"{h}" if h else f">{args.max_nfe}" for h in hits]
+                print(f"| {name:10} | {method:9} | {grid:7} | "
+                      + " | ".join(f"{fmt(kl(method, grid, n)):>7}" for n in nfes)
+                      + f" | {cells[0]:>7} | {cells[1]:>8} |", flush=True)
+    print(f"\n(total time {time.perf_counter() - start:.0f} s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="NFE 5 ... 100 only")
     parser.add_argument("--size", type=int, default=8, help="patch size (D = size^2)")
-    parser.add_argument("--images", type=int, default=3000, help="CIFAR-10 images to fit the Gaussian to")
+    parser.add_argument("--data", choices=("patches", "fashion-mnist", "cifar10"), default="patches",
+                        help="8x8 (--size) grey patches, or whole 28x28 Fashion-MNIST / 32x32 grey CIFAR-10 images")
+    parser.add_argument("--root", type=Path, help="the data: an image folder or a zip of one (cifar10, patches; "
+                        "patches without it are synthetic), or Fashion-MNIST's idx files (default Debian's package)")
+    parser.add_argument("--images", type=int, help="images to fit the Gaussian to (default 3000 for patches, "
+                        "all for the whole images)")
+    parser.add_argument("--samplers", nargs="+", choices=sorted(lc.SAMPLERS), help="whole images: only these")
+    parser.add_argument("--grids", nargs="+", choices=sorted(lc.GRIDS), help="whole images: only these grids")
+    parser.add_argument("--max-nfe", type=int, default=200, help="whole images: the NFE search's upper end")
     parser.add_argument("--no-mixture", action="store_true", help="skip the mixture / sliced-Wasserstein table")
     parser.add_argument("--plot", type=Path, help="write a PNG of KL against NFE per corruption")
     args = parser.parse_args()
+    if args.data == "cifar10" and args.root is None:
+        parser.error("--data cifar10 needs --root: a folder of CIFAR-10 images (train/<class>/*.jpg or *.png) "
+                     "or a zip of one")
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")  # diffusers' and numpy's deprecation chatter
+    print(f"# command: {' '.join(sys.argv)}")
+    print(f"# machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, one thread")
+    if args.data != "patches":
+        return real_size_run(args)
     nfes = [5, 10, 20, 50, 100] if args.quick else [5, 10, 20, 50, 100, 250, 1000]
     start = time.perf_counter()
-    x_patches, source = patches(args.size, args.images)
+    x_patches, source = patches(args.size, args.images or 3000, root=args.root)
     mean, cov = fit_gaussian(x_patches)
     print(f"# bench_samplers: KL(generated || data) in nats per {args.size}x{args.size} patch "
           f"(D={args.size**2}), exact moments; data: {source}")
