@@ -74,7 +74,7 @@ def prior_term(corruption: DiagonalizableCorruption, x: Tensor, generator: torch
 
 
 def diffusion_term(model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCorruption, x: Tensor,
-                   t: Tensor, noise: Tensor, prediction: str = "eps", steps: int | None = None,
+                   t: Tensor, noise: Tensor, prediction: str = "v", steps: int | None = None,
                    t_min: float = 0.0) -> Tensor:
     """One-sample estimate of the diffusion term, (B,) nats, at times ``t`` with noise ``noise``.
 
@@ -160,7 +160,7 @@ def reconstruction_term(corruption: DiagonalizableCorruption, x: Tensor, noise: 
 
 @torch.no_grad()
 def elbo(model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCorruption, x: Tensor,
-         prediction: str = "eps", steps: int | None = None, num_times: int = 1, t_min: float | None = None,
+         prediction: str = "v", steps: int | None = None, num_times: int = 1, t_min: float | None = None,
          generator: torch.Generator | None = None) -> ELBO:
     """The variational bound on ``-log p(x)`` per datum, in nats (module docstring).
 

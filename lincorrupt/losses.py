@@ -65,14 +65,14 @@ _REDUCTIONS = {
 
 
 def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCorruption, x: Tensor,
-                   prediction: str = "eps", weighting: Weighting | None = None, t: Tensor | None = None,
+                   prediction: str = "v", weighting: Weighting | None = None, t: Tensor | None = None,
                    noise: Tensor | None = None, generator: torch.Generator | None = None,
                    reduction: str = "mean") -> Tensor:
     """Denoising loss ``E_{t, eps} sum_i w_i(t) (target_i - model_i)^2`` in basis coordinates.
 
-    With the defaults this is the unweighted eps loss ``E ||eps - eps_hat(z_t, t)||^2`` of
-    Ho et al. (2020) and of blurring diffusion (the basis is orthogonal, so the norm is the
-    same in data space). The target is ``eps``, ``x`` or ``v`` (:mod:`lincorrupt.predictions`).
+    With ``prediction="eps"`` and no weighting this is the unweighted eps loss
+    ``E ||eps - eps_hat(z_t, t)||^2`` of Ho et al. (2020) and of blurring diffusion (the basis is
+    orthogonal, so the norm is the same in data space); the default is v (Salimans & Ho 2022). The target is ``eps``, ``x`` or ``v`` (:mod:`lincorrupt.predictions`).
 
     Args:
         model: ``model(z_t, t) -> Tensor`` of z_t's shape; t is (B,) in [0, 1].

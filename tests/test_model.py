@@ -275,3 +275,23 @@ def test_python_m_lincorrupt_runs_the_command_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "lincorrupt", "info", str(tmp_path / "none")], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
     assert done.returncode == 1 and done.stderr.startswith("error: no checkpoint")
+
+
+# ----------------------------------------------------------------- one default prediction
+def test_every_entry_point_defaults_to_the_prediction_the_trainer_trains():
+    """A network trained with TrainConfig's default and sampled, scored or bounded with the defaults of the free
+    functions sees one prediction kind: a mismatch there would be silent (every kind is a valid tensor)."""
+    import inspect
+
+    from lincorrupt.likelihood import diffusion_term
+    from lincorrupt.metrics.spectral import denoising_band_errors
+    from lincorrupt.sampling import Denoiser
+
+    from lincorrupt.train import TrainConfig
+
+    trained = TrainConfig().prediction
+    defaults = {f.__qualname__: inspect.signature(f).parameters["prediction"].default
+                for f in (lc.sample, lc.diffusion_loss, lc.elbo, diffusion_term, Denoiser, denoising_band_errors)}
+    assert defaults == dict.fromkeys(defaults, trained) and trained == "v"
+    # DiffusionModel fixes the kind once and has no default: the object a checkpoint rebuilds says what it predicts
+    assert inspect.signature(lc.DiffusionModel).parameters["prediction"].default is inspect.Parameter.empty

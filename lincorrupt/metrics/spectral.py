@@ -269,7 +269,7 @@ def band_error_ratio(x: Tensor, x_hat_model: Tensor, x_hat_wiener: Tensor, bands
 
 @torch.no_grad()
 def denoising_band_errors(model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCorruption,
-                          fit: GaussianFit, x: Tensor, times: Iterable[float], bands: Tensor, prediction: str = "eps",
+                          fit: GaussianFit, x: Tensor, times: Iterable[float], bands: Tensor, prediction: str = "v",
                           generator: torch.Generator | None = None,
                           batch_size: int | None = None) -> dict[float, Tensor]:
     """:func:`band_error_ratio` of ``model`` against the Wiener estimator at each time: what the network has not

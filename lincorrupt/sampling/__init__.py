@@ -53,7 +53,7 @@ def _check_times(times: Tensor) -> Tensor:
 
 @torch.no_grad()
 def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCorruption, num_samples: int,
-           steps: int = 1000, prediction: str = "eps", method: str = "ancestral", grid: str | Tensor = "uniform",
+           steps: int = 1000, prediction: str = "v", method: str = "ancestral", grid: str | Tensor = "uniform",
            generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32,
            progress: bool = False, callback: Callable[[StepInfo], None] | None = None, clip: bool = False,
            threshold: float | None = None, threshold_max: float | None = None, **options) -> Tensor:

@@ -76,7 +76,7 @@ class Denoiser:
     """
 
     def __init__(self, model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCorruption,
-                 prediction: str = "eps", x_transform: Callable[[Tensor], Tensor] | None = None,
+                 prediction: str = "v", x_transform: Callable[[Tensor], Tensor] | None = None,
                  callback: Callable[[StepInfo], None] | None = None):
         self.model, self.corruption, self.prediction = model, corruption, get_prediction(prediction)
         self.x_transform, self.callback, self.evaluations = x_transform, callback, 0

@@ -33,9 +33,11 @@ class TrainConfig:
 
     The defaults are the recipe of DDPM's CIFAR-10 run (Ho et al. 2020): 800k steps of batch 128,
     Adam at lr 2e-4, EMA decay 0.9999, random horizontal flips (their appendix B), 5000 warm-up
-    steps and gradient clipping at norm 1 (their released code), eps-prediction with the
-    unweighted loss. The blurring-diffusion paper (Hoogeboom & Salimans 2023) reuses this recipe
-    and DDPM's UNet for CIFAR-10; its own are the corruption's settings (the example's flags).
+    steps and gradient clipping at norm 1 (their released code) and the unweighted loss. The one
+    departure is the prediction: v (Salimans & Ho 2022), the library's default everywhere, where
+    DDPM and the blurring-diffusion paper predict eps. The blurring-diffusion paper (Hoogeboom &
+    Salimans 2023) reuses this recipe and DDPM's UNet for CIFAR-10; its own are the corruption's
+    settings (the example's flags).
     Each field's help text is its ``--help`` line and its entry below.
     """
 
@@ -55,8 +57,8 @@ class TrainConfig:
     weight_decay: float = option(0.0, "Weight decay of the optimiser (DDPM: none).", bounds=Interval(0))
     hflip: bool = option(True, "Random horizontal flips of the training images (DDPM's CIFAR-10; turn it off for "
                          "data whose orientation matters, e.g. Fashion-MNIST's shoes all face left).")
-    prediction: str = option("eps", "What the network predicts: eps, x or v (eps with the unweighted loss: DDPM "
-                             "and blurring diffusion).", choices=["eps", "x", "v"])
+    prediction: str = option("v", "What the network predicts: eps, x or v (v: the library's default everywhere; "
+                             "DDPM and blurring diffusion predicted eps).", choices=["eps", "x", "v"])
     precision: str = option("auto", "Autocast of the network on CUDA: auto (bf16 where supported, else fp16), "
                             "fp32, bf16 or fp16; the CPU always trains in fp32.", choices=["auto", *PRECISIONS])
     channels_last: bool = option(False, "NHWC convolutions: faster on recent GPUs with autocast.")
