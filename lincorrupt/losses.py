@@ -72,7 +72,8 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
 
     With ``prediction="eps"`` and no weighting this is the unweighted eps loss
     ``E ||eps - eps_hat(z_t, t)||^2`` of Ho et al. (2020) and of blurring diffusion (the basis is
-    orthogonal, so the norm is the same in data space); the default is v (Salimans & Ho 2022). The target is ``eps``, ``x`` or ``v`` (:mod:`lincorrupt.predictions`).
+    orthogonal, so the norm is the same in data space); the default is v (Salimans & Ho 2022).
+    The target is ``eps``, ``x`` or ``v`` (:mod:`lincorrupt.predictions`).
 
     Args:
         model: ``model(z_t, t) -> Tensor`` of z_t's shape; t is (B,) in [0, 1].

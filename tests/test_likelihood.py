@@ -54,7 +54,8 @@ def test_identity_basis_terms_are_vdm_formulas():
     a_t, s_t = math.sqrt(sigmoid(cosine_logsnr(t))), math.sqrt(sigmoid(-cosine_logsnr(t)))
     error2 = ((noise - eps_network(a_t * x + s_t * noise, torch.full((3,), t, dtype=f64))) ** 2).flatten(1).sum(1)
     tt = torch.full((3,), t, dtype=f64)
-    torch.testing.assert_close(diffusion_term(eps_network, c, x, tt, noise, "eps"), 0.5 * -cosine_dlogsnr_dt(t) * error2)
+    torch.testing.assert_close(diffusion_term(eps_network, c, x, tt, noise, "eps"),
+                               0.5 * -cosine_dlogsnr_dt(t) * error2)
     T = 7  # loss = T/2 expm1(g_t - g_s) ||eps - eps_hat||^2, g = -logsnr, s = t - 1/T
     torch.testing.assert_close(diffusion_term(eps_network, c, x, tt, noise, "eps", steps=T),
                                0.5 * T * math.expm1(cosine_logsnr(t - 1 / T) - cosine_logsnr(t)) * error2)

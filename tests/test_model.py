@@ -286,7 +286,6 @@ def test_every_entry_point_defaults_to_the_prediction_the_trainer_trains():
     from lincorrupt.likelihood import diffusion_term
     from lincorrupt.metrics.spectral import denoising_band_errors
     from lincorrupt.sampling import Denoiser
-
     from lincorrupt.train import TrainConfig
 
     trained = TrainConfig().prediction
