@@ -479,7 +479,11 @@ def figures(evals: dict[str, list[dict]], budget: Budget, out: Path, results: Pa
     for run in RUNS:
         last = evals.get(run.name, [])
         if run.seed == 0 and last:
-            panels[f"{run.model} @ {last[-1]['step']}"] = torch.load(out / run.name / f"grid{last[-1]['step']}.pth")
+            grid = out / run.name / f"grid{last[-1]['step']}.pth"
+            if not grid.exists():  # an evaluation restored from a committed results.json has no samples beside it
+                print(f"{grid} is missing: {results / 'samples.png'} is left as it is", file=sys.stderr)
+                return
+            panels[f"{run.model} @ {last[-1]['step']}"] = torch.load(grid)
     fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.7))
     for axis, (name, x) in zip(np.atleast_1d(axes), panels.items()):
         axis.imshow(make_grid(x.add(1).div(2).clamp(0, 1), nrow=8, padding=1)[0].numpy(), cmap="gray", vmin=0, vmax=1)
@@ -498,9 +502,11 @@ def report(budget: Budget, out: Path, results: Path, command: str, wall: float, 
     machine = (f"{platform.machine()}, {torch.get_num_threads()} thread(s) per process, {budget.jobs} processes, "
                f"device {device}, torch {torch.__version__}")
     done = {run.name: [e["step"] for e in evals.get(run.name, [])] for run in RUNS}
+    sweeps = {run.name: [json.loads(p.read_text()) for p in sorted((out / run.name).glob("nfe*.json"))]
+              for run in RUNS if (out / run.name).is_dir()}
     summary = {"command": command, "machine": machine, "wall_seconds_of_last_invocation": wall,
                "budget": {k: v for k, v in budget.__dict__.items()}, "floor": base, "evaluations": evals,
-               "done": done}
+               "sweeps": {name: found for name, found in sweeps.items() if found}, "done": done}
     (results / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     text = (f"Base budget: {budget.steps} steps of batch {budget.batch_size}; "
             f"sampler {'/'.join(map(str, budget.sampler))}; {budget.samples} samples against "
