@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .corruption import DiagonalizableCorruption
 from .predictions import Prediction, get_prediction
-from .validation import check_model_output, check_nonempty
+from .validation import check_labels, check_model_output, check_nonempty
 
 __all__ = ["diffusion_loss", "elbo_weighting", "soft_score_weighting", "snr_weighting"]
 
@@ -67,7 +67,7 @@ _REDUCTIONS = {
 def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCorruption, x: Tensor,
                    prediction: str = "v", weighting: Weighting | None = None, t: Tensor | None = None,
                    noise: Tensor | None = None, generator: torch.Generator | None = None,
-                   reduction: str = "mean") -> Tensor:
+                   reduction: str = "mean", y: Tensor | None = None) -> Tensor:
     """Denoising loss ``E_{t, eps} sum_i w_i(t) (target_i - model_i)^2`` in basis coordinates.
 
     With ``prediction="eps"`` and no weighting this is the unweighted eps loss
@@ -87,6 +87,9 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
         generator: random generator for t and noise.
         reduction: "mean" (over batch and coordinates), "sum" (over coordinates, mean over
             the batch) or "none" (per-example mean over coordinates, shape (B,)).
+        y: (B,) class labels of a conditional model, called as ``model(z_t, t, y)``; -1 is the null
+            label (for classifier-free guidance, replace a share of them by -1: the Trainer's
+            ``label_dropout``). None: ``model(z_t, t)``.
     Returns:
         The loss: a scalar, or (B,) for ``reduction="none"``.
     """
@@ -106,7 +109,10 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
     basis = corruption.basis
     u_x, u_eps = basis.to_basis(x), basis.to_basis(noise)
     z_t = basis.from_basis(c.alpha * u_x + c.sigma * u_eps).to(x.dtype)  # the diffuse step, sharing u_x, u_eps
-    output = check_model_output(model(z_t, t), z_t)
+    if y is None:
+        output = check_model_output(model(z_t, t), z_t)
+    else:
+        output = check_model_output(model(z_t, t, check_labels(y, x.shape[0], name="y").to(x.device)), z_t)
     target = pred.target(c, u_x, u_eps)
     per_coordinate = (basis.to_basis(output) - target.to(output.dtype)) ** 2
     if weighting is not None:

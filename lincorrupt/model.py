@@ -40,7 +40,8 @@ class DiffusionModel(nn.Module):
     """A network ``network(z_t, t)`` trained to denoise ``corruption``, predicting ``prediction``.
 
     Args:
-        network: ``network(z_t, t) -> Tensor`` of z_t's shape (B, *corruption.shape); an
+        network: ``network(z_t, t) -> Tensor`` of z_t's shape (B, *corruption.shape), or
+            ``network(z_t, t, y)`` with class labels y (B,) if it has ``num_classes``; an
             ``nn.Module`` deriving from :class:`~lincorrupt.config.Configurable` (e.g.
             :class:`lincorrupt.nn.UNet`) can be saved and loaded with :meth:`save` / :func:`load`.
         corruption: the forward process.
@@ -62,18 +63,26 @@ class DiffusionModel(nn.Module):
         self.network, self.corruption = network, corruption
         self.info: dict[str, Any] = {}
 
-    def forward(self, z_t: Tensor, t: Tensor) -> Tensor:
-        """The network's output at ``(z_t, t)``: z_t (B, *shape), t (B,); of kind :attr:`prediction`."""
-        return self.network(z_t, t)
+    def forward(self, z_t: Tensor, t: Tensor, *y: Tensor) -> Tensor:
+        """The network's output at ``(z_t, t)``, or ``(z_t, t, y)`` for a conditional network: z_t (B, *shape),
+        t (B,), y (B,) class indices (-1: none); of kind :attr:`prediction`."""
+        return self.network(z_t, t, *y)
+
+    @property
+    def num_classes(self) -> int | None:
+        """K of a class-conditional network (its ``num_classes`` attribute), None for an unconditional one."""
+        return getattr(self.network, "num_classes", None)
 
     def loss(self, x: Tensor, **options) -> Tensor:
-        """:func:`lincorrupt.diffusion_loss` of ``x`` (B, *shape) in [-1, 1]; options as there, not ``prediction``."""
+        """:func:`lincorrupt.diffusion_loss` of ``x`` (B, *shape) in [-1, 1]; options as there (``y``: labels of a
+        conditional network), not ``prediction``."""
         return diffusion_loss(self.network, self.corruption, x, prediction=self.prediction, **_fixed(options))
 
     def sample(self, num_samples: int, **options) -> Tensor:
         """:func:`lincorrupt.sample`: (N, *shape) samples, the network in eval mode meanwhile.
 
-        Options as there (``steps``, ``method``, ``grid``, ``generator``, ...), but not ``prediction``. The N images
+        Options as there (``steps``, ``method``, ``grid``, ``generator``, ``labels`` and ``guidance`` of a
+        conditional network, ...), but not ``prediction``. The N images
         are one batch, held at once: for many, call it in batches of a few hundred with one ``generator``.
         """
         with _eval(self.network):

@@ -24,7 +24,10 @@ import torch
 from torch import Tensor
 
 __all__ = ["set_validate_args", "validate_args", "is_validating", "check_finite", "check_like", "check_model_output",
-           "check_nonempty"]
+           "check_nonempty", "check_labels", "NULL_LABEL"]
+
+#: The class label of a conditional model's unconditional output (classifier-free guidance's null label).
+NULL_LABEL = -1
 
 _enabled = True
 
@@ -91,3 +94,29 @@ def check_model_output(output, z_t: Tensor) -> Tensor:
         raise ValueError(f"the model returned shape {tuple(output.shape)} for input z_t of shape "
                          f"{tuple(z_t.shape)}; a model maps (z_t, t) to a tensor of z_t's shape")
     return output
+
+
+def check_labels(labels, n: int, num_classes: int | None = None, name: str = "labels") -> Tensor:
+    """Class labels as a LongTensor (n,): integers in ``[-1, num_classes)`` (-1: :data:`NULL_LABEL`).
+
+    ``labels`` may be a tensor, a list or an int (one label for all n). The range is checked while
+    validation is on (one host sync), the upper end only when ``num_classes`` is given.
+
+    Raises:
+        TypeError: not integers (a float or bool tensor).
+        ValueError: not of length n, or out of range.
+    """
+    if isinstance(labels, int) and not isinstance(labels, bool):
+        labels = torch.full((n,), labels, dtype=torch.long)
+    labels = torch.as_tensor(labels)
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"{name} must be integer class indices, got dtype {labels.dtype}")
+    if labels.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), one class index per image, got {tuple(labels.shape)}")
+    labels = labels.long()
+    if is_validating() and n and labels.device.type != "meta":
+        low, high = int(labels.min()), int(labels.max())
+        if low < NULL_LABEL or (num_classes is not None and high >= num_classes):
+            allowed = "at least -1" if num_classes is None else f"in -1 .. {num_classes - 1}"
+            raise ValueError(f"{name} must be {allowed} (-1: the null label), got values from {low} to {high}")
+    return labels

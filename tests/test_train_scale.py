@@ -59,9 +59,9 @@ def test_grad_accum_must_split_the_batch(tmp_path):
 def test_draws_of_an_image_depend_only_on_seed_step_and_its_global_index(tmp_path):
     trainer = make_trainer(tmp_path)
     B = trainer.cfg.batch_size
-    t, noise, flip = trainer.draw(5, 0, B)
+    t, noise, flip, _ = trainer.draw(5, 0, B)
     for start, n in [(0, 3), (3, 5), (4, 4), (7, 1)]:  # any rank's slice, any micro-batch
-        ts, ns, fs = trainer.draw(5, start, n)
+        ts, ns, fs, _ = trainer.draw(5, start, n)
         assert torch.equal(ts, t[start:start + n]) and torch.equal(ns, noise[start:start + n])
         assert torch.equal(fs, flip[start:start + n])
     # independently: one generator seeded by the SeedSequence of (seed, step) draws t, the flips, the noise

@@ -28,6 +28,8 @@ from einops import rearrange
 from PIL import Image
 from torch.utils.data import Dataset
 
+from lincorrupt.validation import check_labels
+
 __all__ = ["ImageFolder", "TensorImages", "UnreadableImageError", "load_images", "to_model_range", "to_unit_range",
            "SOURCES"]
 
@@ -118,21 +120,26 @@ def _check_shape(found: tuple[int, ...], expected: tuple[int, ...], where: str) 
 
 
 class TensorImages(Dataset):
-    """An in-memory stack of uint8 images (N, C, H, W), shape-checked once."""
+    """An in-memory stack of uint8 images (N, C, H, W), shape-checked once; with ``labels`` (N,) integer
+    class indices, item i is ``(image, label)`` (the data of a class-conditional model)."""
 
-    def __init__(self, images: torch.Tensor, shape: tuple[int, int, int], where: str = "the tensor"):
+    def __init__(self, images: torch.Tensor, shape: tuple[int, int, int], where: str = "the tensor",
+                 labels: torch.Tensor | None = None):
         if images.ndim == 3:  # (N, H, W) greyscale
             images = images[:, None]
         if images.ndim != 4 or images.dtype != torch.uint8:
             raise ValueError(f"{where}: expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         _check_shape(tuple(images.shape[1:]), shape, where)
         self.images = images.contiguous()
+        self.labels = None if labels is None else check_labels(labels, len(images), name=f"{where}: labels")
+        if self.labels is not None and len(images) and int(self.labels.min()) < 0:
+            raise ValueError(f"{where}: labels must be class indices >= 0 (-1 is the null label of guidance)")
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i]
+    def __getitem__(self, i: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i] if self.labels is None else (self.images[i], self.labels[i])
 
 
 def _raise(error: OSError) -> None:
@@ -164,6 +171,8 @@ class ImageFolder(Dataset):
     Args:
         root: folder of class subfolders.
         shape: expected (C, H, W); images are never resized or converted silently.
+        labels: items are ``(image, label)``, the label the index of the image's class subfolder in
+            :attr:`classes` (the sorted names of the subfolders of ``root``), as in torchvision.
         skip_unreadable: an image whose file cannot be decoded is replaced by the next readable
             one (index ``i + 1``, ``i + 2``, ... cyclically; deterministic given the files), named
             on stderr when first found and counted by :meth:`unreadable_count` (also across
@@ -177,9 +186,16 @@ class ImageFolder(Dataset):
         UnreadableImageError: an image's header cannot be read (unless ``skip_unreadable``).
     """
 
-    def __init__(self, root: str | os.PathLike, shape: tuple[int, int, int], skip_unreadable: bool = False):
+    def __init__(self, root: str | os.PathLike, shape: tuple[int, int, int], skip_unreadable: bool = False,
+                 labels: bool = False):
         self.root, self.shape, self.skip_unreadable = Path(root), tuple(shape), skip_unreadable
         self.files = _image_files(self.root)
+        self.classes = sorted({p.relative_to(self.root).parts[0] for p in self.files if p.parent != self.root})
+        if labels and any(p.parent == self.root for p in self.files):
+            raise ValueError(f"labels=True: {self.root} holds images outside class subfolders; move each into "
+                             f"the folder of its class")
+        index = {name: k for k, name in enumerate(self.classes)}
+        self.targets = [index[p.relative_to(self.root).parts[0]] for p in self.files] if labels else None
         if not self.files:
             raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {self.root}")
         # one flag per file in shared memory: DataLoader workers mark what they skip, the main process counts
@@ -218,7 +234,7 @@ class ImageFolder(Dataset):
                 self._mark(k, e)
                 continue
             _check_shape(tuple(x.shape), self.shape, str(self.files[k]))
-            return x
+            return x if self.targets is None else (x, torch.tensor(self.targets[k]))
         raise UnreadableImageError(f"none of the {n} images under {self.root} can be read")
 
     def unreadable_count(self) -> int:
@@ -247,13 +263,18 @@ class ImageFolder(Dataset):
 def _cifar10(root: Path, train: bool, download: bool):
     from torchvision.datasets import CIFAR10
     ds = CIFAR10(str(root), train=train, download=download)
-    return rearrange(torch.from_numpy(ds.data), "n h w c -> n c h w")
+    return rearrange(torch.from_numpy(ds.data), "n h w c -> n c h w"), torch.tensor(ds.targets)
 
 
 def _fashion_mnist(root: Path, train: bool, download: bool):
     from torchvision.datasets import FashionMNIST
     ds = FashionMNIST(str(root), train=train, download=download)
-    return ds.data[:, None]
+    return ds.data[:, None], torch.as_tensor(ds.targets)
+
+
+def _labelled(loaded: tuple[torch.Tensor, torch.Tensor], labels: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(images, labels) of a torchvision loader, the labels only when asked for."""
+    return loaded[0], loaded[1] if labels else None
 
 
 def _class_folder(root: Path, train: bool) -> Path | None:
@@ -264,7 +285,7 @@ def _class_folder(root: Path, train: bool) -> Path | None:
     return None
 
 
-# name -> (detect(root), load(root, train, download) -> uint8 (N, C, H, W))
+# name -> (detect(root), load(root, train, download) -> (uint8 (N, C, H, W), int64 labels (N,)))
 TORCHVISION: dict[str, tuple[Callable[[Path], bool], Callable]] = {
     "cifar10": (lambda r: (r / "cifar-10-batches-py").is_dir(), _cifar10),
     "fashion-mnist": (lambda r: (r / "FashionMNIST" / "raw").is_dir(), _fashion_mnist),
@@ -273,7 +294,7 @@ SOURCES = [*TORCHVISION, "folder"]
 
 
 def load_images(root: str | os.PathLike, shape: tuple[int, int, int], train: bool = True,
-                download: str | None = None, skip_unreadable: bool = False) -> Dataset:
+                download: str | None = None, skip_unreadable: bool = False, labels: bool = False) -> Dataset:
     """The training (or test) images under ``root`` as a Dataset of uint8 (C, H, W) tensors.
 
     Args:
@@ -283,6 +304,7 @@ def load_images(root: str | os.PathLike, shape: tuple[int, int, int], train: boo
         download: name of a torchvision dataset (``"cifar10"`` or ``"fashion-mnist"``) to download
             into ``root`` if absent (needs network); ``None`` never downloads.
         skip_unreadable: for a folder of images, replace undecodable files (see :class:`ImageFolder`).
+        labels: items are ``(image, label)`` pairs (the dataset's classes, or a folder's subfolders).
 
     Raises:
         FileNotFoundError: ``root`` does not exist or holds no recognised dataset.
@@ -293,15 +315,16 @@ def load_images(root: str | os.PathLike, shape: tuple[int, int, int], train: boo
         if download not in TORCHVISION:
             raise ValueError(f"download={download!r}: expected one of {sorted(TORCHVISION)}")
         root.mkdir(parents=True, exist_ok=True)
-        return TensorImages(TORCHVISION[download][1](root, train, True), shape, str(root))
+        return TensorImages(*_labelled(TORCHVISION[download][1](root, train, True), labels), shape, str(root))
     if not root.is_dir():
         raise FileNotFoundError(f"data root {root} does not exist; pass a folder of class subfolders of images, "
                                 f"a torchvision CIFAR-10/Fashion-MNIST root, or download with torchvision when online")
     for name, (detect, load) in TORCHVISION.items():
         if detect(root):
-            return TensorImages(load(root, train, False), shape, f"{root} ({name})")
+            images, targets = _labelled(load(root, train, False), labels)
+            return TensorImages(images, shape, f"{root} ({name})", targets)
     folder = _class_folder(root, train)
     if folder is None:
         raise FileNotFoundError(f"{root} holds no recognised dataset: expected cifar-10-batches-py/, "
                                 f"FashionMNIST/raw/, or class subfolders of images (optionally under train/ and test/)")
-    return ImageFolder(folder, shape, skip_unreadable=skip_unreadable)
+    return ImageFolder(folder, shape, skip_unreadable=skip_unreadable, labels=labels)

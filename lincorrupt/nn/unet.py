@@ -1,4 +1,5 @@
-"""The DDPM UNet (Ho et al. 2020, ``diffusion_tf/models/unet.py``), time-conditioned on t in [0, 1].
+"""The DDPM UNet (Ho et al. 2020, ``diffusion_tf/models/unet.py``), time-conditioned on t in [0, 1]
+and, with ``num_classes``, class-conditioned.
 
 Defaults are the CIFAR-10 model of the paper (35.7M parameters): channels 128, multipliers
 1-2-2-2, two residual blocks per level, self-attention at 16x16, dropout 0.1. Every size is a
@@ -16,6 +17,7 @@ from einops import rearrange
 from torch import nn
 
 from lincorrupt.config import Configurable
+from lincorrupt.validation import check_labels
 
 __all__ = ["UNet", "timestep_embedding"]
 
@@ -145,6 +147,9 @@ class UNet(Configurable):
         groups: GroupNorm groups (32 in DDPM; must divide every width).
         time_scale: t in [0, 1] is multiplied by this before the sinusoidal embedding, so the
             embedding sees DDPM's integer range [0, 1000].
+        num_classes: K for a class-conditional network ``UNet(...)(z_t, t, y)``: a learned embedding
+            of y in -1 .. K-1 (K + 1 rows; -1 is the null label of classifier-free guidance) is
+            added to the time embedding (as in guided-diffusion). None: unconditional, ``(z_t, t)``.
         checkpoint_activations: recompute each block's activations in the backward pass instead
             of storing them (``torch.utils.checkpoint``, non-reentrant): less memory for about
             one more forward pass per step. Outputs and gradients are unchanged (dropout masks
@@ -155,6 +160,7 @@ class UNet(Configurable):
 
     Shapes:
         z_t: (B, in_channels, image_size, image_size); t: (B,) float in [0, 1] (or a scalar);
+        y: (B,) integer labels (conditional networks only);
         output: (B, out_channels, image_size, image_size).
     """
 
@@ -170,6 +176,7 @@ class UNet(Configurable):
         dropout: float = 0.1,
         groups: int = 32,
         time_scale: float = 1000.0,
+        num_classes: int | None = None,
         checkpoint_activations: bool = False,
     ):
         super().__init__()
@@ -189,6 +196,11 @@ class UNet(Configurable):
         self.checkpoint_activations = checkpoint_activations
         temb_dim = 4 * ch
         self.temb = nn.Sequential(nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < 1):
+            raise ValueError(f"UNet: num_classes must be a positive int (or None: unconditional), got {num_classes!r}")
+        self.num_classes = num_classes
+        self.label_emb = nn.Embedding(num_classes + 1, temb_dim) if num_classes else None  # row 0: the null label
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -222,7 +234,7 @@ class UNet(Configurable):
         self.norm_out = GroupNorm(groups, c)
         self.conv_out = _zero(nn.Conv2d(c, self.out_channels, 3, padding=1))
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         expected = (self.in_channels, self.image_size, self.image_size)
         if z_t.ndim != 4 or tuple(z_t.shape[1:]) != expected:
             raise ValueError(f"UNet: z_t has shape {tuple(z_t.shape)}, expected (B, {', '.join(map(str, expected))})")
@@ -232,6 +244,13 @@ class UNet(Configurable):
         if t.shape != (z_t.shape[0],):
             raise ValueError(f"UNet: t has shape {tuple(t.shape)}, expected ({z_t.shape[0]},) or a scalar")
         temb = self.temb(timestep_embedding(t * self.time_scale, self.ch).to(z_t.dtype))
+        if (y is None) != (self.label_emb is None):
+            raise TypeError("this UNet is unconditional (num_classes=None): call it as unet(z_t, t), or build it "
+                            "with num_classes=K to give it labels" if y is not None else
+                            f"UNet(num_classes={self.num_classes}) is conditional: call it as unet(z_t, t, y) with "
+                            f"y (B,) class indices, -1 for unconditional")
+        if y is not None:
+            temb = temb + self.label_emb(check_labels(y, z_t.shape[0], self.num_classes, "y") + 1).to(temb.dtype)
 
         block = self._block
         h = self.conv_in(z_t)

@@ -16,15 +16,16 @@ import torch
 from torch import Tensor
 
 from ..corruption import DiagonalizableCorruption
-from ..validation import is_validating
+from ..validation import check_labels, is_validating
 from .denoiser import Denoiser, StepInfo, clip_x_hat, dynamic_threshold
 from .graphs import CUDAGraphModel
 from .grids import GRIDS, data_grid, info_grid, logsnr_grid, mean_log_snr, uniform_grid
+from .guidance import guided
 from .samplers import SAMPLERS, ancestral, ddim, ddim_coefficients, dpmpp_2m, dpmpp_2s, dpmpp_3m, momentum, naive
 
 __all__ = ["sample", "CUDAGraphModel", "Denoiser", "StepInfo", "clip_x_hat", "dynamic_threshold", "ancestral", "ddim",
            "ddim_coefficients", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "momentum", "naive", "uniform_grid",
-           "logsnr_grid", "info_grid", "data_grid", "mean_log_snr", "SAMPLERS", "GRIDS"]
+           "logsnr_grid", "info_grid", "data_grid", "mean_log_snr", "guided", "SAMPLERS", "GRIDS"]
 
 def _sampler(method: str) -> Callable[..., Tensor]:
     """The sampler called ``method``."""
@@ -56,7 +57,8 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
            steps: int = 1000, prediction: str = "v", method: str = "ancestral", grid: str | Tensor = "uniform",
            generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32,
            progress: bool = False, callback: Callable[[StepInfo], None] | None = None, clip: bool = False,
-           threshold: float | None = None, threshold_max: float | None = None, **options) -> Tensor:
+           threshold: float | None = None, threshold_max: float | None = None, labels=None, guidance: float = 1.0,
+           **options) -> Tensor:
     """Draw ``num_samples`` images by running ``method`` over a time grid from 1 to 0.
 
     The result is the last denoised estimate ``x_hat``, which nothing bounds: a model's
@@ -64,7 +66,8 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
     the sampler uses, and so the result, to [-1, 1].
 
     Args:
-        model: ``model(z_t, t) -> Tensor`` of z_t's shape (put it in eval mode yourself).
+        model: ``model(z_t, t) -> Tensor`` of z_t's shape (put it in eval mode yourself), or a conditional
+            ``model(z_t, t, y)`` with ``labels``.
         corruption: the forward process; its ``prior`` gives ``u_1``.
         num_samples: N, drawn in one batch: the N images and the sampler's state are held at once (memory grows
             with N and the network's activations), so draw many in calls of a few hundred with one
@@ -89,6 +92,11 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
             e.g. 0.995 (:func:`dynamic_threshold`, Saharia et al. 2022); not with ``clip``.
         threshold_max: the cap on dynamic thresholding's scale ``s`` (diffusers'
             ``sample_max_value``); default none.
+        labels: for a conditional model ``model(z_t, t, y)``: the class of each sample, (N,) integers or one int
+            for all, -1 for unconditional samples (checked against the model's ``num_classes`` if it has one).
+        guidance: classifier-free guidance scale s (:func:`~lincorrupt.sampling.guidance.guided`): the model's
+            output becomes ``out(-1) + s (out(y) - out(-1))``, in one network call of 2N images; 1 (the
+            default) is the conditional model alone, 0 the unconditional one.
         **options: sampler options, e.g. ``eta`` for "ddim".
     Returns:
         (N, *corruption.shape) samples in data space.
@@ -111,6 +119,12 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
     else:
         raise ValueError(f"unknown grid {grid!r}; expected one of {sorted(GRIDS)} or a tensor of times")
     times = _check_times(times).to(device=device, dtype=torch.promote_types(dtype, torch.float32))
+    if labels is not None:
+        model = guided(model, check_labels(labels, num_samples, getattr(model, "num_classes", None)).to(device),
+                       guidance)
+    elif guidance != 1:
+        raise ValueError(f"guidance={guidance} needs labels: classifier-free guidance mixes the outputs for the "
+                         f"labels and for the null label -1")
     denoise = Denoiser(model, corruption, prediction, _x_transform(clip, threshold, threshold_max), callback)
     c_1 = corruption.coefficients(torch.ones(1, device=device, dtype=torch.promote_types(dtype, torch.float32)))
     u = corruption.prior.sample(c_1, corruption.shape, num_samples, generator=generator, device=device, dtype=dtype)

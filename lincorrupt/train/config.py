@@ -59,6 +59,13 @@ class TrainConfig:
                          "data whose orientation matters, e.g. Fashion-MNIST's shoes all face left).")
     prediction: str = option("v", "What the network predicts: eps, x or v (v: the library's default everywhere; "
                              "DDPM and blurring diffusion predicted eps).", choices=["eps", "x", "v"])
+    label_dropout: float = option(0.1, "Class-conditional models: the share of training labels replaced by the null "
+                                  "label -1, so one network learns the unconditional model for classifier-free "
+                                  "guidance too (Ho & Salimans 2022: 0.1 to 0.2); unconditional models have no labels "
+                                  "to drop.", bounds=Interval(0, 1, high_open=True))
+    guidance: float = option(1.0, "Class-conditional models: the classifier-free guidance scale of the sample grids "
+                             "and evaluations (1: the conditional model; 0: the unconditional one).",
+                             bounds=Interval(0))
     precision: str = option("auto", "Autocast of the network on CUDA: auto (bf16 where supported, else fp16), "
                             "fp32, bf16 or fp16; the CPU always trains in fp32.", choices=["auto", *PRECISIONS])
     channels_last: bool = option(False, "NHWC convolutions: faster on recent GPUs with autocast.")

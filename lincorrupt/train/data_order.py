@@ -17,10 +17,12 @@ def derive_seed(*ints: int) -> int:
 
 
 def step_draws(seed: int, step: int, batch_size: int, shape: tuple[int, ...], generator: torch.Generator,
-               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               device: torch.device | str = "cpu", label_dropout: float = 0.0) -> tuple[torch.Tensor, ...]:
     """The random draws of the global batch of ``step``, in three kernel launches whatever the batch size:
     ``t`` (B,) ~ U(0, 1), ``flip`` (B,) bool (each image with probability 1/2) and ``noise`` (B, *shape)
-    ~ N(0, I), in that order, from ``generator`` reseeded by :func:`derive_seed` ``(seed, step)``.
+    ~ N(0, I), in that order, from ``generator`` reseeded by :func:`derive_seed` ``(seed, step)``; then
+    ``drop`` (B,) bool, each label dropped with probability ``label_dropout`` (a fourth launch only when
+    it is > 0, so the first three are the same with and without labels). Returns (t, noise, flip, drop).
 
     Image i's draws are row i whichever process or micro-batch trains it: a rank slices out its
     images, so every world size and every ``grad_accum`` trains on the same draws. Each rank draws
@@ -31,7 +33,11 @@ def step_draws(seed: int, step: int, batch_size: int, shape: tuple[int, ...], ge
     t = torch.rand(batch_size, generator=generator, device=device)
     flip = torch.rand(batch_size, generator=generator, device=device) < 0.5
     noise = torch.randn((batch_size, *shape), generator=generator, device=device)
-    return t, noise, flip
+    if label_dropout:
+        drop = torch.rand(batch_size, generator=generator, device=device) < label_dropout
+    else:
+        drop = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    return t, noise, flip, drop
 
 
 class StepBatchSampler(Sampler[list[int]]):

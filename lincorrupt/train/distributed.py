@@ -11,7 +11,8 @@ import torch.distributed as dist
 
 from lincorrupt.collectives import all_gather_objects, is_distributed
 
-__all__ = ["DistInfo", "init_distributed", "is_distributed", "all_gather_objects", "all_reduce_mean", "barrier"]
+__all__ = ["DistInfo", "init_distributed", "is_distributed", "all_gather_objects", "all_reduce_mean", "any_rank",
+           "barrier"]
 
 BACKENDS = {"cuda": "nccl", "cpu": "gloo"}
 
@@ -68,6 +69,18 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(x)
         x /= dist.get_world_size()
     return x
+
+
+def any_rank(flag: bool, sync: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is set on any rank: this process's flag outside DDP; under DDP every rank's, agreed on
+    (a host sync) only where ``sync`` (e.g. at log steps, so a signal stops a distributed run at the next one)."""
+    if not is_distributed():
+        return flag
+    if not sync:
+        return False
+    both = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
+    return bool(both.item())
 
 
 def barrier() -> None:

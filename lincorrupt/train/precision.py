@@ -43,13 +43,14 @@ class Autocast(nn.Module):
         super().__init__()
         self.net, self.dtype, self.channels_last = net, dtype, channels_last
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
+        """``net(z_t, t)``, or ``net(z_t, t, y)`` for a conditional network."""
         if self.channels_last:
             z_t = z_t.contiguous(memory_format=torch.channels_last)
         if self.dtype is None:
-            return self.net(z_t, t)
+            return self.net(z_t, t, *y)
         with torch.autocast(z_t.device.type, dtype=self.dtype):
-            return self.net(z_t, t).float()
+            return self.net(z_t, t, *y).float()
 
 
 class TF32(nn.Module):
@@ -59,6 +60,6 @@ class TF32(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
         with allow_tf32(True):
-            return self.net(z_t, t)
+            return self.net(z_t, t, *y)

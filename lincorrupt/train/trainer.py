@@ -7,7 +7,9 @@ One step (DDPM, Ho et al. 2020, Algorithm 1, with the recipe of its CIFAR-10 run
    generator seeded by (seed, s) (:func:`~lincorrupt.train.data_order.step_draws`, three kernel
    launches) and keep this rank's rows: any world size (and any ``grad_accum``) trains on the
    same draws;
-3. ``loss = diffusion_loss(model, corruption, x, t=t, noise=eps)``, the network under autocast;
+3. ``loss = diffusion_loss(model, corruption, x, t=t, noise=eps)``, the network under autocast
+   (a class-conditional network, one with ``num_classes``, gets the batch's labels, a
+   ``label_dropout`` share of them replaced by the null label -1, drawn after eps);
    with ``grad_accum`` > 1, steps 2-3 and the backward run per micro-batch, each loss divided
    by ``grad_accum`` (so the gradient is that of the mean over the batch; under DDP, gradients
    are all-reduced after the last micro-batch only);
@@ -58,15 +60,16 @@ from lincorrupt.train.checkpoint import (
 )
 from lincorrupt.train.config import TrainConfig, default_workers
 from lincorrupt.train.data_order import StepBatchSampler, derive_seed, step_draws
-from lincorrupt.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, is_distributed
+from lincorrupt.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, any_rank, is_distributed
 from lincorrupt.train.ema import EMA
 from lincorrupt.train.finite import NonFiniteStateError, check_finite
+from lincorrupt.train.labels import resolve_label_dropout
 from lincorrupt.train.lock import RunLock
 from lincorrupt.train.metrics_log import MetricsLog, unreadable_record
 from lincorrupt.train.optim import Warmup, keep_kernel_options, make_optimizer
 from lincorrupt.train.precision import TF32, Autocast, allow_tf32, autocast_dtype
 from lincorrupt.train.signals import ignore_stop_signals, stop_on_signals
-from lincorrupt.validation import is_validating, validate_args
+from lincorrupt.validation import NULL_LABEL, is_validating, validate_args
 
 __all__ = ["Trainer", "NonFiniteStateError", "STATE_KEYS", "check_finite"]
 
@@ -84,9 +87,11 @@ class Trainer:
     """Trains ``model`` to denoise ``corruption`` on ``dataset`` (uint8 images of ``corruption.shape``).
 
     Args:
-        model: network ``model(z_t, t) -> prediction`` (e.g. :class:`lincorrupt.nn.UNet`).
+        model: network ``model(z_t, t) -> prediction`` (e.g. :class:`lincorrupt.nn.UNet`), or a class-conditional
+            ``model(z_t, t, y)`` with a ``num_classes`` attribute (``UNet(num_classes=K)``).
         corruption: a ``DiagonalizableCorruption`` (moved to the device here).
-        dataset: Dataset of uint8 (C, H, W) tensors (see :mod:`lincorrupt.data`).
+        dataset: Dataset of uint8 (C, H, W) tensors, or of ``(image, label)`` pairs (see :mod:`lincorrupt.data`);
+            a conditional model needs the pairs, an unconditional one ignores the labels.
         config: the recipe.
         dist: process placement from :func:`init_distributed` (single CPU process by default).
         extra: plain data stored in every checkpoint (e.g. the network's constructor arguments).
@@ -108,6 +113,8 @@ class Trainer:
         if config.batch_size % (self.dist.world_size * config.grad_accum):
             raise ValueError(f"batch_size={config.batch_size} must be divisible by the number of processes "
                              f"({self.dist.world_size}) times grad_accum ({config.grad_accum})")
+        self.num_classes = getattr(model, "num_classes", None)
+        self.label_dropout = resolve_label_dropout(config.label_dropout, self.num_classes, dataset)
         self.evaluator = evaluator
         self.out_dir = Path(config.out_dir)
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
@@ -221,27 +228,31 @@ class Trainer:
                                 derive_seed(self.cfg.seed, self.step, self.dist.rank)))
         return iter(loader)
 
-    def draw(self, step: int, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """t (n,), noise (n, *shape), flip (n,) for the images ``start .. start + n - 1`` of the
-        global batch of ``step``: rows of :func:`step_draws`, the same whichever process or
-        micro-batch asks for them."""
-        t, noise, flip = step_draws(self.cfg.seed, step, self.cfg.batch_size, self.shape, self._gen, self.device)
-        return t[start:start + n], noise[start:start + n], flip[start:start + n]
+    def draw(self, step: int, start: int, n: int) -> tuple[torch.Tensor, ...]:
+        """t (n,), noise (n, *shape), flip (n,) and drop (n,) for the images ``start .. start + n - 1`` of the
+        global batch of ``step``: rows of :func:`step_draws`, the same whichever process or micro-batch asks."""
+        draws = step_draws(self.cfg.seed, step, self.cfg.batch_size, self.shape, self._gen, self.device,
+                           self.label_dropout)
+        return tuple(d[start:start + n] for d in draws)
 
-    def loss(self, x_uint8: torch.Tensor, start: int = 0,
-             draws: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def loss(self, x_uint8: torch.Tensor, start: int = 0, draws: tuple[torch.Tensor, ...] | None = None,
+             labels: torch.Tensor | None = None) -> torch.Tensor:
         """Steps 1-3: the mean loss of this rank's uint8 images at ``self.step``; ``start`` is the
         first one's index in this rank's slice (a micro-batch's offset); ``draws`` their
-        (t, noise, flip), by default :meth:`draw`'s."""
+        (t, noise, flip, drop), by default :meth:`draw`'s; ``labels`` (B,) theirs (conditional models)."""
         x = to_model_range(x_uint8.to(self.device, non_blocking=True))
         first = self.dist.rank * (self.cfg.batch_size // self.dist.world_size) + start
-        t, noise, flip = self.draw(self.step, first, x.shape[0]) if draws is None else draws
+        t, noise, flip, drop = self.draw(self.step, first, x.shape[0]) if draws is None else draws
         if self.cfg.hflip:
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return diffusion_loss(self.net, self.corruption, x, prediction=self.cfg.prediction, t=t, noise=noise)
+        y = None
+        if self.num_classes is not None:
+            y = torch.where(drop, NULL_LABEL, labels.to(self.device, non_blocking=True).long())
+        return diffusion_loss(self.net, self.corruption, x, prediction=self.cfg.prediction, t=t, noise=noise, y=y)
 
-    def train_step(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        """One optimisation step on this rank's uint8 batch; returns the (detached) local loss.
+    def train_step(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """One optimisation step on this rank's uint8 batch (or ``(images, labels)``); returns the (detached)
+        local loss.
 
         With ``grad_accum`` = k, the batch runs as k equal micro-batches (forward and backward
         each), every loss divided by k; under DDP, all but the last skip the gradient all-reduce.
@@ -249,6 +260,10 @@ class Trainer:
         Arguments are validated (:func:`lincorrupt.set_validate_args`) on this Trainer's first
         step only: the later steps read nothing back to the host.
         """
+        x_uint8, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)
+        if self.num_classes is not None and labels is None:
+            raise ValueError(f"the model is class-conditional (num_classes={self.num_classes}) but the batch holds "
+                             f"no labels: give the Trainer a dataset of (image, label) pairs")
         k = self.cfg.grad_accum
         micro = x_uint8.shape[0] // k
         if micro * k != x_uint8.shape[0]:
@@ -260,7 +275,8 @@ class Trainer:
                 sync = self.ddp is None or j == k - 1
                 part = slice(j * micro, (j + 1) * micro)
                 with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                    loss = self.loss(x_uint8[part], start=j * micro, draws=tuple(d[part] for d in draws))
+                    loss = self.loss(x_uint8[part], start=j * micro, draws=tuple(d[part] for d in draws),
+                                     labels=None if labels is None else labels[part])
                     with allow_tf32(True) if self.tf32 else contextlib.nullcontext():
                         self.scaler.scale(loss / k if k > 1 else loss).backward()
                 losses.append(loss.detach())
@@ -332,7 +348,7 @@ class Trainer:
                     # -- logging: the only host sync of a step, at log steps (and where the ranks agree to stop)
                     step = self.step
                     log_step = step % cfg.log_every == 0 or step == cfg.steps
-                    stop = self._agree_stop(log_step)
+                    stop = any_rank(self._stop, log_step, self.device)
                     if log_step or stop:
                         now = time.perf_counter()
                         ips = (step - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
@@ -398,17 +414,6 @@ class Trainer:
         """SIGTERM/SIGINT: finish the current step, save and return."""
         self._stop, self.stop_signal = True, signum
 
-    def _agree_stop(self, log_step: bool) -> bool:
-        """Whether to stop now: this process's flag, or under DDP every rank's, agreed on (a host
-        sync) at log steps only, so a signal stops a distributed run at the next log step."""
-        if not is_distributed():
-            return self._stop
-        if not log_step:
-            return False
-        flag = torch.tensor([float(self._stop)], device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
-
     def _keep_pending(self) -> torch.Tensor | None:
         """Move pending losses to ``self.losses``; return them stacked (None if there were none)."""
         if not self._pending:
@@ -442,7 +447,20 @@ class Trainer:
         from torchvision.utils import save_image
         n, steps = n or self.cfg.grid_size, steps or self.cfg.sample_steps
         g = torch.Generator(self.device).manual_seed(seed)
-        x = sample(self.sampling_model(), self.corruption, n, steps=steps, prediction=self.cfg.prediction,
-                           method=self.cfg.sampler, generator=g, device=self.device, progress=False)
+        labels = None if self.num_classes is None else torch.arange(n) % self.num_classes  # row by row
+        x = self.sample(n, labels, steps=steps, method=self.cfg.sampler, generator=g, progress=False)
         save_image(to_unit_range(x.float().cpu()), path, nrow=int(math.ceil(math.sqrt(n))))
         return x
+
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | None = None, **options) -> torch.Tensor:
+        """:func:`lincorrupt.sample` of ``n`` images with the EMA model; a conditional model samples ``labels`` (n,)
+        (default: uniform over the classes, from ``options["generator"]``) at guidance ``config.guidance``."""
+        if self.num_classes is not None:
+            if labels is None:
+                labels = torch.randint(self.num_classes, (n,), generator=options.get("generator"),
+                                       device=self.device)
+            options = {"labels": labels, "guidance": self.cfg.guidance, **options}
+        return sample(self.sampling_model(), self.corruption, n, prediction=self.cfg.prediction, device=self.device,
+                      **options)
+
