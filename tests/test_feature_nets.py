@@ -50,6 +50,21 @@ def test_fashion_mnist_net_classifies_test_images(fashion):
 
 
 @needs_fashion_mnist
+def test_label_accuracy_is_the_share_of_samples_classified_as_asked(fashion):
+    from lincorrupt.metrics import label_accuracy
+    net, x, y, _ = fashion
+    with torch.no_grad():
+        expected = (net(x.float() / 127.5 - 1).argmax(1) == y).double().mean().item()
+    assert label_accuracy(net, x, y, batch_size=300) == pytest.approx(expected, abs=1e-12)  # uint8 and in batches
+    assert label_accuracy(net, x.float() / 127.5 - 1, y.tolist()) == pytest.approx(expected, abs=1e-12)
+    assert label_accuracy(net, x, (y + 1) % 10) < 0.1  # asked for another class, it rarely matches
+    with pytest.raises(ValueError, match="-1"):
+        label_accuracy(net, x[:2], torch.tensor([0, -1]))
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        label_accuracy(net, x[:2], torch.tensor([0, 1, 2]))
+
+
+@needs_fashion_mnist
 def test_metrics_in_classifier_features_separate_real_from_corrupted(fashion):
     net, test_x, _, train_x = fashion
     real, other_real = extract_features(net, test_x), extract_features(net, train_x)

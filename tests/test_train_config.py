@@ -27,6 +27,7 @@ BAD = {
     "steps": [0, -5], "batch_size": [0], "lr": [0.0, -1e-4, math.inf, math.nan], "warmup_steps": [-1],
     "grad_clip": [-1.0, 0.0, math.nan, math.inf], "ema_decay": [1.0, 1.5, -0.1, math.nan],
     "ema_warmup_power": [-0.1, 1.5, math.nan], "weight_decay": [-0.1],
+    "label_dropout": [-0.1, 1.0, math.nan], "guidance": [-1.0, math.nan, math.inf],
     "seed": [-1], "grad_accum": [0], "num_workers": [-2], "prefetch_factor": [0], "log_every": [0],
     "sample_every": [-1], "ckpt_every": [-1], "sample_steps": [0], "eval_every": [-1], "grid_size": [0],
     # the example's own

@@ -20,8 +20,10 @@ import torch
 from torch import nn
 
 from lincorrupt.data.images import to_model_range
+from lincorrupt.validation import check_labels, is_validating
 
-__all__ = ["Classifier", "FEATURE_NETS", "FeatureNetSpec", "load_feature_net", "extract_features", "weights_path"]
+__all__ = ["Classifier", "FEATURE_NETS", "FeatureNetSpec", "load_feature_net", "extract_features", "label_accuracy",
+           "weights_path"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: Images may exceed [-1, 1] by this much (rounding) before the range check refuses them.
@@ -140,3 +142,26 @@ def extract_features(net: Classifier, images: torch.Tensor, batch_size: int = 50
     if not out:
         raise ValueError("extract_features: no images")
     return np.concatenate(out)
+
+
+@torch.no_grad()
+def label_accuracy(net: Classifier, samples: torch.Tensor, labels, batch_size: int = 500) -> float:
+    """The share of ``samples`` (N, C, H, W; uint8, or float in [-1, 1]) that ``net`` classifies as ``labels``
+    (N,): how often a class-conditional model draws the class it was asked for (Ho & Salimans 2022 report
+    the Inception score instead; with a dataset's own classifier the accuracy is direct).
+
+    Raises:
+        ValueError: ``labels`` are not N class indices of ``net`` (-1, the null label, has no class).
+    """
+    if len(samples) == 0:
+        raise ValueError("label_accuracy: no samples")
+    labels = check_labels(labels, len(samples), net.head.out_features)
+    if is_validating() and int(labels.min()) < 0:
+        raise ValueError("label_accuracy: labels must be classes 0 .. K-1; -1 (unconditional) has no class to match")
+    device = next(net.parameters()).device
+    hits = 0
+    for start in range(0, len(samples), batch_size):
+        x = samples[start:start + batch_size].to(device)
+        x = to_model_range(x) if x.dtype == torch.uint8 else x.float()
+        hits += int((net(x).argmax(1).cpu() == labels[start:start + batch_size].cpu()).sum())
+    return hits / len(samples)

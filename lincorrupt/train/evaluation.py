@@ -28,7 +28,6 @@ from lincorrupt.metrics import (
     precision_recall,
     sample_features,
 )
-from lincorrupt.sampling import sample
 
 __all__ = ["QualityEvaluator", "METRICS", "Metric", "fid_metric", "kid_metric", "precision_recall_metric",
            "feature_space", "quantize", "plot_quality"]
@@ -102,18 +101,19 @@ class QualityEvaluator:
 
     def __call__(self, trainer) -> dict[str, float]:
         """Sample, embed and compare; returns the record (on every process)."""
-        dist, model = trainer.dist, trainer.sampling_model()
+        dist = trainer.dist
 
-        def draw(n: int, g: torch.Generator) -> torch.Tensor:
-            return sample(model, trainer.corruption, n, steps=self.steps, prediction=trainer.cfg.prediction,
-                          method=self.sampler, grid=self.grid, generator=g, device=trainer.device)
+        def draw(n: int, g: torch.Generator) -> torch.Tensor:  # a conditional model: classes drawn from g, guided
+            return trainer.sample(n, steps=self.steps, method=self.sampler, grid=self.grid, generator=g)
 
         fake = sample_features(draw, self.num_samples, lambda x: self.features(quantize(x)), self.batch_size,
                                self.seed, dist.rank, dist.world_size, trainer.device)
         record = {"eval": self.label}
         for metric in self.metrics.values():
             record.update(metric(self.reference, fake))
-        return {**record, "eval_samples": len(fake), "eval_sampler": f"{self.sampler}/{self.grid}/{self.steps}"}
+        guidance = {"eval_guidance": trainer.cfg.guidance} if getattr(trainer, "num_classes", None) else {}
+        return {**record, "eval_samples": len(fake), "eval_sampler": f"{self.sampler}/{self.grid}/{self.steps}",
+                **guidance}
 
 
 def plot_quality(metrics: str | Path, path: str | Path) -> None:
