@@ -192,7 +192,7 @@ def report(budget: Budget, out: Path, results: Path, command: str) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tiny", action="store_true", help="a seconds-long run of the same code (tests it, not the numbers)")
+    p.add_argument("--tiny", action="store_true", help="a seconds-long run of the same code (tests it, not numbers)")
     p.add_argument("--out", default="out/guidance", help="runs: checkpoints, logs and evaluations")
     p.add_argument("--results", default="docs/assets/guidance", help="table and figure")
     p.add_argument("--resume", action="store_true", help="continue the runs in --out")
