@@ -16,6 +16,8 @@ optimisation recipe (batch 128, lr 2e-4, EMA 0.9999, ...), which the paper reuse
     # the baselines, same recipe
     python examples/train_blurring_cifar10.py --data-root data/cifar10-jpeg --corruption ddpm
     python examples/train_blurring_cifar10.py --data-root data/cifar10-jpeg --corruption ihdm
+    # class-conditional (10 classes; a folder: one per class subfolder), sampled with classifier-free guidance
+    python examples/train_blurring_cifar10.py --data-root data/cifar10-jpeg --class-conditional --guidance 2
     # continue after an interruption (SIGTERM/Ctrl-C save a checkpoint first and exit with 128 + the signal)
     python examples/train_blurring_cifar10.py --data-root data/cifar10-jpeg --resume
     # samples from the EMA weights; FID on 50k samples (Inception weights from a local file)
@@ -103,7 +105,7 @@ RECIPES: dict[str, Recipe] = {
 #: fast to run, and how to sample and evaluate. Every other flag (the model, the corruption, the
 #: optimisation recipe, the seed, the precision) must repeat the checkpoint's value.
 RESUMABLE = frozenset({
-    "steps", "log_every", "sample_every", "ckpt_every", "sample_steps", "sampler", "grid_size", "progress",
+    "steps", "log_every", "sample_every", "ckpt_every", "sample_steps", "sampler", "grid_size", "progress", "guidance",
     "eval_every", "eval_samples", "eval_steps", "eval_sampler", "eval_grid", "eval_features", "eval_data",
     "fid", "fid_samples", "fid_batch", "fid_steps", "fid_dims", "inception_weights", "fid_stats",
     "resume", "sample_only", "checkpoint", "out_dir", "data_root", "download", "skip_unreadable", "verify_data",
@@ -151,6 +153,9 @@ class Config(TrainConfig):
     dropout: float = option(0.1, "UNet dropout probability, in [0, 1) (DDPM's CIFAR-10: 0.1).",
                             bounds=Interval(0, 1, high_open=True))
     groups: int = option(32, "UNet GroupNorm groups (DDPM: 32).", bounds=AT_LEAST_1)
+    class_conditional: bool = option(False, "Train a class-conditional UNet on the dataset's labels (CIFAR-10: "
+                                     "10 classes; a folder: its class subfolders), --label-dropout of them replaced "
+                                     "by the null label; grids, evaluations and FID sample at --guidance.")
     prediction: str = option("auto", "What the network predicts; auto: the corruption's recipe (eps for blurring "
                              "and DDPM, x for IHDM).", choices=["auto", "eps", "x", "v"])
     sampler: str = option("ancestral", "Sampler of the grids and the FID (ancestral: the papers' sampler).",
@@ -188,23 +193,31 @@ class Config(TrainConfig):
         super().__post_init__()
         if not self.ch_mult:
             raise OptionError("ch_mult", "ch_mult must hold at least one multiplier (one per resolution), got ()")
+        if self.guidance != 1 and not self.class_conditional:
+            raise OptionError("guidance", f"--guidance {self.guidance} needs a class-conditional model: add "
+                              f"--class-conditional (an unconditional model has nothing to guide)")
         if self.prediction == "auto":
             self.prediction = RECIPES[self.corruption].prediction
         self.out_dir = self.out_dir.format(corruption=self.corruption)
 
-    def unet_kwargs(self) -> dict:
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.channels, self.image_size, self.image_size
+
+    def unet_kwargs(self, num_classes: int | None = None) -> dict:
         return dict(image_size=self.image_size, in_channels=self.channels, ch=self.ch, ch_mult=list(self.ch_mult),
                     num_res_blocks=self.num_res_blocks, attn_resolutions=list(self.attn_resolutions),
-                    dropout=self.dropout, groups=self.groups)
+                    dropout=self.dropout, groups=self.groups, num_classes=num_classes)
 
 
-def model_args(cfg: Config) -> dict[str, Any]:
+def model_args(cfg: Config, num_classes: int | None = None) -> dict[str, Any]:
     """What rebuilds the model without the command line: the corruption's name, its constructor
-    settings and the data shape, the prediction, the UNet's constructor arguments."""
+    settings and the data shape, the prediction, the UNet's constructor arguments (``num_classes``:
+    those of a class-conditional model)."""
     recipe = RECIPES[cfg.corruption]
-    return {"corruption": cfg.corruption, "shape": [cfg.channels, cfg.image_size, cfg.image_size],
+    return {"corruption": cfg.corruption, "shape": list(cfg.shape),
             "settings": {arg: getattr(cfg, name) for arg, name in recipe.settings.items()},
-            "prediction": cfg.prediction, "unet": cfg.unet_kwargs()}
+            "prediction": cfg.prediction, "unet": cfg.unet_kwargs(num_classes)}
 
 
 def build_corruption(args: dict[str, Any]) -> lc.DiagonalizableCorruption:
@@ -231,9 +244,10 @@ def resumed_config(checkpoint: dict[str, Any], given: dict[str, Any], path: Path
 
 
 def prior_images(data, n: int, seed: int) -> torch.Tensor:
-    """A seeded random subset of n training images in [-1, 1], (n, C, H, W)."""
+    """A seeded random subset of n training images in [-1, 1], (n, C, H, W) (without labels)."""
     index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
-    return torch.stack([data[int(i)] for i in index]).float() / 127.5 - 1
+    items = [data[int(i)] for i in index]
+    return torch.stack([x[0] if isinstance(x, tuple) else x for x in items]).float() / 127.5 - 1
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -256,13 +270,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     dist = init_distributed(cfg.device or None, timeout=cfg.dist_timeout)
     torch.manual_seed(derive_seed(cfg.seed, dist.rank))  # weight init (identical: DDP broadcasts rank 0's) and dropout
-    args = ckpt_state["extra"]["model_args"] if ckpt_state else model_args(cfg)
-    recipe = RECIPES[args["corruption"]]
+    recipe = RECIPES[cfg.corruption]
     fit_prior = recipe.prior is not None and ckpt_state is None
     need_data = not cfg.sample_only or cfg.fid or fit_prior
-    shape = tuple(args["shape"])
-    data = (load_images(cfg.data_root, shape, download=cfg.download or None, skip_unreadable=cfg.skip_unreadable)
-            if need_data else None)
+    shape = tuple(ckpt_state["extra"]["model_args"]["shape"]) if ckpt_state else cfg.shape
+    data = (load_images(cfg.data_root, shape, download=cfg.download or None, skip_unreadable=cfg.skip_unreadable,
+                        labels=cfg.class_conditional) if need_data else None)
+    args = ckpt_state["extra"]["model_args"] if ckpt_state else model_args(cfg, data.num_classes)
     if data is not None and cfg.verify_data:
         verify_images(data, cfg.skip_unreadable, cfg.progress and dist.is_main)
     if cfg.fid:
@@ -365,11 +379,9 @@ def evaluate_fid(cfg: Config, trainer: Trainer, data, weights: Path) -> float:
     cache = fid_cache_path(cfg, data, weights)
     ref = (dataset_stats(data, inception, batch_size=cfg.fid_batch, cache=cache, progress=cfg.progress)
            if dist.is_main else None)
-    ema = trainer.sampling_model()
 
-    def draw(n: int, g: torch.Generator) -> torch.Tensor:
-        return lc.sample(ema, trainer.corruption, n, steps=cfg.fid_steps, prediction=cfg.prediction,
-                         method=cfg.sampler, generator=g, device=device)
+    def draw(n: int, g: torch.Generator) -> torch.Tensor:  # a conditional model: uniform classes at --guidance
+        return trainer.sample(n, steps=cfg.fid_steps, method=cfg.sampler, generator=g)
 
     stats: FIDStats = sample_stats(draw, cfg.fid_samples, inception, batch_size=cfg.fid_batch, seed=cfg.seed,
                                    rank=dist.rank, world_size=dist.world_size, device=device,
@@ -378,7 +390,7 @@ def evaluate_fid(cfg: Config, trainer: Trainer, data, weights: Path) -> float:
     if dist.is_main:
         record = {"fid": value, "num_samples": stats.n, "sampler": cfg.sampler, "sampler_steps": cfg.fid_steps,
                   "dims": cfg.fid_dims, "step": trainer.step, "reference": str(cache),
-                  "inception_weights": str(weights)}
+                  "inception_weights": str(weights), "guidance": cfg.guidance if cfg.class_conditional else None}
         (Path(cfg.out_dir) / "fid.json").write_text(json.dumps(record, indent=2) + "\n")
         print(f"FID ({stats.n} samples, {cfg.fid_steps} steps) = {value:.3f}")
     return value

@@ -2,6 +2,7 @@
 
     lincorrupt info runs/blurring                  # corruption, settings, prediction, step, parameters, recipe
     lincorrupt sample runs/blurring -n 64 -o grid.png --method dpm++2m --grid logsnr --steps 50 --seed 0
+    lincorrupt sample runs/conditional -n 100 --labels 3 --guidance 2   # a class-conditional model: class 3
 
 RUN_OR_CKPT is a run folder (its ``checkpoint.pt``), a Trainer checkpoint or a file of
 :meth:`lincorrupt.DiffusionModel.save`; :func:`lincorrupt.load` reads it (EMA weights).
@@ -25,12 +26,13 @@ __all__ = ["main", "describe"]
 
 def describe(model: DiffusionModel) -> dict:
     """What ``lincorrupt info`` prints, as plain data: path, corruption and its settings, prediction,
-    step, parameter count and the training recipe (when the file holds one)."""
+    number of classes (None: unconditional), step, parameter count and the training recipe (when the
+    file holds one)."""
     info = model.info
     settings = {k: v for k, v in model.corruption.config.items() if not isinstance(v, (torch.Tensor, torch.nn.Module))}
     return {"path": info.get("path"), "corruption": type(model.corruption).__name__,
             "settings": settings, "prior": type(model.corruption.prior).__name__,
-            "prediction": model.prediction, "step": info.get("step"),
+            "prediction": model.prediction, "num_classes": model.num_classes, "step": info.get("step"),
             "network": type(model.network).__name__,
             "parameters": sum(p.numel() for p in model.network.parameters()),
             "trained_with": info.get("config")}
@@ -48,12 +50,37 @@ def _sample(args) -> None:
     model = load(args.run, map_location=device)
     generator = torch.Generator(device).manual_seed(args.seed)
     x = model.sample(args.num_samples, steps=args.steps, method=args.method, grid=args.grid, generator=generator,
-                     progress=args.progress)
+                     progress=args.progress, **_conditioning(model, args))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(to_unit_range(x.float().cpu()), out, nrow=int(math.ceil(math.sqrt(args.num_samples))))
     print(f"{args.num_samples} samples ({args.method}, {args.steps} steps, {args.grid} grid, step "
           f"{model.info.get('step', '?')} of {model.info['path']}) -> {out}")
+
+
+def _conditioning(model: DiffusionModel, args) -> dict:
+    """``labels`` and ``guidance`` of a class-conditional model: ``--labels`` repeated over the grid (default:
+    the classes in turn, one per image); nothing for an unconditional one.
+
+    Raises:
+        ValueError: ``--labels`` or ``--guidance`` for an unconditional model.
+    """
+    if model.num_classes is None:
+        if args.labels is not None or args.guidance != 1:
+            raise ValueError(f"{model.info['path']} is an unconditional model: --labels and --guidance need a "
+                             f"class-conditional one (trained with labels, num_classes in `lincorrupt info`)")
+        return {}
+    classes = torch.tensor(args.labels if args.labels is not None else range(model.num_classes))
+    return {"labels": classes.repeat(-(-args.num_samples // len(classes)))[:args.num_samples],
+            "guidance": args.guidance}
+
+
+def _labels(text: str) -> list[int]:
+    try:
+        return [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected class indices separated by commas, e.g. 3 or 0,1,2, got {text!r}") \
+            from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--grid", default="uniform", choices=sorted(GRIDS), help="time grid (default uniform)")
     s.add_argument("--steps", type=_positive, default=250, help="network evaluations (default 250)")
     s.add_argument("--seed", type=int, default=0, help="seed of the prior and the sampler's noise (default 0)")
+    s.add_argument("--labels", type=_labels, default=None,
+                   help="class-conditional models: class indices, repeated over the grid (-1: unconditional; "
+                        "default: the classes in turn)")
+    s.add_argument("--guidance", type=float, default=1.0,
+                   help="class-conditional models: classifier-free guidance scale (1: the conditional model)")
     s.add_argument("--device", default="", help="device (default: cuda when available, else cpu)")
     s.add_argument("--progress", action="store_true", help="show a progress bar")
     s.set_defaults(run_command=_sample)

@@ -231,4 +231,44 @@ def test_an_image_folder_labels_its_images_by_class_subfolder(tmp_path):
             Image.new("L", (8, 8), color=40 * k + i).save(tmp_path / name / f"{i}.png")
     ds = ImageFolder(tmp_path, SHAPE, labels=True)
     assert ds.classes == ["cat", "dog"] and [int(ds[i][1]) for i in range(4)] == [0, 0, 1, 1]
-    assert isinstance(ImageFolder(tmp_path, SHAPE)[0], torch.Tensor)
+    assert ds.num_classes == 2
+    plain = ImageFolder(tmp_path, SHAPE)
+    assert isinstance(plain[0], torch.Tensor) and plain.num_classes is None
+
+
+def test_labelled_tensor_images_know_their_number_of_classes():
+    images = torch.zeros(4, *SHAPE, dtype=torch.uint8)
+    assert TensorImages(images, SHAPE, labels=torch.tensor([0, 2, 1, 2])).num_classes == 3
+    assert TensorImages(images, SHAPE, labels=torch.tensor([0, 0, 1, 1]), num_classes=10).num_classes == 10
+    assert TensorImages(images, SHAPE).num_classes is None
+    with pytest.raises(ValueError, match=r"in -1 \.\. 1"):
+        TensorImages(images, SHAPE, labels=torch.tensor([0, 2, 1, 2]), num_classes=2)
+
+
+def test_the_command_line_samples_a_conditional_model_by_class_at_a_guidance_scale(tmp_path, capsys, monkeypatch):
+    import json
+
+    from lincorrupt import commands
+    trainer = conditional_trainer(tmp_path / "run")
+    assert trainer.fit() == "done"
+    assert commands.main(["info", str(tmp_path / "run")]) == 0
+    assert json.loads(capsys.readouterr().out)["num_classes"] == 3
+    seen = {}
+    real = lc.DiffusionModel.sample
+    monkeypatch.setattr(lc.DiffusionModel, "sample", lambda self, n, **kw: seen.update(kw) or real(self, n, **kw))
+    grid = str(tmp_path / "grid.png")
+    assert commands.main(["sample", str(tmp_path / "run"), "-n", "5", "-o", grid, "--steps", "2",
+                          "--labels", "2,-1", "--guidance", "3"]) == 0
+    assert seen["labels"].tolist() == [2, -1, 2, -1, 2] and seen["guidance"] == 3
+    assert commands.main(["sample", str(tmp_path / "run"), "-n", "4", "-o", grid, "--steps", "2"]) == 0
+    assert seen["labels"].tolist() == [0, 1, 2, 0] and seen["guidance"] == 1  # the classes in turn
+    assert commands.main(["sample", str(tmp_path / "run"), "-n", "4", "-o", grid, "--steps", "2",
+                          "--labels", "3"]) == 1
+    assert "in -1 .. 2" in capsys.readouterr().err
+
+
+def test_the_command_line_refuses_labels_for_an_unconditional_model(tmp_path, capsys):
+    from lincorrupt import commands
+    lc.DiffusionModel(tiny_unet(None), lc.DDPM(SHAPE), "v").save(tmp_path / "model.pt")
+    assert commands.main(["sample", str(tmp_path / "model.pt"), "-o", str(tmp_path / "g.png"), "--guidance", "2"]) == 1
+    assert "unconditional model: --labels and --guidance" in capsys.readouterr().err

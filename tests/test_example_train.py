@@ -68,6 +68,28 @@ def test_quality_during_training(script, data_root, tmp_path, random_weights):
     assert (tmp_path / "quality.png").is_file()
 
 
+def test_a_class_conditional_run_learns_the_folder_classes_and_samples_them_at_its_guidance(
+        script, data_root, tmp_path, random_weights):
+    args = TINY + ["--data-root", str(data_root), "--out-dir", str(tmp_path), "--class-conditional"]
+    assert script.main(args + ["--steps", "2", "--guidance", "2"])["status"] == "done"
+    model = lc.load(tmp_path)
+    assert model.num_classes == 3  # the folder's class subfolders
+    resumed = script.main(args + ["--steps", "3", "--resume", "--guidance", "3"])  # guidance is a sampling option
+    assert resumed["step"] == 3 and resumed["config"]["guidance"] == 3
+    with pytest.raises(CheckpointError, match="--label-dropout"):
+        script.main(args + ["--steps", "4", "--resume", "--label-dropout", "0.3"])  # part of the recipe
+    script.main(args + ["--sample-only", "--fid", "--fid-samples", "6", "--fid-batch", "3", "--fid-steps", "2",
+                        "--fid-dims", "64", "--inception-weights", str(random_weights), "--guidance", "3"])
+    record = json.loads((tmp_path / "fid.json").read_text())
+    assert np.isfinite(record["fid"]) and record["guidance"] == 3
+
+
+def test_guidance_without_a_class_conditional_model_is_refused(script, data_root, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        script.main(TINY + ["--data-root", str(data_root), "--out-dir", str(tmp_path), "--guidance", "2"])
+    assert "needs a class-conditional model: add --class-conditional" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("corruption", ["ddpm", "ihdm"])
 def test_baselines_train_and_sample(script, data_root, tmp_path, corruption):
     out = script.main(TINY + ["--data-root", str(data_root), "--out-dir", str(tmp_path), "--steps", "1",
@@ -172,7 +194,7 @@ def test_resume_rebuilds_from_the_checkpoint_and_records_the_config_it_used(scri
         "corruption": "blurring", "shape": [3, 16, 16], "prediction": "eps",
         "settings": {"sigma_blur_max": 20.0, "min_scale": 1e-3, "logsnr_min": -10.0, "logsnr_max": 10.0},
         "unet": {"image_size": 16, "in_channels": 3, "ch": 16, "ch_mult": [1, 2], "num_res_blocks": 1,
-                 "attn_resolutions": [8], "dropout": 0.1, "groups": 8}}
+                 "attn_resolutions": [8], "dropout": 0.1, "groups": 8, "num_classes": None}}
     summary = json.loads((out / "summary.json").read_text())["config"]
     assert summary == {k: list(v) if isinstance(v, tuple) else v for k, v in expected.items()}
     assert after["optimizer"]["param_groups"][0]["lr"] == 2e-4  # the recorded lr is the one Adam used (warm-up over)

@@ -82,6 +82,16 @@ def test_dataset_stats_are_cached_and_samples_are_shared(inception, tmp_path, mo
     assert abs(fid(ref, stats)) < 1e-6 and stats.n == 10
 
 
+def test_dataset_stats_of_labelled_images_are_those_of_the_images(inception):
+    from lincorrupt.data import TensorImages
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    labelled = TensorImages(images, (3, 16, 16), labels=torch.tensor([0, 1, 2, 0, 1, 2]))
+    plain = dataset_stats(images, inception, batch_size=4, progress=False)
+    paired = dataset_stats(labelled, inception, batch_size=4, progress=False)
+    np.testing.assert_array_equal(paired.mu, plain.mu)
+    np.testing.assert_array_equal(paired.sigma, plain.sigma)
+
+
 def test_missing_weights_fail_fast_naming_the_file(monkeypatch, tmp_path):
     monkeypatch.delenv(ENV_VAR, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))

@@ -121,19 +121,23 @@ def _check_shape(found: tuple[int, ...], expected: tuple[int, ...], where: str) 
 
 class TensorImages(Dataset):
     """An in-memory stack of uint8 images (N, C, H, W), shape-checked once; with ``labels`` (N,) integer
-    class indices, item i is ``(image, label)`` (the data of a class-conditional model)."""
+    class indices, item i is ``(image, label)`` (the data of a class-conditional model) and
+    :attr:`num_classes` is ``num_classes`` (default: the largest label + 1)."""
 
     def __init__(self, images: torch.Tensor, shape: tuple[int, int, int], where: str = "the tensor",
-                 labels: torch.Tensor | None = None):
+                 labels: torch.Tensor | None = None, num_classes: int | None = None):
         if images.ndim == 3:  # (N, H, W) greyscale
             images = images[:, None]
         if images.ndim != 4 or images.dtype != torch.uint8:
             raise ValueError(f"{where}: expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         _check_shape(tuple(images.shape[1:]), shape, where)
         self.images = images.contiguous()
-        self.labels = None if labels is None else check_labels(labels, len(images), name=f"{where}: labels")
-        if self.labels is not None and len(images) and int(self.labels.min()) < 0:
-            raise ValueError(f"{where}: labels must be class indices >= 0 (-1 is the null label of guidance)")
+        self.labels, self.num_classes = None, None
+        if labels is not None:
+            self.labels = check_labels(labels, len(images), num_classes, name=f"{where}: labels")
+            if len(images) and int(self.labels.min()) < 0:
+                raise ValueError(f"{where}: labels must be class indices >= 0 (-1 is the null label of guidance)")
+            self.num_classes = num_classes or (int(self.labels.max()) + 1 if len(images) else 0)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -172,7 +176,8 @@ class ImageFolder(Dataset):
         root: folder of class subfolders.
         shape: expected (C, H, W); images are never resized or converted silently.
         labels: items are ``(image, label)``, the label the index of the image's class subfolder in
-            :attr:`classes` (the sorted names of the subfolders of ``root``), as in torchvision.
+            :attr:`classes` (the sorted names of the subfolders of ``root``), as in torchvision;
+            :attr:`num_classes` is then their number (None without labels).
         skip_unreadable: an image whose file cannot be decoded is replaced by the next readable
             one (index ``i + 1``, ``i + 2``, ... cyclically; deterministic given the files), named
             on stderr when first found and counted by :meth:`unreadable_count` (also across
@@ -196,6 +201,7 @@ class ImageFolder(Dataset):
                              f"the folder of its class")
         index = {name: k for k, name in enumerate(self.classes)}
         self.targets = [index[p.relative_to(self.root).parts[0]] for p in self.files] if labels else None
+        self.num_classes = len(self.classes) if labels else None
         if not self.files:
             raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {self.root}")
         # one flag per file in shared memory: DataLoader workers mark what they skip, the main process counts
@@ -315,14 +321,15 @@ def load_images(root: str | os.PathLike, shape: tuple[int, int, int], train: boo
         if download not in TORCHVISION:
             raise ValueError(f"download={download!r}: expected one of {sorted(TORCHVISION)}")
         root.mkdir(parents=True, exist_ok=True)
-        return TensorImages(*_labelled(TORCHVISION[download][1](root, train, True), labels), shape, str(root))
+        return TensorImages(*_labelled(TORCHVISION[download][1](root, train, True), labels), shape, str(root),
+                            num_classes=10 if labels else None)
     if not root.is_dir():
         raise FileNotFoundError(f"data root {root} does not exist; pass a folder of class subfolders of images, "
                                 f"a torchvision CIFAR-10/Fashion-MNIST root, or download with torchvision when online")
     for name, (detect, load) in TORCHVISION.items():
         if detect(root):
             images, targets = _labelled(load(root, train, False), labels)
-            return TensorImages(images, shape, f"{root} ({name})", targets)
+            return TensorImages(images, shape, f"{root} ({name})", targets, num_classes=10 if labels else None)
     folder = _class_folder(root, train)
     if folder is None:
         raise FileNotFoundError(f"{root} holds no recognised dataset: expected cifar-10-batches-py/, "

@@ -163,13 +163,16 @@ def fid(a: FIDStats, b: FIDStats) -> float:
 
 def dataset_stats(dataset: Dataset, inception: torch.nn.Module, batch_size: int = 200,
                   cache: str | os.PathLike | None = None, num_workers: int = 0, progress: bool = True) -> FIDStats:
-    """Reference statistics of a Dataset of uint8 (C, H, W) images, cached in ``cache`` (.npz) when given."""
+    """Reference statistics of a Dataset of uint8 (C, H, W) images (or ``(image, label)`` pairs, whose labels
+    are not used), cached in ``cache`` (.npz) when given."""
     if cache is not None and Path(cache).is_file():
         stats = FIDStats.load(cache)
         if stats.n == len(dataset):
             return stats
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    feats = [activations(x.float() / 255, inception) for x in tqdm(loader, desc="FID reference", disable=not progress)]
+    batches = (x[0] if isinstance(x, (tuple, list)) else x for x in loader)
+    feats = [activations(x.float() / 255, inception)
+             for x in tqdm(batches, "FID reference", len(loader), disable=not progress)]
     stats = FIDStats.of(np.concatenate(feats))
     if cache is not None:
         stats.save(cache)
