@@ -1,0 +1,40 @@
+"""benchmarks/bench_guidance.py --tiny: the guidance study's code end to end in seconds (the numbers mean
+nothing at this size): conditional training, every guidance scale evaluated, resuming, the report."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from lincorrupt.data import DEBIAN_DIR
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_guidance.py"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is missing")
+def test_tiny_guidance_study_trains_evaluates_every_scale_resumes_and_reports(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_guidance", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    out, results = tmp_path / "runs", tmp_path / "results"
+    args = ["--tiny", "--out", str(out), "--results", str(results)]
+    report = module.main(args)
+    budget = module.TINY
+    steps = [k * budget.quality.steps for k in budget.thirds]
+    evals = report["evaluations"]
+    assert [(e["model"], e["step"]) for e in evals] == [(m, s) for m in module.MODELS for s in steps]
+    for e in evals:
+        assert sorted(map(float, e["scales"])) == sorted(budget.scales)
+        assert all(0 <= m["label_accuracy"] <= 1 and 0 <= m["recall"] <= 1 for m in e["scales"].values())
+    table = (results / "guidance.md").read_text()
+    assert table.count(f"| {module.MODELS[0]} @ {steps[-1]} |") == len(budget.scales)
+    assert (results / "guidance.png").stat().st_size > 0
+    # an existing study is never overwritten without --resume; with it, nothing is redone
+    with pytest.raises(SystemExit):
+        module.main(args)
+    again = module.main([*args, "--resume"])
+    assert again["evaluations"] == json.loads((results / "guidance.json").read_text())["evaluations"] == evals
