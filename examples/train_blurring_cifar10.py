@@ -193,9 +193,6 @@ class Config(TrainConfig):
         super().__post_init__()
         if not self.ch_mult:
             raise OptionError("ch_mult", "ch_mult must hold at least one multiplier (one per resolution), got ()")
-        if self.guidance != 1 and not self.class_conditional:
-            raise OptionError("guidance", f"--guidance {self.guidance} needs a class-conditional model: add "
-                              f"--class-conditional (an unconditional model has nothing to guide)")
         if self.prediction == "auto":
             self.prediction = RECIPES[self.corruption].prediction
         self.out_dir = self.out_dir.format(corruption=self.corruption)
@@ -268,6 +265,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise CheckpointError(f"{out} already holds {' and '.join(existing)}: pass --resume to continue it, "
                               f"or another --out-dir")
 
+    if cfg.guidance != 1 and not cfg.class_conditional:  # after --resume: the checkpoint's model decides
+        raise ValueError(f"--guidance {cfg.guidance} needs a class-conditional model: train one with "
+                         f"--class-conditional (an unconditional model has nothing to guide)")
     dist = init_distributed(cfg.device or None, timeout=cfg.dist_timeout)
     torch.manual_seed(derive_seed(cfg.seed, dist.rank))  # weight init (identical: DDP broadcasts rank 0's) and dropout
     recipe = RECIPES[cfg.corruption]

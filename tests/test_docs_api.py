@@ -12,6 +12,7 @@ import inspect
 
 MODULES = ["lincorrupt", "lincorrupt.schedules", "lincorrupt.coefficients", "lincorrupt.sampling",
            "lincorrupt.sampling.denoiser", "lincorrupt.sampling.samplers", "lincorrupt.sampling.grids",
+           "lincorrupt.sampling.guidance",
            "lincorrupt.losses", "lincorrupt.predictions",
            "lincorrupt.model", "lincorrupt.config", "lincorrupt.commands",
            "lincorrupt.priors", "lincorrupt.collectives",

@@ -107,6 +107,15 @@ def test_train_from_python_runs(tmp_path):
     assert {"checkpoint.pt", "metrics.jsonl", "samples.png"} <= {p.name for p in (tmp_path / "run").iterdir()}
 
 
+@needs_fashion_mnist
+def test_conditional_how_to_trains_on_labels_and_samples_classes(tmp_path):
+    page = _load("conditional")
+    model = page.train(str(tmp_path / "run"), steps=2, train_images=64)
+    assert model.num_classes == 10 and model.network.config["num_classes"] == 10
+    x, accuracy = page.sample_classes(model, guidance=3.0, per_class=1)
+    assert x.shape == (10, 1, 28, 28) and bool(torch.isfinite(x).all()) and 0 <= accuracy <= 1
+
+
 def test_faq_code_runs_and_the_page_quotes_its_messages(tmp_path, monkeypatch, capsys):
     """Each error the FAQ explains is raised by the page's code, with the message the page quotes."""
     import runpy

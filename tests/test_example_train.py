@@ -84,10 +84,13 @@ def test_a_class_conditional_run_learns_the_folder_classes_and_samples_them_at_i
     assert np.isfinite(record["fid"]) and record["guidance"] == 3
 
 
-def test_guidance_without_a_class_conditional_model_is_refused(script, data_root, tmp_path, capsys):
-    with pytest.raises(SystemExit):
+def test_guidance_without_a_class_conditional_model_is_refused(script, trained, data_root, tmp_path):
+    with pytest.raises(ValueError, match="needs a class-conditional model: train one with --class-conditional"):
         script.main(TINY + ["--data-root", str(data_root), "--out-dir", str(tmp_path), "--guidance", "2"])
-    assert "needs a class-conditional model: add --class-conditional" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="needs a class-conditional model"):  # the checkpoint's model decides
+        script.main(TINY + ["--data-root", str(data_root), "--out-dir", str(trained["out"]), "--sample-only",
+                            "--guidance", "2"])
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 @pytest.mark.parametrize("corruption", ["ddpm", "ihdm"])
