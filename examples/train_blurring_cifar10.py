@@ -181,10 +181,12 @@ class Config(TrainConfig):
     fid_stats: str = option("", "Cache of the reference statistics (.npz); default beside the run folder.")
     eval_samples: int = option(1000, "Quality during training (--eval-every): samples per evaluation (KID is "
                                "unbiased at this size; FID is not).", bounds=Interval(4))
-    eval_steps: int = option(20, "Sampler steps per evaluation: dpm++2m on the log-SNR grid needs tens, not "
-                             "hundreds.", bounds=AT_LEAST_1)
-    eval_sampler: str = option("dpm++2m", "Sampler of the evaluations.", choices=sorted(lc.SAMPLERS))
-    eval_grid: str = option("logsnr", "Time grid of the evaluations.", choices=sorted(lc.GRIDS))
+    eval_steps: int = option(20, "Sampler steps per evaluation: the fast samplers need tens, not hundreds.",
+                             bounds=AT_LEAST_1)
+    eval_sampler: str = option("auto", "Sampler of the evaluations; auto: the corruption's fast_sampling (dpm++3m "
+                               "for blurring, DDPM and IHDM).", choices=["auto", *sorted(lc.SAMPLERS)])
+    eval_grid: str = option("auto", "Time grid of the evaluations; auto: the corruption's fast_sampling (data for "
+                            "blurring, logsnr for DDPM, info for IHDM).", choices=["auto", *sorted(lc.GRIDS)])
     eval_features: str = option("auto", "Feature network of the evaluations; auto: the shipped classifier for the "
                                 "image shape.", choices=["auto", "fashion-mnist", "cifar10", "inception"])
     eval_data: str = option("", "Held-out images for the reference features (default: --data-root's test split).")
@@ -369,7 +371,9 @@ def quality_evaluator(cfg: Config, shape: tuple[int, int, int], device) -> Quali
     batches = DataLoader(held_out, batch_size=500, num_workers=0)
     reference = np.concatenate([features(to_model_range(x.to(device))) for x in batches])
     return QualityEvaluator(features, reference, label, num_samples=cfg.eval_samples, steps=cfg.eval_steps,
-                            sampler=cfg.eval_sampler, grid=cfg.eval_grid, batch_size=cfg.fid_batch, seed=cfg.seed)
+                            sampler=None if cfg.eval_sampler == "auto" else cfg.eval_sampler,
+                            grid=None if cfg.eval_grid == "auto" else cfg.eval_grid, batch_size=cfg.fid_batch,
+                            seed=cfg.seed)
 
 
 def evaluate_fid(cfg: Config, trainer: Trainer, data, weights: Path) -> float:

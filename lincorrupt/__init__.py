@@ -8,7 +8,7 @@ DDPM, inverse heat dissipation, blurring diffusion and Soft Diffusion are instan
 
 from .basis import Basis, DCTBasis, IdentityBasis, MatrixBasis
 from .coefficients import Coefficients, Transition
-from .corruption import DiagonalizableCorruption, Gaussian, InvalidCorruptionError
+from .corruption import DiagonalizableCorruption, FastSampling, Gaussian, InvalidCorruptionError
 from .corruptions import DDPM, IHDM, BlurringDiffusion, SoftDiffusion
 from .likelihood import ELBO, bits_per_dim, elbo
 from .losses import diffusion_loss, elbo_weighting, snr_weighting, soft_score_weighting
@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Basis", "IdentityBasis", "DCTBasis", "MatrixBasis",
     "DiagonalizableCorruption", "Coefficients", "Transition", "Gaussian", "InvalidCorruptionError",
-    "DDPM", "IHDM", "BlurringDiffusion", "SoftDiffusion",
+    "FastSampling", "DDPM", "IHDM", "BlurringDiffusion", "SoftDiffusion",
     "diffusion_loss", "elbo_weighting", "soft_score_weighting", "snr_weighting", "PREDICTIONS",
     "Prior", "StandardNormalPrior", "GaussianPrior", "EmpiricalPrior",
     "sample", "Denoiser", "StepInfo", "SAMPLERS", "GRIDS", "CUDAGraphModel",

@@ -13,6 +13,7 @@ import lincorrupt as lc
 from lincorrupt.data import TensorImages
 from lincorrupt.nn import UNet
 from lincorrupt.train import TrainConfig, Trainer
+from lincorrupt.train.distributed import DistInfo
 from lincorrupt.train.evaluation import (
     METRICS,
     QualityEvaluator,
@@ -53,10 +54,34 @@ def test_trainer_logs_quality_every_eval_every_steps(tmp_path):
     evals = [r for r in records if "eval" in r]
     assert [r["step"] for r in evals] == [2, 4]
     for r in evals:
-        assert r["eval"] == "random projection" and r["eval_samples"] == 6 and r["eval_sampler"] == "dpm++2m/logsnr/2"
+        assert r["eval"] == "random projection" and r["eval_samples"] == 6 and r["eval_sampler"] == "dpm++3m/data/2"
         assert r["fid"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and np.isfinite(r["kid"])
     assert (tmp_path / "quality.png").stat().st_size > 0
     assert all("loss" in r for r in records if "eval" not in r)  # training records keep their form
+
+
+@pytest.mark.parametrize("corruption, expected", [
+    (lc.BlurringDiffusion(SHAPE), "dpm++3m/data/20"), (lc.DDPM(SHAPE), "dpm++3m/logsnr/20"),
+    (lc.IHDM(SHAPE), "dpm++3m/info/20"), (lc.SoftDiffusion(SHAPE), "dpm++2m/uniform/20")])
+def test_the_evaluator_samples_each_corruption_with_its_fast_sampling_unless_told(corruption, expected,
+                                                                                  monkeypatch):
+    """The defaults are the corruption's (measured per corruption on the Benchmarks page); given values win."""
+    assert corruption.fast_sampling.method in lc.SAMPLERS and corruption.fast_sampling.grid in lc.GRIDS
+    seen = []
+
+    class Recorder:
+        dist, device, num_classes = DistInfo(), torch.device("cpu"), None
+
+        def sample(self, n, **options):
+            seen.append("{method}/{grid}/{steps}".format(**options))
+            return torch.zeros(n, *SHAPE)
+
+    Recorder.corruption = corruption
+    reference = np.random.default_rng(0).normal(size=(8, 5))
+    QualityEvaluator(project, reference, "p", num_samples=4, batch_size=4, metrics={"fid": METRICS["fid"]})(Recorder())
+    QualityEvaluator(project, reference, "p", num_samples=4, batch_size=4, metrics={"fid": METRICS["fid"]},
+                     sampler="ddim", grid="uniform", steps=7)(Recorder())
+    assert seen == [expected, "ddim/uniform/7"]
 
 
 def test_evaluator_needs_enough_samples():

@@ -26,7 +26,7 @@ def train(root="my-images", out_dir="runs/my-images", steps=2000):
     trainer.fit()                        # resumable: trainer.resume(out_dir) before fit() continues a run
     model = lc.load(out_dir, map_location=trainer.device)      # network, corruption, prediction; EMA weights
     g = torch.Generator(trainer.device).manual_seed(0)
-    samples = model.sample(64, steps=20, method="dpm++3m", grid="logsnr", generator=g)
+    samples = model.sample(64, steps=20, method="dpm++3m", grid="data", generator=g)  # c.fast_sampling
     torchvision.utils.save_image(to_unit_range(samples.float().cpu()), f"{out_dir}/samples.png", nrow=8)
     return trainer, samples
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..basis import DCTBasis
-from ..corruption import DiagonalizableCorruption
+from ..corruption import DiagonalizableCorruption, FastSampling
 from ..priors import GaussianPrior, Prior
 from ..schedules import log_spaced_blur_tau
 
@@ -38,6 +38,9 @@ class IHDM(DiagonalizableCorruption):
             process then uses ``sigma_t = 0.02``).
         prior: default moment-matched Gaussian with unit data variance.
     """
+
+    #: DPM-Solver++(3M) on the information grid, the best at 20 NFE at 28x28 and 32x32 (Benchmarks page).
+    fast_sampling = FastSampling("dpm++3m", "info", 20)
 
     def __init__(self, shape: tuple[int, int, int], sigma: float = 0.01, sigma_blur_max: float = 24.0,
                  num_steps: int = 200, sigma_blur_min: float = 0.5, data_range: float = 2.0,
