@@ -17,6 +17,7 @@ statistics travel without any list of their names.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Any
 
@@ -125,15 +126,22 @@ def build_module(spec: dict[str, Any], state: dict[str, Tensor] | None = None, p
                  expected: type = nn.Module) -> nn.Module:
     """Rebuild a module from :func:`module_spec`'s ``spec``, then load ``state`` into it (:func:`restore_state`).
 
-    Only classes derived from :class:`Configurable` that are defined in this process can be
-    named (no import happens here): a custom corruption's module must be imported first.
+    Only classes derived from :class:`Configurable` can be named: lincorrupt's own (its module is
+    imported when needed, e.g. ``lincorrupt.nn`` for the UNet) or ones defined in this process (no
+    other module is imported here: a custom corruption's module must be imported first).
 
     Raises:
         SpecError: the class is unknown or not an ``expected``, a reference is missing from ``state``,
             or the constructor refuses the arguments.
     """
+    name = spec["class"]
+    if name not in _CLASSES and name.startswith("lincorrupt."):  # the library's own modules, never another's
+        try:
+            importlib.import_module(name.rsplit(".", 1)[0])
+        except ImportError:
+            pass  # an unknown class: the error below names it
     try:
-        cls = _CLASSES[spec["class"]]
+        cls = _CLASSES[name]
     except KeyError:
         raise SpecError(f"the file names class {spec['class']!r}, which is not defined in this process; import "
                         f"the module that defines it before loading") from None

@@ -266,6 +266,22 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         main(["sample", str(tmp_path), "-n", "0"])
 
 
+def test_a_fresh_process_loads_a_unet_model_without_importing_lincorrupt_nn(tmp_path):
+    """lc.load imports the library's own module of a recorded class; the command line relies on it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lincorrupt.nn import UNet
+    net = UNet(image_size=8, in_channels=1, ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), groups=4)
+    lc.DiffusionModel(net, lc.DDPM((1, 8, 8)), "v").save(tmp_path / "model.pt")
+    code = "import sys, lincorrupt as lc; m = lc.load(sys.argv[1]); print(type(m.network).__name__)"
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model.pt")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(lc.__file__).parents[1])}, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "UNet", done.stderr
+
+
 def test_python_m_lincorrupt_runs_the_command_line(tmp_path):
     import os
     import subprocess
