@@ -30,7 +30,11 @@ def test_tiny_guidance_study_trains_evaluates_every_scale_resumes_and_reports(tm
     for e in evals:
         assert sorted(map(float, e["scales"])) == sorted(budget.scales)
         assert all(0 <= m["label_accuracy"] <= 1 and 0 <= m["recall"] <= 1 for m in e["scales"].values())
+    last = [e for e in evals if e["step"] == steps[-1]]
+    assert all(set(e["also"]) == {"ancestral/uniform/3@3.0"} for e in last)  # ancestral beside the solver
+    assert not any("also" in e for e in evals if e["step"] != steps[-1])
     table = (results / "guidance.md").read_text()
+    assert f"| {module.MODELS[0]} @ {steps[-1]}, sampled ancestral/uniform/3 | 3 |" in table
     assert table.count(f"| {module.MODELS[0]} @ {steps[-1]} |") == len(budget.scales)
     assert (results / "guidance.png").stat().st_size > 0
     # an existing study is never overwritten without --resume; with it, nothing is redone
