@@ -1,6 +1,6 @@
 """Class-conditional blurring and no-blur models on Fashion-MNIST, sampled with classifier-free guidance.
 
-    .venv/bin/python benchmarks/bench_guidance.py --resume          # the study (about 45 min on 2 cores)
+    .venv/bin/python benchmarks/bench_guidance.py --resume          # the study (about an hour on 2 cores)
     .venv/bin/python benchmarks/bench_guidance.py --tiny --out /tmp/g --results /tmp/g   # seconds: tests the code
 
 The two headline models of ``bench_quality.py`` (blurring diffusion with sigma_B,max 17.5 and the same

@@ -86,8 +86,8 @@ class DiagonalizableCorruption(Configurable):
     """
 
     #: How to sample this corruption in few steps: the registered sampler and grid with the lowest KL at
-    #: 20 network evaluations for the exact denoiser of a Gaussian fitted to 28x28 Fashion-MNIST and
-    #: 32x32 grey CIFAR-10 (Benchmarks page). The base class's DPM-Solver++(3M) on the log-SNR grid is
+    #: 20 network evaluations for the exact denoiser of a Gaussian fitted to 28x28 Fashion-MNIST, checked
+    #: on 32x32 grey CIFAR-10 (Benchmarks page). The base class's DPM-Solver++(3M) on the log-SNR grid is
     #: DDPM's; a subclass overrides it with what it measured. The Trainer's evaluator samples with it.
     fast_sampling: ClassVar[FastSampling] = FastSampling("dpm++3m", "logsnr", 20)
 

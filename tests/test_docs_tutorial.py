@@ -36,7 +36,7 @@ def test_every_snippet_section_exists():
         if page.name == "README.md":  # notes for doc writers, not a page
             continue
         for file, section in re.findall(r'^\s*--8<-- "([^":]+)(?::([\w-]+))?"', page.read_text(), re.MULTILINE):
-            folders = (CODE, DOCS / "assets" / "demo", DOCS / "assets" / "quality")
+            folders = (CODE, DOCS / "assets" / "demo", DOCS / "assets" / "quality", DOCS / "assets" / "guidance")
             source = next((d / file for d in folders if (d / file).is_file()), CODE / file)
             assert source.is_file(), f"{page.name} includes missing {file}"
             if section:
