@@ -1,25 +1,18 @@
 """benchmarks/bench_guidance.py --tiny: the guidance study's code end to end in seconds (the numbers mean
 nothing at this size): conditional training, every guidance scale evaluated, resuming, the report."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
+from helpers.benchmarks import load_benchmark
 from lincorrupt.data import DEBIAN_DIR
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_guidance.py"
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is missing")
 def test_tiny_guidance_study_trains_evaluates_every_scale_resumes_and_reports(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_guidance", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_benchmark("bench_guidance")
     out, results = tmp_path / "runs", tmp_path / "results"
     args = ["--tiny", "--out", str(out), "--results", str(results)]
     report = module.main(args)
