@@ -43,3 +43,23 @@ def test_tiny_study_trains_evaluates_resumes_and_reports(tmp_path):
     assert list(swept["samplers"]) == ["/".join(map(str, s)) for s in module.TINY.nfe_sweep]
     assert not list((out / "soft-x-s0").glob("nfe*.json"))
     assert "| ancestral/uniform/3 |" in (results / "results.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is missing")
+def test_more_samples_also_score_the_default_count_of_the_same_draws(tmp_path):
+    module = load_benchmark("bench_quality")
+    n, default = 40, module.TINY.samples
+    report = module.main(["--tiny", "--samples", str(n), "--runs", "noblur-v-s0", "--out", str(tmp_path / "runs"),
+                          "--results", str(tmp_path / "results")])
+    for e in report["evaluations"]["noblur-v-s0"]:
+        assert e["ema"]["samples"] == n and e["ema"]["first"]["samples"] == default
+    assert report["floor"]["samples"] == n
+    assert f"| FID ({n}) | FID (first {default}) |" in (tmp_path / "results" / "results.md").read_text()
+
+
+def test_too_few_samples_are_refused_before_any_work(tmp_path):
+    module = load_benchmark("bench_quality")
+    with pytest.raises(SystemExit):
+        module.main(["--tiny", "--samples", "1", "--out", str(tmp_path / "runs")])
+    assert not (tmp_path / "runs").exists()
