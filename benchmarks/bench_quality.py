@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/bench_quality.py --resume --phase nfe     # the headline models with other samplers
     .venv/bin/python benchmarks/bench_quality.py --tiny --out /tmp/q --results /tmp/q   # seconds: tests the code
     python benchmarks/bench_quality.py --device cuda --resume        # the GPU mode: 10x the images per step
+    .venv/bin/python benchmarks/bench_quality.py --samples 5000 --out out/quality5k   # 5,000 samples per evaluation
 
 Every model gets the same UNet (0.69M parameters), Adam at lr 1e-3 with 200 warm-up steps, batch 32,
 EMA decay 0.999 with k-diffusion's warm-up (power 2/3), no horizontal flips (Fashion-MNIST's shoes
@@ -23,10 +24,10 @@ evaluations) fit about two hours on a 2-core machine; the GPU mode trains the sa
 the learning rate is constant after warm-up, a headline run at its first third *is* the base-budget
 model, so the width sweep compares like with like.
 
-Each evaluation: 1,000 EMA samples on the CPU, 5,000 in the GPU mode (:data:`SAMPLER`: the sampler, grid
-and NFE; the GPU mode samples at 50 NFE) against the 10,000 test images in the shipped Fashion-MNIST
-classifier's features (FID, KID, precision, recall); test bits/dim; the radially averaged DCT power
-spectrum of the samples relative to the test images per frequency band; the network's denoising error
+Each evaluation: 1,000 EMA samples on the CPU, 5,000 in the GPU mode, any number with ``--samples``
+(:data:`SAMPLER`: the sampler, grid and NFE; the GPU mode samples at 50 NFE) against the 10,000 test images
+in the shipped Fashion-MNIST classifier's features (FID, KID, precision, recall); test bits/dim; the radially
+averaged DCT power spectrum of the samples relative to the test images per frequency band; the network's denoising error
 per band relative to the linear (Wiener) estimator of the training data's Gaussian fit at t in
 {0.1, 0.15, 0.2, 0.3}; and, at the first evaluation, the raw weights as well.
 
