@@ -519,8 +519,16 @@ def figures(evals: dict[str, list[dict]], budget: Budget, out: Path, results: Pa
 
 
 def report(budget: Budget, out: Path, results: Path, command: str, wall: float, device: torch.device) -> dict:
+    evals = collect(out, budget)
+    if (results / "results.json").is_file():  # never replace a report with one that knows fewer evaluations
+        kept = json.loads((results / "results.json").read_text()).get("done", {})
+        lost = sorted(f"{name} @ {step}" for name, steps in kept.items() for step in steps
+                      if step not in [e["step"] for e in evals.get(name, [])])
+        if lost:
+            sys.exit(f"error: {results / 'results.json'} holds evaluations that {out} lacks ({', '.join(lost)}); "
+                     f"writing the report would lose them: pass the --out they came from, or another --results")
     ref = Reference.build(budget)
-    evals, base = collect(out, budget), floor(budget, ref)
+    base = floor(budget, ref)
     results.mkdir(parents=True, exist_ok=True)
     figures(evals, budget, out, results)
     machine = (f"{platform.machine()}, {torch.get_num_threads()} thread(s) per process, {budget.jobs} processes, "

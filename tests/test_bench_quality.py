@@ -63,3 +63,13 @@ def test_too_few_samples_are_refused_before_any_work(tmp_path):
     with pytest.raises(SystemExit):
         module.main(["--tiny", "--samples", "1", "--out", str(tmp_path / "runs")])
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_report_never_replaces_one_that_knows_more_evaluations(tmp_path):
+    module = load_benchmark("bench_quality")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "results.json").write_text('{"done": {"noblur-v-s0": [500]}}')
+    with pytest.raises(SystemExit, match="noblur-v-s0 @ 500"):
+        module.report(module.TINY, tmp_path / "empty", results, "test", 0.0, None)
+    assert (results / "results.json").read_text() == '{"done": {"noblur-v-s0": [500]}}'
