@@ -528,7 +528,7 @@ def report(budget: Budget, out: Path, results: Path, command: str, wall: float, 
             sys.exit(f"error: {results / 'results.json'} holds evaluations that {out} lacks ({', '.join(lost)}); "
                      f"writing the report would lose them: pass the --out they came from, or another --results")
     ref = Reference.build(budget)
-    base = floor(budget, ref)
+    base, first = floor(budget, ref), first_table(evals)
     results.mkdir(parents=True, exist_ok=True)
     figures(evals, budget, out, results)
     machine = (f"{platform.machine()}, {torch.get_num_threads()} thread(s) per process, {budget.jobs} processes, "
@@ -545,8 +545,7 @@ def report(budget: Budget, out: Path, results: Path, command: str, wall: float, 
             f"{budget.test_images} test images, Fashion-MNIST classifier features.\n\n"
             f"Every model at the base budget (seed 0)\n\n{base_table(evals, budget, base)}\n\n"
             f"The headline models over training\n\n{trend_table(evals)}\n\n"
-            + (f"The same draws scored in full and by their first few\n\n{first_table(evals)}\n\n"
-               if first_table(evals) else "")
+            + (f"The same draws scored in full and by their first few\n\n{first}\n\n" if first else "")
             + f"DCT power of the samples relative to the test images, per radial band\n\n"
             f"{band_table(evals, 'spectrum', budget)}\n\n"
             f"Denoising error per band relative to the Wiener estimator of the data's Gaussian fit (> 1: worse than "
