@@ -117,3 +117,69 @@ def test_bad_bases_are_refused():
         lc.DCTBasis(4, 6).to_basis(torch.zeros(2, 6, 4))
     with pytest.raises(TypeError, match="floating-point"):
         lc.DCTBasis(4, 6).to_basis(torch.zeros(2, 4, 6, dtype=torch.int64))
+
+
+@given(c=st.integers(1, 3), h=st.integers(1, 6), w=st.integers(1, 6))
+def test_dense_matrix_of_the_dct_is_scipys(c, h, w):
+    """``matrix(shape)`` is V with ``u = V^T x`` on flattened events: column j is scipy's inverse DCT of e_j."""
+    d = c * h * w
+    eye = np.eye(d).reshape(d, c, h, w)
+    expected = scipy.fft.idctn(eye, axes=(-2, -1), norm="ortho").reshape(d, d).T
+    np.testing.assert_allclose(lc.DCTBasis(h, w).matrix((c, h, w)).numpy(), expected, atol=1e-12)
+    assert lc.DCTBasis(h, w).matrix((c, h, w), torch.float32).dtype == torch.float32
+
+
+@given(n=st.integers(1, 8), blocks=st.integers(1, 3), seed=st.integers(0, 1000))
+def test_dense_matrix_of_a_matrix_basis_is_q_per_block(n, blocks, seed):
+    q = random_orthogonal(n, seed)
+    basis = lc.MatrixBasis(q)
+    expected = torch.block_diag(*[q] * blocks)  # events (blocks, n): Q acts on each row
+    torch.testing.assert_close(basis.matrix((blocks, n)), expected, rtol=0, atol=0)
+    torch.testing.assert_close(dense_matrix(basis, (blocks, n)), expected)  # the generic path agrees
+    basis.matrix((n,))[0, 0] = 7.0  # a copy: the basis is unchanged
+    torch.testing.assert_close(basis.q, q, rtol=0, atol=0)
+
+
+def test_identity_dense_matrix_and_refused_shapes():
+    torch.testing.assert_close(lc.IdentityBasis().matrix((2, 3)), torch.eye(6, dtype=torch.float64))
+    with pytest.raises(ValueError, match="cannot act on events"):
+        lc.DCTBasis(4, 6).matrix((6, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matrix_basis_follows_q_changed_in_place(dtype):
+    """A MatrixBasis uses its current ``q``: no cast cached before the change goes stale, whether ``q`` is
+    written in place or loaded from a state dict."""
+    q1, q2 = random_orthogonal(6, 1), random_orthogonal(6, 2)
+    basis = lc.MatrixBasis(q1)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    torch.testing.assert_close(basis.to_basis(x.to(dtype)), (x @ q1).to(dtype))  # caches the cast
+    with torch.no_grad():
+        basis.q.copy_(q2)
+    torch.testing.assert_close(basis.to_basis(x.to(dtype)), (x @ q2).to(dtype))
+    torch.testing.assert_close(basis.from_basis(x.to(dtype)), (x @ q2.T).to(dtype))
+    basis.load_state_dict({"q": q1})
+    torch.testing.assert_close(basis.to_basis(x.to(dtype)), (x @ q1).to(dtype))
+    torch.testing.assert_close(basis.matrix((6,)), q1)
+
+
+def test_matrix_basis_copies_the_given_q():
+    q = random_orthogonal(4, 3)
+    basis = lc.MatrixBasis(q)
+    q.zero_()  # the caller's tensor is not the basis's
+    assert torch.linalg.matrix_norm(basis.q) > 1
+
+
+def test_frequencies_are_optional_and_checked():
+    assert lc.IdentityBasis().frequencies_squared is None
+    assert lc.MatrixBasis(torch.eye(4)).frequencies_squared is None
+    lam = torch.rand(2, 3, dtype=torch.float64)
+    basis = lc.MatrixBasis(random_orthogonal(6, 0), event_shape=(2, 3), frequencies_squared=lam)
+    torch.testing.assert_close(basis.frequencies_squared, lam, rtol=0, atol=0)
+    assert "_frequencies_squared" not in basis.state_dict()
+    with pytest.raises(ValueError, match="broadcastable to the event shape"):
+        lc.MatrixBasis(random_orthogonal(6, 0), event_shape=(2, 3), frequencies_squared=torch.ones(3, 2))
+    with pytest.raises(ValueError, match="non-negative"):
+        lc.MatrixBasis(torch.eye(2), frequencies_squared=-torch.ones(2))
+    with pytest.raises(TypeError, match="IdentityBasis has none"):
+        lc.basis.require_frequencies_squared(lc.IdentityBasis(), (1, 2, 3), "IHDM")

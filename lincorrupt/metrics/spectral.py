@@ -192,13 +192,9 @@ class GaussianFit(NamedTuple):
 
     def in_basis(self, basis: Basis) -> tuple[Tensor, Tensor]:
         """``(mu, C)`` in ``basis``'s coordinates: ``mu = V^T m`` (D,) and ``C = V^T S V`` (D, D), float64."""
-        d, shape = self.cov.shape[0], self.mean.shape
-
-        def rows(matrix: Tensor) -> Tensor:  # V^T applied to every row: M V
-            return basis.to_basis(matrix.view(d, *shape)).reshape(d, d)
-
-        c = rows(rows(self.cov).T)  # (S V)^T V = V^T S V for symmetric S
-        return basis.to_basis(self.mean[None])[0].flatten(), (c + c.T) / 2
+        v = basis.matrix(tuple(self.mean.shape), f64, self.cov.device)
+        c = v.T @ self.cov.to(f64) @ v
+        return v.T @ self.mean.to(f64).flatten(), (c + c.T) / 2
 
 
 def wiener_x_hat(fit: GaussianFit, corruption: DiagonalizableCorruption, z_t: Tensor, t: Tensor | float) -> Tensor:
