@@ -54,7 +54,7 @@ class Basis(Configurable):
         """Optional: ``lambda``, the decay rate of each coordinate under the heat equation, or None.
 
         Blurring by heat dissipation for time ``tau`` multiplies coordinate i by ``exp(-lambda_i tau)``
-        (Rissanen et al. 2022, eq. 3; Hoogeboom & Salimans 2023, eq. 9), so a basis that carries
+        (Rissanen et al. 2022; Hoogeboom & Salimans 2023, eq. 9), so a basis that carries
         ``lambda`` is one in which :class:`~lincorrupt.IHDM`, :class:`~lincorrupt.BlurringDiffusion` and
         :class:`~lincorrupt.SoftDiffusion` are diagonal. A tensor broadcastable to the event shape
         (e.g. (H, W) for :class:`DCTBasis`), float64; None for a basis without frequencies.

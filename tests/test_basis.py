@@ -183,3 +183,24 @@ def test_frequencies_are_optional_and_checked():
         lc.MatrixBasis(torch.eye(2), frequencies_squared=-torch.ones(2))
     with pytest.raises(TypeError, match="IdentityBasis has none"):
         lc.basis.require_frequencies_squared(lc.IdentityBasis(), (1, 2, 3), "IHDM")
+
+
+@pytest.mark.parametrize("make", [lc.IHDM, lc.BlurringDiffusion, lc.SoftDiffusion])
+def test_blur_type_corruptions_take_any_basis_with_frequencies_and_refuse_others_by_name(make):
+    """exp(-lambda tau) needs lambda from the basis: a MatrixBasis carrying the DCT's own frequencies and matrix
+    gives the DCT corruption's schedule exactly; a basis without frequencies is refused, naming both."""
+    shape = (1, 4, 6)
+    dct = lc.DCTBasis(4, 6)
+    v = torch.from_numpy(scipy.fft.idctn(np.eye(24).reshape(24, 4, 6), axes=(-2, -1), norm="ortho").reshape(24, 24).T)
+    k, j = np.meshgrid(np.arange(4), np.arange(6), indexing="ij")
+    lam = torch.from_numpy((np.pi * k / 4) ** 2 + (np.pi * j / 6) ** 2)
+    as_matrix = make(shape, basis=lc.MatrixBasis(v, event_shape=(4, 6), frequencies_squared=lam))
+    t = torch.linspace(0, 1, 7, dtype=torch.float64)
+    for a, b in zip(as_matrix.log_alpha_sigma(t), make(shape).log_alpha_sigma(t)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    x = torch.randn(2, *shape, dtype=torch.float64)
+    torch.testing.assert_close(as_matrix.basis.to_basis(x), dct.to_basis(x), rtol=0, atol=1e-12)
+    with pytest.raises(TypeError, match=f"{make.__name__} needs a basis with frequencies_squared.*IdentityBasis"):
+        make(shape, basis=lc.IdentityBasis())
+    with pytest.raises(ValueError, match="broadcastable to the event shape"):
+        make(shape, basis=lc.MatrixBasis(torch.eye(24), event_shape=(1, 4, 6), frequencies_squared=torch.ones(2, 4, 6)))
