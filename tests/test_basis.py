@@ -204,3 +204,21 @@ def test_blur_type_corruptions_take_any_basis_with_frequencies_and_refuse_others
         make(shape, basis=lc.IdentityBasis())
     with pytest.raises(ValueError, match="broadcastable to the event shape"):
         make(shape, basis=lc.MatrixBasis(torch.eye(24), event_shape=(1, 4, 6), frequencies_squared=torch.ones(2, 4, 6)))
+
+
+def test_a_corruption_on_a_matrix_basis_with_frequencies_is_rebuilt_from_its_file(tmp_path):
+    """What a checkpoint stores (module_spec + state dict, through torch.save/load) rebuilds Q and lambda."""
+    from lincorrupt.config import build_module, module_spec
+
+    lam = torch.rand(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    basis = lc.MatrixBasis(random_orthogonal(6, 4), event_shape=(2, 3), frequencies_squared=lam)
+    c = lc.IHDM((1, 2, 3), basis=basis)
+    torch.save({"spec": module_spec(c), "state": c.state_dict()}, tmp_path / "c.pt")
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)
+    rebuilt = build_module(saved["spec"], saved["state"])
+    assert isinstance(rebuilt.basis, lc.MatrixBasis)
+    torch.testing.assert_close(rebuilt.basis.q, basis.q, rtol=0, atol=0)
+    torch.testing.assert_close(rebuilt.basis.frequencies_squared, lam, rtol=0, atol=0)
+    t = torch.linspace(0, 1, 5, dtype=torch.float64)
+    for a, b in zip(rebuilt.log_alpha_sigma(t), c.log_alpha_sigma(t)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
