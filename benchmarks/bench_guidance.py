@@ -3,14 +3,15 @@
     .venv/bin/python benchmarks/bench_guidance.py --resume          # the study (about an hour on 2 cores)
     .venv/bin/python benchmarks/bench_guidance.py --tiny --out /tmp/g --results /tmp/g   # seconds: tests the code
 
-The two headline models of ``bench_quality.py`` (blurring diffusion with sigma_B,max 17.5 and the same
-schedule without blur, both v-prediction), made class-conditional: the same UNet with ``num_classes=10``,
-the same recipe, each training label replaced by the null label -1 with probability 0.1 (Ho & Salimans
-2022). Each trains to 3x the quality study's base budget (1,500 steps of batch 32), evaluated at the base
-budget and at the end: at every guidance scale s of :data:`SCALES`, 1,000 EMA samples (100 per class)
-with the quality study's sampler, their label accuracy (the share the shipped Fashion-MNIST classifier
-assigns to the requested class), FID, KID, precision and recall against the 10,000 test images in that
-classifier's features. Guidance trades diversity for fidelity to the label: recall is the diversity.
+The two headline models of the quality study (``bench_quality.py``, set up in ``fashion_study.py``: blurring
+diffusion with sigma_B,max 17.5 and the same schedule without blur, both v-prediction), made
+class-conditional: the same UNet with ``num_classes=10``, the same recipe, each training label replaced by the
+null label -1 with probability 0.1 (Ho & Salimans 2022). Each trains to 3x the quality study's base budget
+(1,500 steps of batch 32), evaluated at the base budget and at the end: at every guidance scale s of
+:data:`SCALES`, 1,000 EMA samples (100 per class) with the quality study's sampler, their label accuracy (the
+share the shipped Fashion-MNIST classifier assigns to the requested class), FID, KID, precision and recall
+against the 10,000 test images in that classifier's features. Guidance trades diversity for fidelity to the
+label: recall is the diversity.
 
 Runs are resumable (``--resume`` continues each run folder, skips evaluations already written). Writes
 to --results: guidance.md, guidance.json, guidance.png; --out holds the runs.
@@ -19,9 +20,7 @@ to --results: guidance.md, guidance.json, guidance.png; --out holds the runs.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -29,35 +28,24 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import fashion_study as study
+import reports
 import torch
 
-import lincorrupt as lc
 from lincorrupt.data import TensorImages, load_fashion_mnist, to_model_range
 from lincorrupt.metrics import extract_features, label_accuracy, load_feature_net
 from lincorrupt.nn import UNet
 from lincorrupt.train import Trainer
 from lincorrupt.train.distributed import DistInfo
-from lincorrupt.train.evaluation import quantize
 
-
-def _quality_study():
-    """``bench_quality.py`` beside this file: its models, recipe, budgets and metrics are this study's."""
-    spec = importlib.util.spec_from_file_location("bench_quality", Path(__file__).with_name("bench_quality.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-bq = _quality_study()
 SCALES = (1.0, 2.0, 3.0, 5.0)
 CLASSES = 10
-MODELS = bq.HEADLINE  # ("blur17.5-v", "noblur-v")
+MODELS = study.HEADLINE  # ("blur17.5-v", "noblur-v")
 
 
 @dataclass(frozen=True)
 class Budget:
-    quality: object  # bench_quality's Budget: UNet, base steps, batch, samples, sampler
+    quality: study.Budget  # the quality study's budget: UNet, base steps, batch, samples, sampler
     thirds: tuple[int, ...] = (1, 3)  # evaluated at these multiples of the base budget
     scales: tuple[float, ...] = SCALES
     #: the last checkpoint also sampled with these (sampler, grid, NFE) at these scales: ancestral sampling,
@@ -66,8 +54,8 @@ class Budget:
     also_scales: tuple[float, ...] = (3.0,)
 
 
-FULL = Budget(bq.FULL)
-TINY = Budget(bq.TINY, thirds=(1, 2), scales=(1.0, 3.0), also=(("ancestral", "uniform", 3),))
+FULL = Budget(study.FULL)
+TINY = Budget(study.TINY, thirds=(1, 2), scales=(1.0, 3.0), also=(("ancestral", "uniform", 3),))
 
 
 def train(name: str, budget: Budget, out: Path, device: torch.device) -> None:
@@ -82,10 +70,11 @@ def train(name: str, budget: Budget, out: Path, device: torch.device) -> None:
         if kept.exists():
             continue
         torch.manual_seed(0)  # the initial weights
-        unet = UNet(image_size=bq.SHAPE[1], in_channels=bq.SHAPE[0], num_classes=CLASSES, **q.unet)
-        corruption = bq.MODELS[name].build(to_model_range(images))
-        cfg = replace(bq.config(bq.Run(name), q, target, out), out_dir=str(folder / "run"), label_dropout=0.1)
-        trainer = Trainer(unet, corruption, TensorImages(images, bq.SHAPE, labels=labels), cfg, DistInfo(device=device))
+        unet = UNet(image_size=study.SHAPE[1], in_channels=study.SHAPE[0], num_classes=CLASSES, **q.unet)
+        corruption = study.MODELS[name].build(to_model_range(images))
+        cfg = replace(study.config(study.Run(name), q, target, out), out_dir=str(folder / "run"), label_dropout=0.1)
+        data = TensorImages(images, study.SHAPE, labels=labels)
+        trainer = Trainer(unet, corruption, data, cfg, DistInfo(device=device))
         latest = folder / "run" / "checkpoint.pt"
         if latest.exists():
             trainer.resume(latest)
@@ -101,8 +90,7 @@ def evaluate(name: str, step: int, budget: Budget, out: Path, ref, device: torch
     path = out / name / f"eval{step}.json"
     result = json.loads(path.read_text()) if path.exists() else {"model": name, "step": step, "scales": {}}
     q = budget.quality
-    model = lc.load(out / name / f"step{step}.pt", map_location=device)
-    model.corruption.fit_data_statistics(ref.train_x[:10_000].double().to(device))  # for the "data" grid
+    model = study.load(out / name / f"step{step}.pt", device, ref.train_x)
     labels = torch.arange(q.samples) % CLASSES
     last = step == max(budget.thirds) * q.steps
     todo = [(q.sampler, s) for s in budget.scales] + [(a, s) for a in budget.also for s in budget.also_scales if last]
@@ -111,19 +99,13 @@ def evaluate(name: str, step: int, budget: Budget, out: Path, ref, device: torch
             (result.setdefault("also", {}), f"{'/'.join(map(str, sampler))}@{s}")
         if key in table:
             continue
-        method, grid, nfe = sampler
-        start, x = time.perf_counter(), []
-        for k, first in enumerate(range(0, q.samples, 500)):
-            y = labels[first:first + 500]
-            g = torch.Generator(device).manual_seed(1_000_003 + k)
-            x.append(quantize(model.sample(len(y), steps=nfe, method=method, grid=grid, generator=g, device=device,
-                                           labels=y, guidance=s)).cpu())
-        x = torch.cat(x)
-        metrics = bq.quality(ref.real, extract_features(ref.net, x), q.kid_subset)
+        start = time.perf_counter()
+        x = study.draw(model, q.samples, sampler, seed=1, device=device, labels=labels, guidance=s)
+        metrics = study.quality(ref.real, extract_features(ref.net, x), q.kid_subset)
         metrics["label_accuracy"] = label_accuracy(ref.net, x, labels)
         metrics["seconds"] = time.perf_counter() - start
         table[key] = metrics
-        result.update(sampler="/".join(map(str, q.sampler)), commit=bq.commit(), samples=q.samples)
+        result.update(sampler="/".join(map(str, q.sampler)), commit=reports.commit(), samples=q.samples)
         if sampler == q.sampler and s == max(budget.scales):
             torch.save(x[:100].clone(), out / name / f"grid{step}.pth")  # ten of each class
         path.write_text(json.dumps(result, indent=2) + "\n")
@@ -134,7 +116,7 @@ def evaluate(name: str, step: int, budget: Budget, out: Path, ref, device: torch
 
 def work(name: str, budget: Budget, out: Path, device: torch.device) -> None:
     train(name, budget, out, device)
-    ref = bq.Reference.build(budget.quality)
+    ref = study.Reference.build(budget.quality)
     for k in budget.thirds:
         evaluate(name, k * budget.quality.steps, budget, out, ref, device)
 
@@ -191,16 +173,14 @@ def report(budget: Budget, out: Path, results: Path, command: str) -> dict:
                                                                          key=lambda p: int(p.stem[4:]))]
     results.mkdir(parents=True, exist_ok=True)
     figure(evals, out, results)
-    machine = f"{platform.machine()}, 1 thread per process, {len(MODELS)} processes, torch {torch.__version__}"
+    machine = reports.machine(len(MODELS))
     q = budget.quality
     text = (f"Class-conditional models, {q.steps} steps = the base budget of batch {q.batch_size}, label dropout 0.1; "
             f"{q.samples} samples per row ({q.samples // CLASSES} per class), sampler "
             f"{'/'.join(map(str, q.sampler))}, against {q.test_images} test images in the Fashion-MNIST "
             f"classifier's features\n\n{table(evals)}\n\nCommand: `{command}`; machine: {machine}\n")
     summary = {"command": command, "machine": machine, "evaluations": evals}
-    (results / "guidance.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (results / "guidance.md").write_text(text)
-    print(text)
+    reports.write(results, "guidance", summary, text)
     return summary
 
 
@@ -232,8 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, proc in procs:
         if proc.wait():
             sys.exit(f"error: {name} failed (exit {proc.returncode}); see {out / f'{name}.log'}")
-    command = " ".join(["python benchmarks/bench_guidance.py", *(sys.argv[1:] if argv is None else argv)])
-    return report(budget, out, results, command)
+    return report(budget, out, results, reports.command("bench_guidance.py", argv))
 
 
 if __name__ == "__main__":

@@ -42,92 +42,25 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import reports
 import torch
+from fashion_study import FULL, GPU, HEADLINE, MODELS, SHAPE, TINY, Budget, Reference, Run, config, draw, load, quality
 
-import lincorrupt as lc
 from lincorrupt.data import TensorImages, load_fashion_mnist, to_model_range
-from lincorrupt.metrics import extract_features, frechet_distance, kid, load_feature_net, precision_recall
+from lincorrupt.metrics import extract_features, load_feature_net, spectral
 from lincorrupt.nn import UNet
-from lincorrupt.train import TrainConfig, Trainer
-from lincorrupt.train.checkpoint import load_checkpoint
+from lincorrupt.train import Trainer
 from lincorrupt.train.distributed import DistInfo
-from lincorrupt.train.evaluation import quantize
 
-SHAPE = (1, 28, 28)
-SCALE = 28 / 32  # blur widths are in pixels: scale the 32x32 paper's values to keep each frequency's attenuation
-ROOT = Path(__file__).resolve().parents[1]
-
-#: How every model is sampled for its evaluations: (sampler, grid, NFE). DPM-Solver++(3M) on the "data" grid
-#: (each coordinate's information steps bounded for the training data's own spectrum) at 20 NFE: with the exact
-#: denoiser of the data's Gaussian fit at 28x28 its KL for blurring (2.5 nats) lies between 250-step (6.0) and
-#: 1000-step (1.0) ancestral sampling's, at a 50th of the cost of the latter; the CPU study cannot afford more.
-SAMPLER = ("dpm++3m", "data", 20)
 WIENER_TIMES = (0.1, 0.15, 0.2, 0.3)
-#: The sampler sweep with trained networks (``--phase nfe``): the two headline models (seed 0) at their last
-#: kept checkpoint, sampled with each (sampler, grid, NFE): ancestral sampling beside the solvers and grids.
-NFE_SWEEP = (("ancestral", "uniform", 50), ("ancestral", "uniform", 100), ("dpm++3m", "data", 10),
-             ("dpm++3m", "data", 20), ("dpm++3m", "data", 50), ("dpm++3m", "logsnr", 20), ("dpm++2m", "data", 20))
-
-
-@dataclass(frozen=True)
-class Model:
-    """A corruption and the prediction its network is trained with."""
-
-    build: Callable[[torch.Tensor], lc.DiagonalizableCorruption]  # from training images in [-1, 1]
-    prediction: str
-    also: tuple[tuple[str, str, int], ...] = ()  # further (sampler, grid, NFE) its EMA weights are evaluated with
-
-
-def _blurring(width: float) -> Callable[[torch.Tensor], lc.DiagonalizableCorruption]:
-    return lambda train: lc.BlurringDiffusion(SHAPE, sigma_blur_max=width, min_scale=1e-3)
-
-
-def _soft(train: torch.Tensor) -> lc.DiagonalizableCorruption:
-    """Soft Diffusion with 32 blur levels chosen by W2 on 10,000 training images (its defaults: blur
-    0.01 to 23 px, noise 0.01 to 0.1) and IHDM's empirical prior of 1,000 blurred images. With
-    x-prediction the default loss weights the x error by alpha_t^2 / s_t^2 (Soft Score Matching's
-    alpha_t^2 times 1/s_t^2, lincorrupt.snr_weighting): the unweighted eps loss, as for the others."""
-    index = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-    c = lc.SoftDiffusion.fit(train[index[:10_000]], num_levels=32)
-    c.prior = lc.EmpiricalPrior.fit(c, train[index[:1000]])
-    return c
-
-
-MODELS: dict[str, Model] = {
-    "blur17.5-v": Model(_blurring(20.0 * SCALE), "v"),
-    "blur10-v": Model(_blurring(10.0), "v"),
-    "blur5-v": Model(_blurring(5.0), "v"),
-    "blur2-v": Model(_blurring(2.0), "v"),
-    "noblur-v": Model(_blurring(0.0), "v"),
-    "blur17.5-eps": Model(_blurring(20.0 * SCALE), "eps"),
-    "noblur-eps": Model(_blurring(0.0), "eps"),
-    # its own momentum sampler, and the sampler that was best for it with the exact denoiser at 20 NFE
-    "soft-x": Model(_soft, "x", also=(("momentum", "uniform", 20), ("dpm++2m", "uniform", 20))),
-}
-HEADLINE = ("blur17.5-v", "noblur-v")
-
-
-@dataclass(frozen=True)
-class Run:
-    """One training run: a model, a seed and its length in base budgets (evaluated after each)."""
-
-    model: str
-    seed: int = 0
-    budgets: int = 1
-
-    @property
-    def name(self) -> str:
-        return f"{self.model}-s{self.seed}"
 
 
 # In order of importance: a run that is cut short leaves the most useful ones done.
@@ -138,54 +71,7 @@ RUNS: tuple[Run, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Budget:
-    """Everything that sets the study's size (the CPU study, the GPU mode, or the --tiny code check)."""
-
-    unet: dict
-    steps: int  # the base budget
-    batch_size: int
-    samples: int
-    bpd_images: int
-    kid_subset: int
-    test_images: int
-    wiener_images: int
-    sampler: tuple[str, str, int] = SAMPLER
-    jobs: int = 2
-    train_images: int | None = None  # None: all 60,000
-    nfe_samples: int = 500  # per sampler of the NFE sweep
-    nfe_sweep: tuple[tuple[str, str, int], ...] = NFE_SWEEP
-    first: int | None = None  # with --samples above the default: also score the first (default count) samples
-    extra: dict = field(default_factory=dict)
-
-
-UNET = dict(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(7,), dropout=0.0, groups=8)
-FULL = Budget(unet=UNET, steps=500, batch_size=32, samples=1000, bpd_images=2000, kid_subset=1000,
-              test_images=10_000, wiener_images=500)
-GPU = Budget(unet=UNET, steps=500, batch_size=320, samples=5000, bpd_images=2000, kid_subset=1000,
-             test_images=10_000, wiener_images=500, sampler=("dpm++3m", "data", 50), jobs=6)
-TINY = Budget(unet=dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, groups=4),
-              steps=2, batch_size=8, samples=24, bpd_images=8, kid_subset=8, test_images=200, wiener_images=16,
-              sampler=("dpm++3m", "data", 3), jobs=2, train_images=512, nfe_samples=8,
-              nfe_sweep=(("ancestral", "uniform", 3), ("dpm++3m", "data", 3)))
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 # ----------------------------------------------------------------------------------- training
-def config(run: Run, budget: Budget, steps: int, out: Path) -> TrainConfig:
-    return TrainConfig(steps=steps, batch_size=budget.batch_size, lr=1e-3, warmup_steps=min(200, steps),
-                       ema_decay=0.999, ema_warmup_power=2 / 3, hflip=False, prediction=MODELS[run.model].prediction,
-                       seed=run.seed, num_workers=0, log_every=50, sample_every=0, ckpt_every=250, progress=False,
-                       out_dir=str(out / run.name / "run"))
-
-
 def train(run: Run, budget: Budget, out: Path, device: torch.device) -> None:
     """Train ``run`` to each multiple of the base budget, keeping a copy of the checkpoint at each."""
     images, _ = load_fashion_mnist(train=True)
@@ -217,88 +103,42 @@ def train(run: Run, budget: Budget, out: Path, device: torch.device) -> None:
 
 
 # ----------------------------------------------------------------------------------- evaluation
-def quality(real: np.ndarray, fake: np.ndarray, kid_subset: int) -> dict:
-    """FID, KID (x 1e3, mean and std over 100 subsets), precision and recall (k = 3, equal set sizes)."""
-    k_mean, k_std = kid(real, fake, subsets=100, subset_size=min(kid_subset, len(real), len(fake)))
-    precision, recall = precision_recall(real[:len(fake)], fake)
-    return {"fid": frechet_distance(real, fake), "kid_x1e3": 1e3 * k_mean, "kid_std_x1e3": 1e3 * k_std,
-            "precision": precision, "recall": recall, "samples": len(fake)}
-
-
-def draw(net, corruption, prediction, n, sampler, seed, device, batch=500) -> torch.Tensor:
-    """``n`` samples quantised to 8 bits (as saved images), on the CPU."""
-    method, grid, nfe = sampler
-    out = []
-    for k, start in enumerate(range(0, n, batch)):
-        g = torch.Generator(device).manual_seed(seed * 1_000_003 + k)
-        x = lc.sample(net, corruption, min(batch, n - start), steps=nfe, prediction=prediction, method=method,
-                      grid=grid, generator=g, device=device)
-        out.append(quantize(x).cpu())
-    return torch.cat(out)
-
-
-@dataclass
-class Reference:
-    """What every evaluation compares with: the feature net, test images and their features, the data's fit."""
-
-    net: torch.nn.Module
-    test_x: torch.Tensor  # (N, 1, 28, 28) in [-1, 1]
-    train_x: torch.Tensor  # the training images in [-1, 1]
-    real: np.ndarray
-    spectral: object  # lincorrupt.metrics.spectral's Gaussian fit of the training images
-
-    @classmethod
-    def build(cls, budget: Budget) -> Reference:
-        from lincorrupt.metrics import spectral
-        net = load_feature_net("fashion-mnist")
-        test_x = to_model_range(load_fashion_mnist(train=False)[0][:budget.test_images])
-        train_x = to_model_range(load_fashion_mnist(train=True)[0][:budget.train_images])
-        return cls(net, test_x, train_x, extract_features(net, test_x), spectral.GaussianFit.of(train_x))
-
-
 def evaluate(run: Run, step: int, budget: Budget, out: Path, ref: Reference, device: torch.device,
              raw_too: bool) -> dict:
     """The evaluation of ``run`` at ``step``: written to ``out/run/eval{step}.json`` and returned."""
-    from lincorrupt.metrics import spectral
     spec, path = MODELS[run.model], out / run.name / f"eval{step}.json"
     if path.exists():
         return json.loads(path.read_text())
-    state = load_checkpoint(out / run.name / f"step{step}.pt")
-    corruption = spec.build(ref.train_x)
-    corruption.fit_data_statistics(ref.train_x[:10_000].double())  # for the "data" grid
-    corruption = corruption.to(device)
-    nets = {}
-    for part in ("ema", "model") if raw_too else ("ema",):
-        unet = UNet(image_size=SHAPE[1], in_channels=SHAPE[0], **budget.unet)
-        unet.load_state_dict(state[part])
-        nets[part] = unet.to(device).eval().requires_grad_(False)
+    kept = out / run.name / f"step{step}.pt"
+    models = {part: load(kept, device, ref.train_x, ema=part == "ema") for part in
+              (("ema", "raw") if raw_too else ("ema",))}
+    ema = models["ema"]
+    corruption = ema.corruption
     start = time.perf_counter()
     bands = spectral.radial_bands(*SHAPE[1:])
-    result = {"run": run.name, "model": run.model, "seed": run.seed, "step": step, "prediction": spec.prediction,
+    result = {"run": run.name, "model": run.model, "seed": run.seed, "step": step, "prediction": ema.prediction,
               "images_seen": step * budget.batch_size, "sampler": "/".join(map(str, budget.sampler)),
-              "commit": commit(), "corruption": repr(corruption)}
-    for part, net in nets.items():
-        x = draw(net, corruption, spec.prediction, budget.samples, budget.sampler, seed=1, device=device)
+              "commit": reports.commit(), "corruption": repr(corruption)}
+    for part, model in models.items():
+        x = draw(model, budget.samples, budget.sampler, seed=1, device=device)
         features = extract_features(ref.net, x)
         metrics = quality(ref.real, features, budget.kid_subset)
         if budget.first:  # the same draws' first few: the bias of the smaller count, measured
             metrics["first"] = quality(ref.real, features[:budget.first], budget.kid_subset)
         metrics["spectrum_ratio"] = spectral.spectrum_ratio(x, ref.test_x, bands).tolist()
-        result["ema" if part == "ema" else "raw"] = metrics
+        result[part] = metrics
         if part == "ema":
             torch.save(x[:64].clone(), out / run.name / f"grid{step}.pth")
-    ema = nets["ema"]
     for sampler in spec.also:
-        x = draw(ema, corruption, spec.prediction, budget.samples, sampler, seed=1, device=device)
+        x = draw(ema, budget.samples, sampler, seed=1, device=device)
         result.setdefault("also", {})["/".join(map(str, sampler))] = quality(
             ref.real, extract_features(ref.net, x), budget.kid_subset)
     g = torch.Generator(device).manual_seed(2)
     test = ref.test_x[:budget.bpd_images].to(device)
-    bound = [lc.elbo(ema, corruption, test[i:i + 500], prediction=spec.prediction, generator=g)
-             for i in range(0, len(test), 500)]
+    bound = [ema.elbo(test[i:i + 500], generator=g) for i in range(0, len(test), 500)]
     result["bpd"] = float(torch.cat([b.total for b in bound]).mean().cpu() / (math.prod(SHAPE) * math.log(2)))
     errors = spectral.denoising_band_errors(ema, corruption, ref.spectral, test[:budget.wiener_images],
-                                            WIENER_TIMES, bands, spec.prediction,
+                                            WIENER_TIMES, bands, ema.prediction,
                                             generator=torch.Generator(device).manual_seed(3))
     result["wiener_ratio"] = {str(t): [float(v) for v in r] for t, r in errors.items()}
     result["eval_seconds"] = time.perf_counter() - start
@@ -316,16 +156,12 @@ def sweep(run: Run, budget: Budget, out: Path, device: torch.device) -> dict | N
     path = out / run.name / f"nfe{kept[-1]}.json"
     if path.exists():
         return json.loads(path.read_text())
-    ref, spec = Reference.build(budget), MODELS[run.model]
-    corruption = spec.build(ref.train_x)
-    corruption.fit_data_statistics(ref.train_x[:10_000].double())
-    corruption = corruption.to(device)
-    net = UNet(image_size=SHAPE[1], in_channels=SHAPE[0], **budget.unet)
-    net.load_state_dict(load_checkpoint(out / run.name / f"step{kept[-1]}.pt")["ema"])
-    net = net.to(device).eval().requires_grad_(False)
-    result = {"run": run.name, "step": kept[-1], "samples": budget.nfe_samples, "commit": commit(), "samplers": {}}
+    ref = Reference.build(budget)
+    model = load(out / run.name / f"step{kept[-1]}.pt", device, ref.train_x)
+    result = {"run": run.name, "step": kept[-1], "samples": budget.nfe_samples, "commit": reports.commit(),
+              "samplers": {}}
     for sampler in budget.nfe_sweep:
-        x = draw(net, corruption, spec.prediction, budget.nfe_samples, sampler, seed=4, device=device)
+        x = draw(model, budget.nfe_samples, sampler, seed=4, device=device)
         result["samplers"]["/".join(map(str, sampler))] = quality(ref.real, extract_features(ref.net, x),
                                                                   budget.kid_subset)
     path.write_text(json.dumps(result, indent=2) + "\n")
@@ -519,27 +355,21 @@ def figures(evals: dict[str, list[dict]], budget: Budget, out: Path, results: Pa
 
 
 def report(budget: Budget, out: Path, results: Path, command: str, wall: float, device: torch.device) -> dict:
+    """results.json, results.md and the figures from every evaluation in ``out`` (refused before any work if
+    results.json lists evaluations that ``out`` lacks)."""
     evals = collect(out, budget)
-    if (results / "results.json").is_file():  # never replace a report with one that knows fewer evaluations
-        kept = json.loads((results / "results.json").read_text()).get("done", {})
-        lost = sorted(f"{name} @ {step}" for name, steps in kept.items() for step in steps
-                      if step not in [e["step"] for e in evals.get(name, [])])
-        if lost:
-            sys.exit(f"error: {results / 'results.json'} holds evaluations that {out} lacks ({', '.join(lost)}); "
-                     f"writing the report would lose them: pass the --out they came from, or another --results")
+    done = {run.name: [e["step"] for e in evals.get(run.name, [])] for run in RUNS}
+    reports.refuse_losing(results / "results.json", done)
     ref = Reference.build(budget)
-    base, first = floor(budget, ref), first_table(evals)
+    base, first, nfe = floor(budget, ref), first_table(evals), nfe_table(out)
     results.mkdir(parents=True, exist_ok=True)
     figures(evals, budget, out, results)
-    machine = (f"{platform.machine()}, {torch.get_num_threads()} thread(s) per process, {budget.jobs} processes, "
-               f"device {device}, torch {torch.__version__}")
-    done = {run.name: [e["step"] for e in evals.get(run.name, [])] for run in RUNS}
+    machine = reports.machine(budget.jobs, device)
     sweeps = {run.name: [json.loads(p.read_text()) for p in sorted((out / run.name).glob("nfe*.json"))]
               for run in RUNS if (out / run.name).is_dir()}
     summary = {"command": command, "machine": machine, "wall_seconds_of_last_invocation": wall,
                "budget": {k: v for k, v in budget.__dict__.items()}, "floor": base, "evaluations": evals,
                "sweeps": {name: found for name, found in sweeps.items() if found}, "done": done}
-    (results / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     text = (f"Base budget: {budget.steps} steps of batch {budget.batch_size}; "
             f"sampler {'/'.join(map(str, budget.sampler))}; {budget.samples} samples against "
             f"{budget.test_images} test images, Fashion-MNIST classifier features.\n\n"
@@ -550,11 +380,10 @@ def report(budget: Budget, out: Path, results: Path, command: str, wall: float, 
             f"{band_table(evals, 'spectrum', budget)}\n\n"
             f"Denoising error per band relative to the Wiener estimator of the data's Gaussian fit (> 1: worse than "
             f"linear)\n\n{band_table(evals, 'wiener', budget)}\n\n"
-            + (f"The headline models with other samplers ({budget.nfe_samples} samples each)\n\n{nfe_table(out)}\n\n"
-               if nfe_table(out) else "")
+            + (f"The headline models with other samplers ({budget.nfe_samples} samples each)\n\n{nfe}\n\n"
+               if nfe else "")
             + f"Evaluations done: {json.dumps(done)}\n\nCommand: `{command}`; machine: {machine}\n")
-    (results / "results.md").write_text(text)
-    print(text)
+    reports.write(results, "results", summary, text)
     return summary
 
 
@@ -621,8 +450,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                         sys.exit(f"error: run {name} failed (exit {proc.returncode}); see {out / f'{name}.log'}")
     if args.phase == "train":
         return None
-    command = " ".join(["python benchmarks/bench_quality.py", *(sys.argv[1:] if argv is None else argv)])
-    return report(budget, out, results, command, time.perf_counter() - start, device)
+    return report(budget, out, results, reports.command("bench_quality.py", argv), time.perf_counter() - start, device)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ from lincorrupt.model import from_checkpoint
 from lincorrupt.nn import UNet
 from lincorrupt.train import CheckpointError, TrainConfig, Trainer, init_distributed
 from lincorrupt.train.checkpoint import load_latest, require_keys, run_checkpoints
-from lincorrupt.train.cli import Interval, OptionError, given_options, option, parse_config
+from lincorrupt.train.cli import Interval, OptionError, given_options, option, parse_config, resumed_config
 from lincorrupt.train.data_order import derive_seed
 from lincorrupt.train.distributed import DEFAULT_TIMEOUT
 from lincorrupt.train.evaluation import QualityEvaluator, feature_space
@@ -224,24 +224,6 @@ def build_corruption(args: dict[str, Any]) -> lc.DiagonalizableCorruption:
     return RECIPES[args["corruption"]].corruption(tuple(args["shape"]), **args["settings"])
 
 
-def resumed_config(checkpoint: dict[str, Any], given: dict[str, Any], path: Path) -> Config:
-    """The checkpoint's recorded config, with the ``given`` flags of :data:`RESUMABLE` applied.
-
-    Raises:
-        CheckpointError: a given flag outside RESUMABLE contradicts the checkpoint, naming both values.
-    """
-    names = {f.name for f in dataclasses.fields(Config)}
-    stored = Config(**{k: v for k, v in checkpoint["config"].items() if k in names})
-    wanted = Config(**{**dataclasses.asdict(stored), **given})
-    conflicts = [f"--{name.replace('_', '-')} {getattr(wanted, name)!r} (the checkpoint's: {getattr(stored, name)!r})"
-                 for name in given if name not in RESUMABLE and getattr(wanted, name) != getattr(stored, name)]
-    if conflicts:
-        raise CheckpointError(f"{path} was trained with other settings than the flags ask for: {'; '.join(conflicts)}. "
-                              f"Leave these flags out to continue with the checkpoint's values, or start a new run "
-                              f"in another --out-dir; flags that may change: {', '.join(sorted(RESUMABLE))}")
-    return wanted
-
-
 def prior_images(data, n: int, seed: int) -> torch.Tensor:
     """A seeded random subset of n training images in [-1, 1], (n, C, H, W) (without labels)."""
     index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
@@ -262,7 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
                                   f"run, e.g. examples/demo.py's, or an older version of this script); sample it with "
                                   f"`lincorrupt sample {ckpt_path}` or lc.load, or train a new run here")
         # the run writes where --out-dir says (its default included), never into the folder the checkpoint recorded
-        cfg = resumed_config(ckpt_state, {**given_options(Config, argv), "out_dir": str(out)}, ckpt_path)
+        cfg = resumed_config(Config, ckpt_state["config"], {**given_options(Config, argv), "out_dir": str(out)},
+                             RESUMABLE, ckpt_path)
     elif existing := run_checkpoints(out):  # fail before loading data; Trainer.fit checks again under the lock
         raise CheckpointError(f"{out} already holds {' and '.join(existing)}: pass --resume to continue it, "
                               f"or another --out-dir")

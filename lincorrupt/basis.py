@@ -7,6 +7,11 @@ squared norms and white noise stays white: ``V^T eps ~ N(0, I)`` when ``eps ~ N(
 
 Half-precision inputs (float16, bfloat16) are transformed in float32 and returned in their
 own dtype; float32 and float64 are transformed in their own precision.
+
+:meth:`Basis.matrix` gives V itself as a dense (D, D) matrix, for small events. A basis may
+also carry :attr:`Basis.frequencies_squared`, the per-coordinate decay rates of heat dissipation
+that blur-type corruptions need (:func:`require_frequencies_squared`); :class:`DCTBasis` has them,
+:class:`MatrixBasis` when they are given.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from torch import Tensor
 
 from .config import Configurable
 
-__all__ = ["Basis", "IdentityBasis", "DCTBasis", "MatrixBasis", "dct_matrix"]
+__all__ = ["Basis", "IdentityBasis", "DCTBasis", "MatrixBasis", "dct_matrix", "require_frequencies_squared"]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -28,15 +33,52 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+#: The buffer name under which a basis keeps its squared frequencies (:attr:`Basis.frequencies_squared`).
+FREQUENCIES_BUFFER = "_frequencies_squared"
+
+
 class Basis(Configurable):
     """An orthogonal transform V over the trailing ``event_ndim`` dimensions of a tensor.
 
     Subclasses implement :meth:`to_basis` and :meth:`from_basis`; all state lives in
     buffers so that ``.to(device)`` moves it; the constructor's arguments are recorded in ``config``.
+    A subclass whose coordinates have heat-equation frequencies registers them as the buffer
+    named ``FREQUENCIES_BUFFER`` (``"_frequencies_squared"``); :attr:`frequencies_squared` returns it.
     """
 
     #: number of trailing dimensions the transform acts on (0 for the identity)
     event_ndim: int = 0
+
+    @property
+    def frequencies_squared(self) -> Tensor | None:
+        """Optional: ``lambda``, the decay rate of each coordinate under the heat equation, or None.
+
+        Blurring by heat dissipation for time ``tau`` multiplies coordinate i by ``exp(-lambda_i tau)``
+        (Rissanen et al. 2022; Hoogeboom & Salimans 2023, eq. 9), so a basis that carries
+        ``lambda`` is one in which :class:`~lincorrupt.IHDM`, :class:`~lincorrupt.BlurringDiffusion` and
+        :class:`~lincorrupt.SoftDiffusion` are diagonal. A tensor broadcastable to the event shape
+        (e.g. (H, W) for :class:`DCTBasis`), float64; None for a basis without frequencies.
+        """
+        return self._buffers.get(FREQUENCIES_BUFFER)
+
+    def matrix(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float64, device=None) -> Tensor:
+        """V as a dense (D, D) matrix, D = prod(shape), for events of ``shape``: ``u = V^T x`` on flattened events.
+
+        Column j is ``from_basis(e_j)``: the base class transforms the (D, D) identity (O(D^2) memory, for
+        small D: a 28x28 image gives a 784x784 matrix); a subclass with a cheaper exact form overrides it.
+
+        Args:
+            shape: the event shape the basis acts on, e.g. a corruption's (C, H, W).
+            dtype: a floating dtype (default float64).
+            device: where to build it (default the CPU).
+        """
+        self.check_event_shape(tuple(shape))
+        d = math.prod(shape)
+        eye = torch.eye(d, dtype=dtype, device=device).view(d, *shape)
+        return self.from_basis(eye).reshape(d, d).T  # row j of from_basis(I) is V e_j
+
+    def check_event_shape(self, shape: tuple[int, ...]) -> None:
+        """Raise ``ValueError`` unless the basis can act on events of ``shape``."""
 
     def to_basis(self, x: Tensor) -> Tensor:
         """``u = V^T x`` over the trailing dimensions; shape and dtype preserved."""
@@ -46,8 +88,24 @@ class Basis(Configurable):
         """``x = V u`` over the trailing dimensions; shape and dtype preserved."""
         raise NotImplementedError
 
-    def check_event_shape(self, shape: tuple[int, ...]) -> None:
-        """Raise ``ValueError`` unless the basis can act on events of ``shape``."""
+
+
+def require_frequencies_squared(basis: Basis, shape: tuple[int, ...], user: str) -> Tensor:
+    """``basis.frequencies_squared`` checked for ``user`` (a corruption's or function's name): it exists and
+    broadcasts to the event ``shape``; a ``TypeError`` naming the basis otherwise."""
+    lam = basis.frequencies_squared
+    if lam is None:
+        raise TypeError(f"{user} needs a basis with frequencies_squared (the heat equation's decay rate per "
+                        f"coordinate, e.g. DCTBasis or MatrixBasis(Q, frequencies_squared=...)); "
+                        f"{type(basis).__name__} has none")
+    try:
+        fits = torch.broadcast_shapes(lam.shape, tuple(shape)) == tuple(shape)
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{user} needs frequencies_squared broadcastable to the event shape {tuple(shape)}; "
+                         f"{type(basis).__name__} has shape {tuple(lam.shape)}")
+    return lam
 
 
 class IdentityBasis(Basis):
@@ -58,6 +116,10 @@ class IdentityBasis(Basis):
 
     def from_basis(self, u: Tensor) -> Tensor:
         return u
+
+    def matrix(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float64, device=None) -> Tensor:
+        """The (D, D) identity, D = prod(shape)."""
+        return torch.eye(math.prod(shape), dtype=dtype, device=device)
 
 
 def dct_matrix(n: int, dtype: torch.dtype = torch.float64, device=None) -> Tensor:
@@ -109,7 +171,7 @@ class DCTBasis(Basis):
 
     ``to_basis(x) = D_H x D_W^T`` equals ``scipy.fft.dctn(x, axes=(-2, -1), norm="ortho")``;
     coordinate ``(k, l)`` is the frequency with eigenvalue ``lambda[k, l]`` of the Neumann
-    Laplacian (:attr:`frequencies_squared`), which is why heat dissipation is diagonal here.
+    Laplacian (:attr:`~Basis.frequencies_squared`), which is why heat dissipation is diagonal here.
 
     The transform is two dense matrix products (``O(H + W)`` per pixel, but at BLAS speed),
     except on CPU for images of at least ``CPU_FFT_MIN_PIXELS`` pixels, where scipy's
@@ -120,11 +182,10 @@ class DCTBasis(Basis):
         height: H, size of dimension -2.
         width: W, size of dimension -1.
 
-    Attributes:
-        frequencies_squared: ``lambda[k, l] = (pi k / H)^2 + (pi l / W)^2``, (H, W), float64: the heat
-            equation's decay rate of DCT coordinate (k, l); blurring with time tau multiplies it by
-            ``exp(-lambda tau)`` (Rissanen et al. 2022; Hoogeboom & Salimans 2023, eq. 9). A buffer, so
-            it moves with the basis (and stays float64 inside a corruption); derived from H and W, so not saved.
+    Its :attr:`~Basis.frequencies_squared` are ``lambda[k, l] = (pi k / H)^2 + (pi l / W)^2``, (H, W),
+    float64: the heat equation's decay rate of DCT coordinate (k, l); blurring with time tau multiplies it
+    by ``exp(-lambda tau)`` (Rissanen et al. 2022; Hoogeboom & Salimans 2023, eq. 9). A buffer, so it
+    moves with the basis (and stays float64 inside a corruption); derived from H and W, so not saved.
     """
 
     event_ndim = 2
@@ -138,7 +199,7 @@ class DCTBasis(Basis):
         self.register_buffer("d_w", dct_matrix(self.width, torch.float64), persistent=False)
         f_h = math.pi * torch.arange(self.height, dtype=torch.float64) / self.height
         f_w = math.pi * torch.arange(self.width, dtype=torch.float64) / self.width
-        self.register_buffer("frequencies_squared", f_h[:, None] ** 2 + f_w[None, :] ** 2, persistent=False)
+        self.register_buffer(FREQUENCIES_BUFFER, f_h[:, None] ** 2 + f_w[None, :] ** 2, persistent=False)
         self._cast: dict = {}
 
     def _apply(self, fn, recurse=True):  # drop dtype/device casts when the module moves
@@ -194,14 +255,24 @@ class MatrixBasis(Basis):
 
     ``to_basis(x) = Q^T vec(x)`` and ``from_basis(u) = Q vec(u)``, reshaped back.
 
+    The basis keeps its own float64 copy of Q, the buffer ``q`` (saved with the state dict). A ``q``
+    changed in place (``load_state_dict``, an optimiser step of a learned basis) is used by the next
+    transform: the copies cast to other dtypes and devices are keyed on ``q``'s version counter and
+    storage, so none goes stale. Orthogonality is checked once, here; keeping a changed ``q``
+    orthogonal is the caller's job.
+
     Args:
         Q: (n, n) orthogonal matrix; its columns are the basis vectors.
         event_shape: the trailing dimensions it acts on, with ``prod(event_shape) == n``;
             defaults to ``(n,)``, the last dimension.
         atol: tolerance of the orthogonality check ``Q^T Q = I``.
+        frequencies_squared: optional per-coordinate heat-equation decay rates ``lambda`` (non-negative,
+            broadcastable to ``event_shape``), making the basis usable by blur-type corruptions
+            (:attr:`~Basis.frequencies_squared`); None for a basis without frequencies.
     """
 
-    def __init__(self, Q: Tensor, event_shape: tuple[int, ...] | None = None, atol: float = 1e-5):
+    def __init__(self, Q: Tensor, event_shape: tuple[int, ...] | None = None, atol: float = 1e-5,
+                 frequencies_squared: Tensor | None = None):
         super().__init__()
         Q = torch.as_tensor(Q)
         if Q.ndim != 2 or Q.shape[0] != Q.shape[1]:
@@ -211,36 +282,57 @@ class MatrixBasis(Basis):
         if math.prod(self.event_shape) != n:
             raise ValueError(f"event_shape {self.event_shape} has {math.prod(self.event_shape)} "
                              f"elements but Q is {n}x{n}")
-        q64 = Q.to(torch.float64)
+        q64 = Q.to(torch.float64, copy=True)
         err = (q64.mT @ q64 - torch.eye(n, dtype=torch.float64, device=Q.device)).abs().max().item()
         if err > atol:
             raise ValueError(f"MatrixBasis needs an orthogonal Q (Q^T Q = I); max |Q^T Q - I| = {err:.3g}")
         self.event_ndim = len(self.event_shape)
         self.register_buffer("q", q64)
+        if frequencies_squared is not None:
+            lam = torch.as_tensor(frequencies_squared).to(torch.float64, copy=True)
+            if not bool(torch.isfinite(lam).all()) or bool((lam < 0).any()):
+                raise ValueError("MatrixBasis needs finite non-negative frequencies_squared")
+            self.register_buffer(FREQUENCIES_BUFFER, lam, persistent=False)
+            require_frequencies_squared(self, self.event_shape, "MatrixBasis")
         self._cast: dict = {}
 
     def _apply(self, fn, recurse=True):
         self._cast = {}
         return super()._apply(fn, recurse)
 
-    def _flat(self, x: Tensor) -> tuple[Tensor, Tensor, torch.dtype]:
+    def _q(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """``q`` in ``dtype`` on ``device``: a cached cast, rebuilt whenever ``q`` changed since it was made."""
+        if self.q.dtype == dtype and self.q.device == device:
+            return self.q
+        stamp = (self.q._version, self.q.data_ptr(), self.q.device)
+        key = (dtype, device)
+        if key not in self._cast or self._cast[key][0] != stamp:
+            self._cast[key] = (stamp, self.q.to(device, dtype, copy=True))
+        return self._cast[key][1]
+
+    def _flat(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if tuple(x.shape[x.ndim - self.event_ndim:]) != self.event_shape or x.ndim < self.event_ndim:
             raise ValueError(f"MatrixBasis expects (..., {', '.join(map(str, self.event_shape))}), "
                              f"got shape {tuple(x.shape)}")
         dtype = _compute_dtype(x.dtype)
-        key = (dtype, x.device)
-        if key not in self._cast:
-            self._cast[key] = self.q.to(x.device, dtype)
         flat = x.to(dtype).reshape(*x.shape[: x.ndim - self.event_ndim], -1)
-        return flat, self._cast[key], dtype
+        return flat, self._q(dtype, x.device)
 
     def to_basis(self, x: Tensor) -> Tensor:
-        flat, q, _ = self._flat(x)
+        flat, q = self._flat(x)
         return (flat @ q).reshape(x.shape).to(x.dtype)  # row-vector form of Q^T x
 
     def from_basis(self, u: Tensor) -> Tensor:
-        flat, q, _ = self._flat(u)
+        flat, q = self._flat(u)
         return (flat @ q.mT).reshape(u.shape).to(u.dtype)
+
+    def matrix(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float64, device=None) -> Tensor:
+        """Q itself (a copy) for events of ``event_shape``; one block of Q per leading index for events with leading
+        dimensions that Q does not act on (``block_diag(Q, ..., Q)``)."""
+        self.check_event_shape(tuple(shape))
+        q = self.q.to(device if device is not None else "cpu", dtype, copy=True)
+        blocks = math.prod(shape) // q.shape[0]
+        return torch.block_diag(*[q] * blocks) if blocks > 1 else q
 
     def check_event_shape(self, shape: tuple[int, ...]) -> None:
         if tuple(shape[len(shape) - self.event_ndim:]) != self.event_shape or len(shape) < self.event_ndim:

@@ -114,15 +114,13 @@ def _pixel_variance(corruption: DiagonalizableCorruption, var_u: Tensor, like: T
     """Per-pixel variance of ``V n``, ``n ~ N(0, diag(var_u))``: ``sum_i V_ji^2 var_u[i]``.
 
     A scalar when ``var_u`` is the same for every coordinate (all shipped corruptions at
-    ``t_min``); otherwise computed from the dense basis (one transform of the identity).
+    ``t_min``); otherwise computed from the dense basis (:meth:`~lincorrupt.Basis.matrix`).
     """
     var_u = var_u.expand(1, *corruption.shape)
     if bool((var_u == var_u.flatten()[0]).all()):
         return var_u.flatten()[0]
-    n = math.prod(corruption.shape)
-    eye = torch.eye(n, dtype=like.dtype, device=like.device).view(n, *corruption.shape)
-    vt_rows = corruption.basis.to_basis(eye)  # row j: V^T e_j, i.e. V[j, :]
-    return (vt_rows**2 * var_u.to(like.dtype)).flatten(1).sum(1).view(corruption.shape)
+    v = corruption.basis.matrix(corruption.shape, like.dtype, like.device)  # (D, D)
+    return (v**2 @ var_u.to(like.dtype).flatten()).view(corruption.shape)
 
 
 def reconstruction_term(corruption: DiagonalizableCorruption, x: Tensor, noise: Tensor, t_min: float = 0.0) -> Tensor:

@@ -117,3 +117,108 @@ def test_bad_bases_are_refused():
         lc.DCTBasis(4, 6).to_basis(torch.zeros(2, 6, 4))
     with pytest.raises(TypeError, match="floating-point"):
         lc.DCTBasis(4, 6).to_basis(torch.zeros(2, 4, 6, dtype=torch.int64))
+
+
+@given(c=st.integers(1, 3), h=st.integers(1, 6), w=st.integers(1, 6))
+def test_dense_matrix_of_the_dct_is_scipys(c, h, w):
+    """``matrix(shape)`` is V with ``u = V^T x`` on flattened events: column j is scipy's inverse DCT of e_j."""
+    d = c * h * w
+    eye = np.eye(d).reshape(d, c, h, w)
+    expected = scipy.fft.idctn(eye, axes=(-2, -1), norm="ortho").reshape(d, d).T
+    np.testing.assert_allclose(lc.DCTBasis(h, w).matrix((c, h, w)).numpy(), expected, atol=1e-12)
+    assert lc.DCTBasis(h, w).matrix((c, h, w), torch.float32).dtype == torch.float32
+
+
+@given(n=st.integers(1, 8), blocks=st.integers(1, 3), seed=st.integers(0, 1000))
+def test_dense_matrix_of_a_matrix_basis_is_q_per_block(n, blocks, seed):
+    q = random_orthogonal(n, seed)
+    basis = lc.MatrixBasis(q)
+    expected = torch.block_diag(*[q] * blocks)  # events (blocks, n): Q acts on each row
+    torch.testing.assert_close(basis.matrix((blocks, n)), expected, rtol=0, atol=0)
+    torch.testing.assert_close(dense_matrix(basis, (blocks, n)), expected)  # the generic path agrees
+    basis.matrix((n,))[0, 0] = 7.0  # a copy: the basis is unchanged
+    torch.testing.assert_close(basis.q, q, rtol=0, atol=0)
+
+
+def test_identity_dense_matrix_and_refused_shapes():
+    torch.testing.assert_close(lc.IdentityBasis().matrix((2, 3)), torch.eye(6, dtype=torch.float64))
+    with pytest.raises(ValueError, match="cannot act on events"):
+        lc.DCTBasis(4, 6).matrix((6, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matrix_basis_follows_q_changed_in_place(dtype):
+    """A MatrixBasis uses its current ``q``: no cast cached before the change goes stale, whether ``q`` is
+    written in place or loaded from a state dict."""
+    q1, q2 = random_orthogonal(6, 1), random_orthogonal(6, 2)
+    basis = lc.MatrixBasis(q1)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    torch.testing.assert_close(basis.to_basis(x.to(dtype)), (x @ q1).to(dtype))  # caches the cast
+    with torch.no_grad():
+        basis.q.copy_(q2)
+    torch.testing.assert_close(basis.to_basis(x.to(dtype)), (x @ q2).to(dtype))
+    torch.testing.assert_close(basis.from_basis(x.to(dtype)), (x @ q2.T).to(dtype))
+    basis.load_state_dict({"q": q1})
+    torch.testing.assert_close(basis.to_basis(x.to(dtype)), (x @ q1).to(dtype))
+    torch.testing.assert_close(basis.matrix((6,)), q1)
+
+
+def test_matrix_basis_copies_the_given_q():
+    q = random_orthogonal(4, 3)
+    basis = lc.MatrixBasis(q)
+    q.zero_()  # the caller's tensor is not the basis's
+    assert torch.linalg.matrix_norm(basis.q) > 1
+
+
+def test_frequencies_are_optional_and_checked():
+    assert lc.IdentityBasis().frequencies_squared is None
+    assert lc.MatrixBasis(torch.eye(4)).frequencies_squared is None
+    lam = torch.rand(2, 3, dtype=torch.float64)
+    basis = lc.MatrixBasis(random_orthogonal(6, 0), event_shape=(2, 3), frequencies_squared=lam)
+    torch.testing.assert_close(basis.frequencies_squared, lam, rtol=0, atol=0)
+    assert "_frequencies_squared" not in basis.state_dict()
+    with pytest.raises(ValueError, match="broadcastable to the event shape"):
+        lc.MatrixBasis(random_orthogonal(6, 0), event_shape=(2, 3), frequencies_squared=torch.ones(3, 2))
+    with pytest.raises(ValueError, match="non-negative"):
+        lc.MatrixBasis(torch.eye(2), frequencies_squared=-torch.ones(2))
+    with pytest.raises(TypeError, match="IdentityBasis has none"):
+        lc.basis.require_frequencies_squared(lc.IdentityBasis(), (1, 2, 3), "IHDM")
+
+
+@pytest.mark.parametrize("make", [lc.IHDM, lc.BlurringDiffusion, lc.SoftDiffusion])
+def test_blur_type_corruptions_take_any_basis_with_frequencies_and_refuse_others_by_name(make):
+    """exp(-lambda tau) needs lambda from the basis: a MatrixBasis carrying the DCT's own frequencies and matrix
+    gives the DCT corruption's schedule exactly; a basis without frequencies is refused, naming both."""
+    shape = (1, 4, 6)
+    dct = lc.DCTBasis(4, 6)
+    v = torch.from_numpy(scipy.fft.idctn(np.eye(24).reshape(24, 4, 6), axes=(-2, -1), norm="ortho").reshape(24, 24).T)
+    k, j = np.meshgrid(np.arange(4), np.arange(6), indexing="ij")
+    lam = torch.from_numpy((np.pi * k / 4) ** 2 + (np.pi * j / 6) ** 2)
+    as_matrix = make(shape, basis=lc.MatrixBasis(v, event_shape=(4, 6), frequencies_squared=lam))
+    t = torch.linspace(0, 1, 7, dtype=torch.float64)
+    for a, b in zip(as_matrix.log_alpha_sigma(t), make(shape).log_alpha_sigma(t)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    x = torch.randn(2, *shape, dtype=torch.float64)
+    torch.testing.assert_close(as_matrix.basis.to_basis(x), dct.to_basis(x), rtol=0, atol=1e-12)
+    with pytest.raises(TypeError, match=f"{make.__name__} needs a basis with frequencies_squared.*IdentityBasis"):
+        make(shape, basis=lc.IdentityBasis())
+    with pytest.raises(ValueError, match="broadcastable to the event shape"):
+        make(shape, basis=lc.MatrixBasis(torch.eye(24), event_shape=(1, 4, 6), frequencies_squared=torch.ones(2, 4, 6)))
+
+
+def test_a_corruption_on_a_matrix_basis_with_frequencies_is_rebuilt_from_its_file(tmp_path):
+    """What a checkpoint stores (module_spec + state dict, through torch.save/load) rebuilds Q and lambda."""
+    from lincorrupt.config import build_module, module_spec
+
+    lam = torch.rand(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    basis = lc.MatrixBasis(random_orthogonal(6, 4), event_shape=(2, 3), frequencies_squared=lam)
+    c = lc.IHDM((1, 2, 3), basis=basis)
+    torch.save({"spec": module_spec(c), "state": c.state_dict()}, tmp_path / "c.pt")
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)
+    rebuilt = build_module(saved["spec"], saved["state"])
+    assert isinstance(rebuilt.basis, lc.MatrixBasis)
+    torch.testing.assert_close(rebuilt.basis.q, basis.q, rtol=0, atol=0)
+    torch.testing.assert_close(rebuilt.basis.frequencies_squared, lam, rtol=0, atol=0)
+    t = torch.linspace(0, 1, 5, dtype=torch.float64)
+    for a, b in zip(rebuilt.log_alpha_sigma(t), c.log_alpha_sigma(t)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lincorrupt as lc
-from helpers.corruptions import SHAPE
+from helpers.corruptions import SHAPE, random_frequency_basis
 from lincorrupt.metrics import (
     GaussianFit,
     band_error_ratio,
@@ -101,6 +101,29 @@ def test_power_spectrum_is_the_band_mean_of_scipys_orthonormal_dct(shape, num_ba
     np.testing.assert_allclose(power_spectrum(torch.from_numpy(x).float(), bands).numpy(), expected, rtol=1e-5)
 
 
+def test_power_spectrum_in_another_basis_is_the_band_mean_of_its_coordinates():
+    """Any basis with per-pixel frequencies: a random orthogonal Q on each (H, W) image, u = Q^T vec(x)."""
+    rng = np.random.default_rng(4)
+    q = np.linalg.qr(rng.standard_normal((24, 24)))[0]
+    lam = rng.uniform(0, 10, (4, 6))
+    basis = lc.MatrixBasis(torch.from_numpy(q), event_shape=(4, 6), frequencies_squared=torch.from_numpy(lam))
+    x = rng.uniform(-1, 1, (5, 2, 4, 6))
+    bands = radial_bands(4, 6, 3)
+    u2 = ((x.reshape(5, 2, 24) @ q) ** 2).mean((0, 1)).reshape(4, 6)
+    expected = [u2[bands.numpy() == b].mean() for b in range(3)]
+    np.testing.assert_allclose(power_spectrum(torch.from_numpy(x), bands, basis).numpy(), expected, rtol=1e-12)
+
+
+def test_a_basis_without_per_pixel_frequencies_is_refused_by_name():
+    x, bands = torch.rand(3, 2, 4, 6, dtype=f64), radial_bands(4, 6)
+    with pytest.raises(TypeError, match="power_spectrum needs a basis with frequencies_squared.*IdentityBasis"):
+        power_spectrum(x, bands, lc.IdentityBasis())
+    with pytest.raises(ValueError, match="spectrum_ratio needs frequencies_squared broadcastable to.*MatrixBasis"):
+        spectrum_ratio(x, x, bands, random_frequency_basis())  # (C, H, W) frequencies: no per-pixel band
+    with pytest.raises(ValueError, match="cannot act on events"):
+        power_spectrum(x, bands, lc.DCTBasis(6, 4))
+
+
 def test_two_halves_of_one_gaussian_draw_have_ratio_one_within_sampling_error():
     rng = np.random.default_rng(1)
     n, h, w = 4000, 8, 8
@@ -160,10 +183,12 @@ def test_bad_spectrum_input_is_refused_by_name(samples, reference, bands, error,
 # The Gaussian fit and the Wiener estimator -----------------------------------------------------------------------
 
 def dense_vt(corruption) -> np.ndarray:
-    """V^T as a (D, D) matrix, u = V^T x on flattened (C, H, W), from scipy (independent of lincorrupt.basis)."""
+    """V^T as a (D, D) matrix, u = V^T x on flattened (C, H, W), from scipy or the given Q (not lincorrupt.basis)."""
     eye = np.eye(D).reshape(D, *SHAPE)
     if isinstance(corruption.basis, lc.DCTBasis):
         return scipy.fft.dctn(eye, axes=(-2, -1), norm="ortho").reshape(D, D).T
+    if isinstance(corruption.basis, lc.MatrixBasis):  # the registry's random Q, given as input: V = Q
+        return random_frequency_basis().q.numpy().T
     assert isinstance(corruption.basis, lc.IdentityBasis)
     return np.eye(D)
 

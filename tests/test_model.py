@@ -38,7 +38,7 @@ def test_every_corruption_records_its_arguments_and_rebuilds_from_them(name):
 def test_config_holds_defaults_and_the_given_values_by_name():
     c = lc.BlurringDiffusion((1, 4, 6), 5.0, min_scale=0.1)
     assert c.config == {"shape": (1, 4, 6), "sigma_blur_max": 5.0, "min_scale": 0.1, "logsnr_min": -10.0,
-                        "logsnr_max": 10.0, "prior": None}
+                        "logsnr_max": 10.0, "prior": None, "basis": None}
     net = tiny_unet(dropout=0.0)
     assert net.config["ch"] == 8 and net.config["dropout"] == 0.0 and net.config["time_scale"] == 1000.0
     assert UNet(**net.config).config == net.config

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..basis import DCTBasis
+from ..basis import Basis, DCTBasis, require_frequencies_squared
 from ..corruption import DiagonalizableCorruption, FastSampling
 from ..priors import GaussianPrior, Prior
 from ..schedules import log_spaced_blur_tau
@@ -18,7 +18,8 @@ __all__ = ["IHDM"]
 class IHDM(DiagonalizableCorruption):
     """Heat dissipation with constant noise, diagonal in the orthonormal 2-D DCT.
 
-    Per DCT frequency (k, l): ``alpha_t = exp(-lambda[k, l] tau_t)`` and ``sigma_t = sigma *
+    Per DCT frequency (k, l) (``lambda`` = the basis's :attr:`~lincorrupt.Basis.frequencies_squared`, the
+    Laplacian's eigenvalues): ``alpha_t = exp(-lambda[k, l] tau_t)`` and ``sigma_t = sigma *
     data_range``, with ``tau_t = sigma_B(t)^2 / 2`` and ``sigma_B`` log-spaced from
     ``sigma_blur_min`` to ``sigma_blur_max`` over the ``num_steps`` = K levels (level 0 is the
     clean image; :func:`~lincorrupt.schedules.log_spaced_blur_tau`). ``alpha`` is returned in
@@ -37,21 +38,24 @@ class IHDM(DiagonalizableCorruption):
         data_range: width of the data interval; lincorrupt's data live in [-1, 1], so 2 (the
             process then uses ``sigma_t = 0.02``).
         prior: default moment-matched Gaussian with unit data variance.
+        basis: default ``DCTBasis(H, W)``; any basis with ``frequencies_squared`` broadcastable to ``shape``
+            is accepted, any other refused.
     """
 
-    #: DPM-Solver++(3M) on the information grid, the best at 20 NFE at 28x28 and 32x32 (Benchmarks page).
+    #: DPM-Solver++(3M) on the information grid (Benchmarks page, with its command and figures).
     fast_sampling = FastSampling("dpm++3m", "info", 20)
 
     def __init__(self, shape: tuple[int, int, int], sigma: float = 0.01, sigma_blur_max: float = 24.0,
                  num_steps: int = 200, sigma_blur_min: float = 0.5, data_range: float = 2.0,
-                 prior: Prior | None = None):
+                 prior: Prior | None = None, basis: Basis | None = None):
         if len(shape) != 3:
             raise ValueError(f"IHDM needs shape (C, H, W), got {shape}")
         if not (sigma > 0 and 0 < sigma_blur_min <= sigma_blur_max and num_steps >= 1 and data_range > 0):
             raise ValueError(f"need sigma > 0, 0 < sigma_blur_min <= sigma_blur_max, num_steps >= 1 and "
                              f"data_range > 0; got {sigma}, {sigma_blur_min}, {sigma_blur_max}, {num_steps}, "
                              f"{data_range}")
-        basis = DCTBasis(shape[-2], shape[-1])
+        basis = basis if basis is not None else DCTBasis(shape[-2], shape[-1])
+        require_frequencies_squared(basis, shape, type(self).__name__)
         super().__init__(shape, basis, prior if prior is not None else GaussianPrior())
         self.sigma, self.data_range = float(sigma), float(data_range)
         self.sigma_blur_min, self.sigma_blur_max = float(sigma_blur_min), float(sigma_blur_max)

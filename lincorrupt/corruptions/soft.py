@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..basis import DCTBasis
+from ..basis import Basis, DCTBasis, require_frequencies_squared
 from ..corruption import DiagonalizableCorruption, FastSampling
 from ..priors import GaussianPrior, Prior
 
@@ -18,7 +18,8 @@ __all__ = ["SoftDiffusion", "blur_w2_distances", "select_blur_levels"]
 class SoftDiffusion(DiagonalizableCorruption):
     """``z_t = C_t x + s_t eps``: a Gaussian blur ``C_t`` and one small noise level, diagonal in the 2-D DCT.
 
-    Per DCT frequency (k, l) with ``lambda[k, l] = (pi k / H)^2 + (pi l / W)^2``:
+    Per DCT frequency (k, l) with ``lambda[k, l] = (pi k / H)^2 + (pi l / W)^2`` (the basis's
+    :attr:`~lincorrupt.Basis.frequencies_squared`):
 
         alpha_t[k, l] = exp(-lambda[k, l] sigma_B(t)^2 / 2)     (the DC coordinate keeps alpha = 1)
         sigma_t = noise_min (noise_max / noise_min)^t           (geometric, the same for every coordinate)
@@ -46,6 +47,8 @@ class SoftDiffusion(DiagonalizableCorruption):
         num_levels: K of the default levels (paper, CelebA-64: 32).
         noise_min, noise_max: ``sigma_t`` at t = 0 and t = 1 (0 < noise_min <= noise_max).
         prior: default moment-matched Gaussian with unit data variance.
+        basis: default ``DCTBasis(H, W)``; any basis with ``frequencies_squared`` broadcastable to ``shape``
+            is accepted, any other refused.
     """
 
     #: DPM-Solver++(2M) on the uniform grid: below the momentum sampler's KL from 20 NFE at 28x28
@@ -54,7 +57,7 @@ class SoftDiffusion(DiagonalizableCorruption):
 
     def __init__(self, shape: tuple[int, int, int], blur_levels: Tensor | None = None, sigma_blur_min: float = 0.01,
                  sigma_blur_max: float = 23.0, num_levels: int = 32, noise_min: float = 0.01, noise_max: float = 0.1,
-                 prior: Prior | None = None):
+                 prior: Prior | None = None, basis: Basis | None = None):
         if len(shape) != 3:
             raise ValueError(f"SoftDiffusion needs shape (C, H, W), got {shape}")
         if not 0 < noise_min <= noise_max:
@@ -64,7 +67,8 @@ class SoftDiffusion(DiagonalizableCorruption):
                 raise ValueError(f"need 0 <= sigma_blur_min <= sigma_blur_max and an int num_levels >= 2; got "
                                  f"{sigma_blur_min}, {sigma_blur_max}, {num_levels!r}")
             blur_levels = torch.linspace(sigma_blur_min, sigma_blur_max, num_levels, dtype=torch.float64)
-        basis = DCTBasis(shape[-2], shape[-1])
+        basis = basis if basis is not None else DCTBasis(shape[-2], shape[-1])
+        require_frequencies_squared(basis, shape, type(self).__name__)
         super().__init__(shape, basis, prior if prior is not None else GaussianPrior())
         self.noise_min, self.noise_max = float(noise_min), float(noise_max)
         self.register_buffer("blur_levels", _check_levels(blur_levels))
@@ -74,7 +78,7 @@ class SoftDiffusion(DiagonalizableCorruption):
             num_candidates: int = 1000, **kwargs) -> SoftDiffusion:
         """A SoftDiffusion whose ``num_levels`` blur levels are chosen from data ``x`` the paper's way.
 
-        The per-coordinate DCT mean and variance of ``x`` define the diagonal Gaussian approximation
+        The per-coordinate DCT (or ``basis``) mean and variance of ``x`` define the diagonal Gaussian approximation
         of the data; :func:`select_blur_levels` picks the levels from ``num_candidates`` equally
         spaced candidates in ``[sigma_blur_min, sigma_blur_max]``. Unless ``prior`` is given, the
         prior is the :class:`~lincorrupt.priors.GaussianPrior` with the same moments.
@@ -84,16 +88,17 @@ class SoftDiffusion(DiagonalizableCorruption):
             num_levels: K (paper, CelebA-64: 32).
             sigma_blur_min, sigma_blur_max: first and last candidate in pixels.
             num_candidates: how many candidate levels the path may choose from (>= num_levels).
-            **kwargs: the other arguments of :class:`SoftDiffusion` (noise_min, noise_max, prior).
+            **kwargs: the other arguments of :class:`SoftDiffusion` (noise_min, noise_max, prior, basis).
         """
         if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[0] < 2 or not x.is_floating_point():
             raise ValueError(f"SoftDiffusion.fit needs floating data of shape (N, C, H, W) with N >= 2, got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
-        basis = DCTBasis(x.shape[-2], x.shape[-1])
-        u = basis.to_basis(x.detach().cpu().to(torch.float64))  # once, on the CPU, in float64
+        basis = kwargs.get("basis") or DCTBasis(x.shape[-2], x.shape[-1])
+        frequencies_squared = require_frequencies_squared(basis, tuple(x.shape[1:]), "SoftDiffusion.fit")
+        u = basis.to_basis(x.detach().to(frequencies_squared.device, torch.float64)).cpu()  # once, in float64
         mean, var = u.mean(0), u.var(0)
         candidates = torch.linspace(sigma_blur_min, sigma_blur_max, num_candidates, dtype=torch.float64)
-        levels = select_blur_levels(candidates, basis.frequencies_squared, mean, var, num_levels)
+        levels = select_blur_levels(candidates, frequencies_squared.cpu(), mean, var, num_levels)
         kwargs.setdefault("prior", GaussianPrior(mean, var))
         return cls(tuple(x.shape[1:]), blur_levels=levels, **kwargs)
 

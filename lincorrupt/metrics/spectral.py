@@ -1,5 +1,9 @@
 """Spectral diagnostics in the orthonormal 2-D DCT-II basis, per band of radial frequency.
 
+The DCT is the default; the functions that take ``basis`` accept any :class:`~lincorrupt.Basis` whose
+:attr:`~lincorrupt.Basis.frequencies_squared` are a per-pixel (H, W) map (its coordinates are banded by
+frequency, so a basis without frequencies is refused by name).
+
 - :func:`radial_bands`, :func:`power_spectrum`, :func:`spectrum_ratio`: the radially averaged DCT power spectrum
   of samples relative to reference images; a ratio above 1 in the high bands is the "noisy texture" of samples.
 - :class:`GaussianFit`, :func:`wiener_x_hat`: the linear (Wiener) estimator ``E[x | z_t]`` of the data's Gaussian
@@ -21,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..basis import Basis, DCTBasis
+from ..basis import Basis, DCTBasis, require_frequencies_squared
 from ..corruption import DiagonalizableCorruption
 from ..sampling.denoiser import Denoiser
 
@@ -53,8 +57,8 @@ def radial_bands(height: int, width: int, num_bands: int | None = None) -> Tenso
     """Band index of each DCT-II coordinate (k, l) by its radial frequency, (H, W) int64 on the CPU.
 
     The radial frequency is ``rho[k, l] = sqrt((k / H)^2 + (l / W)^2)``, i.e. ``sqrt(lambda[k, l]) / pi`` with
-    ``lambda`` of :attr:`lincorrupt.DCTBasis.frequencies_squared`: heat dissipation decays every coordinate of
-    a band about alike. Bands are equal-width bins of ``rho``, band 0 holding the DC:
+    ``lambda`` the :class:`lincorrupt.DCTBasis`'s :attr:`~lincorrupt.Basis.frequencies_squared`: heat dissipation
+    decays every coordinate of a band about alike. Bands are equal-width bins of ``rho``, band 0 holding the DC:
 
     - ``num_bands=None``: width ``1 / max(H, W)``, so for square images ``band = floor(sqrt(k^2 + l^2))``, the
       integer radius, with the DC alone in band 0 (``floor(sqrt(2) (H - 1)) + 1`` bands);
@@ -112,28 +116,42 @@ def _band_means(bands, height: int, width: int, device: torch.device) -> Tensor:
     return onehot / counts
 
 
-def _power(x: Tensor, bands) -> Tensor:
-    """:func:`power_spectrum` of already checked images."""
-    u = DCTBasis(*x.shape[-2:]).to(x.device).to_basis(x)  # orthonormal DCT-II, at least float32
+def _spectral_basis(basis: Basis | None, x: Tensor, user: str) -> Basis:
+    """``basis`` (default ``DCTBasis(H, W)`` on ``x``'s device), refused unless it acts on ``x``'s events and has
+    (H, W) frequencies."""
+    if basis is None:
+        return DCTBasis(*x.shape[-2:]).to(x.device)
+    if not isinstance(basis, Basis):
+        raise TypeError(f"{user} needs a lincorrupt Basis, got {type(basis).__name__}")
+    basis.check_event_shape(tuple(x.shape[1:]))
+    require_frequencies_squared(basis, tuple(x.shape[-2:]), user)
+    return basis
+
+
+def _power(x: Tensor, bands, basis: Basis) -> Tensor:
+    """:func:`power_spectrum` of already checked images in a checked basis."""
+    u = basis.to_basis(x)  # orthonormal, at least float32
     per_coordinate = u.square().sum(dim=(0, 1), dtype=f64).flatten() / (x.shape[0] * x.shape[1])  # (H W,)
     return _band_means(bands, *x.shape[-2:], x.device) @ per_coordinate
 
 
-def power_spectrum(x: Tensor, bands: Tensor) -> Tensor:
+def power_spectrum(x: Tensor, bands: Tensor, basis: Basis | None = None) -> Tensor:
     """Radially averaged DCT power spectrum ``P[b] = mean_{n, c, (k, l) in b} u[n, c, k, l]^2``.
 
-    ``u = D_H x D_W^T`` is the orthonormal 2-D DCT-II of each image and channel (:class:`lincorrupt.DCTBasis`);
-    the mean runs over images, channels and the coordinates of band ``b``. The transform is orthonormal, so
-    white noise of variance ``v`` adds ``v`` to every band.
+    ``u = D_H x D_W^T`` is the orthonormal 2-D DCT-II of each image and channel (:class:`lincorrupt.DCTBasis`),
+    or ``u = V^T x`` in ``basis``; the mean runs over images, channels and the coordinates of band ``b``. The
+    transform is orthonormal, so white noise of variance ``v`` adds ``v`` to every band.
 
     Args:
         x: (N, C, H, W) images, N >= 1, finite.
         bands: (H, W) integer band index of each coordinate, 0 to num_bands - 1, none empty (:func:`radial_bands`).
+        basis: default the DCT; else a basis acting on (C, H, W) with (H, W) ``frequencies_squared``.
 
     Returns:
         (num_bands,) float64 on ``x``'s device.
     """
-    return _power(_images(x, "x"), bands)
+    x = _images(x, "x")
+    return _power(x, bands, _spectral_basis(basis, x, "power_spectrum"))
 
 
 def _ratio(numerator: Tensor, denominator: Tensor, what: str) -> Tensor:
@@ -143,7 +161,7 @@ def _ratio(numerator: Tensor, denominator: Tensor, what: str) -> Tensor:
     return numerator / denominator
 
 
-def spectrum_ratio(samples: Tensor, reference: Tensor, bands: Tensor) -> Tensor:
+def spectrum_ratio(samples: Tensor, reference: Tensor, bands: Tensor, basis: Basis | None = None) -> Tensor:
     """``power_spectrum(samples)[b] / power_spectrum(reference)[b]`` per band: 1 where the samples have the
     reference's power, above 1 where they have too much (high bands: noisy texture).
 
@@ -151,6 +169,7 @@ def spectrum_ratio(samples: Tensor, reference: Tensor, bands: Tensor) -> Tensor:
         samples: (N, C, H, W) generated images.
         reference: (M, C, H, W) reference (test) images, same (C, H, W).
         bands: (H, W) band indices (:func:`radial_bands`).
+        basis: as in :func:`power_spectrum`.
 
     Returns:
         (num_bands,) float64; ``ValueError`` if the reference has no power in some band.
@@ -159,7 +178,8 @@ def spectrum_ratio(samples: Tensor, reference: Tensor, bands: Tensor) -> Tensor:
     if samples.shape[1:] != reference.shape[1:] or samples.device != reference.device:
         raise ValueError(f"samples and reference must be images of the same (C, H, W) on one device, got "
                          f"{tuple(samples.shape)} on {samples.device}, {tuple(reference.shape)} on {reference.device}")
-    return _ratio(_power(samples, bands), _power(reference, bands), "the reference's power")
+    basis = _spectral_basis(basis, samples, "spectrum_ratio")
+    return _ratio(_power(samples, bands, basis), _power(reference, bands, basis), "the reference's power")
 
 
 class GaussianFit(NamedTuple):
@@ -192,13 +212,9 @@ class GaussianFit(NamedTuple):
 
     def in_basis(self, basis: Basis) -> tuple[Tensor, Tensor]:
         """``(mu, C)`` in ``basis``'s coordinates: ``mu = V^T m`` (D,) and ``C = V^T S V`` (D, D), float64."""
-        d, shape = self.cov.shape[0], self.mean.shape
-
-        def rows(matrix: Tensor) -> Tensor:  # V^T applied to every row: M V
-            return basis.to_basis(matrix.view(d, *shape)).reshape(d, d)
-
-        c = rows(rows(self.cov).T)  # (S V)^T V = V^T S V for symmetric S
-        return basis.to_basis(self.mean[None])[0].flatten(), (c + c.T) / 2
+        v = basis.matrix(tuple(self.mean.shape), f64, self.cov.device)
+        c = v.T @ self.cov.to(f64) @ v
+        return v.T @ self.mean.to(f64).flatten(), (c + c.T) / 2
 
 
 def wiener_x_hat(fit: GaussianFit, corruption: DiagonalizableCorruption, z_t: Tensor, t: Tensor | float) -> Tensor:
@@ -245,8 +261,9 @@ def wiener_x_hat(fit: GaussianFit, corruption: DiagonalizableCorruption, z_t: Te
     return basis.from_basis(u_x.view(b, *corruption.shape)).to(z_t.dtype)
 
 
-def band_error_ratio(x: Tensor, x_hat_model: Tensor, x_hat_wiener: Tensor, bands: Tensor) -> Tensor:
-    """``mean_b (U_model - U)^2 / mean_b (U_wiener - U)^2`` per band ``b``, in DCT-II coordinates ``U``.
+def band_error_ratio(x: Tensor, x_hat_model: Tensor, x_hat_wiener: Tensor, bands: Tensor,
+                     basis: Basis | None = None) -> Tensor:
+    """``mean_b (U_model - U)^2 / mean_b (U_wiener - U)^2`` per band ``b``, in DCT-II (or ``basis``) coordinates ``U``.
 
     The model's mean squared error of ``x_hat`` against the true ``x`` relative to the Wiener estimator's
     (:func:`wiener_x_hat`), each the :func:`power_spectrum` of the error: 1 is as good as linear, above 1 worse.
@@ -255,6 +272,7 @@ def band_error_ratio(x: Tensor, x_hat_model: Tensor, x_hat_wiener: Tensor, bands
         x: (N, C, H, W) the clean images.
         x_hat_model, x_hat_wiener: (N, C, H, W) the two estimates of ``x``.
         bands: (H, W) band indices (:func:`radial_bands`).
+        basis: as in :func:`power_spectrum`.
 
     Returns:
         (num_bands,) float64; ``ValueError`` if the Wiener error is 0 in some band.
@@ -264,14 +282,16 @@ def band_error_ratio(x: Tensor, x_hat_model: Tensor, x_hat_wiener: Tensor, bands
         if _images(estimate, name).shape != x.shape or estimate.device != x.device:
             raise ValueError(f"{name} must hold one estimate per image of x, {tuple(x.shape)} on {x.device}; got "
                              f"{tuple(estimate.shape)} on {estimate.device}")
-    return _ratio(_power(x_hat_model - x, bands), _power(x_hat_wiener - x, bands), "the Wiener estimator's error")
+    basis = _spectral_basis(basis, x, "band_error_ratio")
+    return _ratio(_power(x_hat_model - x, bands, basis), _power(x_hat_wiener - x, bands, basis),
+                  "the Wiener estimator's error")
 
 
 @torch.no_grad()
 def denoising_band_errors(model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCorruption,
                           fit: GaussianFit, x: Tensor, times: Iterable[float], bands: Tensor, prediction: str = "v",
                           generator: torch.Generator | None = None,
-                          batch_size: int | None = None) -> dict[float, Tensor]:
+                          batch_size: int | None = None, basis: Basis | None = None) -> dict[float, Tensor]:
     """:func:`band_error_ratio` of ``model`` against the Wiener estimator at each time: what the network has not
     learned that a linear filter of the data's Gaussian fit knows.
 
@@ -286,22 +306,24 @@ def denoising_band_errors(model: Callable[[Tensor, Tensor], Tensor], corruption:
         x: (N, C, H, W) clean (test) images on the model's device.
         times: the times t in [0, 1], e.g. (0.1, 0.15, 0.2, 0.3).
         bands: (H, W) band indices (:func:`radial_bands`).
-        prediction: what the model outputs: "eps", "x" or "v".
+        prediction: what the model outputs: "eps", "x", "v" or "residual".
         generator: random generator of the noise.
         batch_size: images per model call (all at once if None).
+        basis: the basis of the bands, as in :func:`power_spectrum` (default the DCT, whatever the corruption's).
 
     Returns:
         ``{t: (num_bands,) float64 ratios}``, in the order of ``times``.
     """
     x = _images(x, "x")
-    denoiser, basis = Denoiser(model, corruption, prediction), corruption.basis
+    denoiser, v = Denoiser(model, corruption, prediction), corruption.basis
+    basis = _spectral_basis(basis, x, "denoising_band_errors")
     chunk = x.shape[0] if batch_size is None else _count(batch_size, "batch_size")
     ratios = {}
     for time in times:
         t = torch.full((x.shape[0],), float(time), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
         z_t, _ = corruption.diffuse(x, t, generator=generator)
         coefficients = corruption.coefficients(t[:1])
-        x_hat = torch.cat([basis.from_basis(denoiser.x_hat(basis.to_basis(z), t[:1], coefficients))
+        x_hat = torch.cat([v.from_basis(denoiser.x_hat(v.to_basis(z), t[:1], coefficients))
                            for z in z_t.split(chunk)])
-        ratios[float(time)] = band_error_ratio(x, x_hat, wiener_x_hat(fit, corruption, z_t, t), bands)
+        ratios[float(time)] = band_error_ratio(x, x_hat, wiener_x_hat(fit, corruption, z_t, t), bands, basis)
     return ratios

@@ -12,10 +12,10 @@ import argparse
 import dataclasses
 import math
 import typing
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["parse_config", "given_options", "option", "Interval", "OptionError", "check_options"]
+__all__ = ["parse_config", "given_options", "resumed_config", "option", "Interval", "OptionError", "check_options"]
 
 T = TypeVar("T")
 
@@ -157,3 +157,29 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
 def given_options(cls: type, argv: Sequence[str] | None = None) -> dict[str, Any]:
     """The fields of ``cls`` set explicitly by the flags ``argv``, with their parsed values."""
     return vars(_parser(cls, None, suppress_defaults=True).parse_args(argv))
+
+
+def resumed_config(cls: type[T], recorded: Mapping[str, Any], given: Mapping[str, Any], resumable: Collection[str],
+                   path: Any = "the checkpoint") -> T:
+    """The config a resumed run continues with: ``cls`` built from the ``recorded`` one (e.g. a Trainer checkpoint's
+    ``"config"``; fields ``cls`` lacks are dropped) with the ``given`` flags (:func:`given_options`) applied.
+
+    Flags named in ``resumable`` (how long, how often, where and how fast to run) may change the recorded value;
+    any other given flag must repeat it.
+
+    Raises:
+        lincorrupt.train.CheckpointError: a given flag outside ``resumable`` contradicts the record, naming both
+            values and ``path``.
+    """
+    from lincorrupt.train.checkpoint import CheckpointError
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    stored = cls(**{k: v for k, v in recorded.items() if k in names})
+    wanted = cls(**{**dataclasses.asdict(stored), **given})
+    conflicts = [f"{_flag(name)} {getattr(wanted, name)!r} (the checkpoint's: {getattr(stored, name)!r})"
+                 for name in given if name not in resumable and getattr(wanted, name) != getattr(stored, name)]
+    if conflicts:
+        raise CheckpointError(f"{path} was trained with other settings than the flags ask for: {'; '.join(conflicts)}. "
+                              f"Leave these flags out to continue with the checkpoint's values, or start a new run "
+                              f"in another --out-dir; flags that may change: {', '.join(sorted(resumable))}")
+    return wanted
