@@ -271,7 +271,7 @@ def _device(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status
-    (0, or 1 with a one-line ``error:`` message for a missing, damaged or unusable file)."""
+    (0, or 1 with a one-line ``error:`` message for a missing, damaged or unusable file; 130 after Ctrl-C)."""
     from .train.checkpoint import CheckpointError
     args = _parser().parse_args(argv)
     try:
@@ -279,4 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ModelLoadError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the images of the batches written so far stay
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0

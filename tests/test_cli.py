@@ -142,3 +142,20 @@ def test_labels_run_on_across_batches(tmp_path, monkeypatch):
     assert main(["sample", str(tmp_path / "c.pt"), "-n", "5", "--batch-size", "2", "--steps", "1", "-o",
                  str(tmp_path / "g.png"), "--labels", "2,-1,0"]) == 0
     assert seen == [[2, -1], [0, 2], [-1]]
+
+
+def test_ctrl_c_keeps_the_images_written_and_ends_in_one_line(saved, tmp_path, capsys, monkeypatch):
+    calls = []
+    real = lc.DiffusionModel.sample
+
+    def second_batch_interrupted(self, n, **kw):
+        calls.append(n)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, n, **kw)
+
+    monkeypatch.setattr(lc.DiffusionModel, "sample", second_batch_interrupted)
+    assert main(["sample", str(saved), "-n", "4", "--batch-size", "2", "--steps", "1", "--no-progress",
+                 "-o", f"{tmp_path / 'part'}/"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+    assert sorted(p.name for p in (tmp_path / "part").iterdir()) == ["000000.png", "000001.png"]
