@@ -30,8 +30,9 @@ test: $(VENV)/.installed $(KATEX)
 docs: $(VENV)/.installed $(KATEX)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
+# A second `make demo` continues the run in out/demo (or, once it is done, makes its pictures again).
 demo: $(VENV)/.installed
-	$(PY) examples/demo.py --out out/demo
+	$(PY) examples/demo.py --out out/demo $(if $(wildcard out/demo/run/checkpoint.pt*),--resume)
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_basis.py

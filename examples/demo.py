@@ -1,6 +1,7 @@
 """The README's main job: blurring diffusion trained on real data on a CPU, offline, in a few minutes.
 
-    make demo                                  # = .venv/bin/python examples/demo.py --out out/demo
+    make demo                                  # = .venv/bin/python examples/demo.py --out out/demo (--resume
+                                               #   once out/demo holds a run: a second make demo remakes the pictures)
     .venv/bin/python examples/demo.py --out out/demo --steps 2000 --resume   # continue it: better samples
     .venv/bin/python examples/demo.py --out out/demo2 --steps 2000           # a new run beside it
 
@@ -13,7 +14,8 @@ online. Training calls the library directly: the corruption, a tiny UNet and the
 the CIFAR-10 example's recipe scaled down (see RECIPE).
 
 Writes to --out: forward_process.png (a clean image and z_t at several t for blurring diffusion,
-DDPM and IHDM side by side), samples.png (64 samples of the EMA model), loss.png (training loss),
+DDPM and IHDM side by side), samples.png (64 samples of the EMA model, 100 ancestral steps, each pixel
+drawn 2x2), loss.png (training loss),
 summary.md (its paths relative to --out, or to the repository), and the run itself in run/
 (checkpoint.pt, metrics.jsonl).
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -38,13 +41,15 @@ import torch  # noqa: E402
 
 import lincorrupt as lc  # noqa: E402
 from lincorrupt.data import DEBIAN_DIR, TensorImages, load_fashion_mnist, load_images, to_model_range  # noqa: E402
+from lincorrupt.data.images import to_unit_range  # noqa: E402
 from lincorrupt.nn import UNet  # noqa: E402
 from lincorrupt.train import CheckpointError, TrainConfig, Trainer  # noqa: E402
-from lincorrupt.train.checkpoint import run_checkpoints  # noqa: E402
+from lincorrupt.train.checkpoint import load_latest, run_checkpoints  # noqa: E402
 from lincorrupt.train.lock import RunLockedError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (1, 28, 28)
+DEFAULT_STEPS = 600
 # A tiny UNet: 28 -> 14 -> 7 with attention at 7x7 (0.7M parameters, ~0.4 s per step of 32 on one busy core).
 UNET = dict(image_size=28, in_channels=1, ch=16, ch_mult=[1, 2, 4], num_res_blocks=1, attn_resolutions=[7], groups=8,
             dropout=0.0)
@@ -144,11 +149,56 @@ def check_fresh(run: Path) -> None:
     Trainer checks the checkpoint again under its lock, for a run that finishes meanwhile)."""
     if existing := run_checkpoints(run):
         raise CheckpointError(f"{run} already holds a run ({' and '.join(existing)}): continue it with --resume "
-                              f"(and a larger --steps), or pass another --out; the demo deletes no run")
+                              f"(and a larger --steps; `make demo` passes --resume by itself), or pass another "
+                              f"--out; the demo deletes no run")
     if (run / "metrics.jsonl").exists():
         raise CheckpointError(f"{run} holds metrics.jsonl of a run without a checkpoint yet (one still in its first "
                               f"{RECIPE['ckpt_every']} steps, or stopped before them): wait for it, or remove {run} "
                               f"once no process uses it, or pass another --out")
+
+
+class DemoError(Exception):
+    """Arguments that contradict the run in --out (reported in one line, before any work)."""
+
+
+def positive(text: str) -> int:
+    """An argument that must be a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def target_steps(run: Path, steps: int | None, resume: bool) -> int:
+    """The step to train to: ``--steps``, or without it DEFAULT_STEPS, or a resumed run's own step beyond that
+    (``make demo`` a second time only makes the pictures again).
+
+    Raises:
+        DemoError: ``--steps`` below the step of the run resumed (training does not go back).
+        CheckpointError: ``--resume`` without a run to resume.
+    """
+    if not resume:
+        return steps or DEFAULT_STEPS
+    _, state = load_latest(run)
+    done = int(state["step"])
+    if steps is None:
+        return max(DEFAULT_STEPS, done)
+    if steps < done:
+        raise DemoError(f"{run} is at step {done}, beyond --steps {steps}: pass --steps {done} or more to continue "
+                        f"it (e.g. --steps {2 * done}), or another --out for a new run")
+    return steps
+
+
+def sample_grid(trainer: Trainer, path: Path, steps: int, n: int = 64, scale: int = 2) -> None:
+    """``n`` samples of the EMA model (ancestral sampling, ``steps`` steps, seed 0) as a square grid, each pixel
+    drawn ``scale`` x ``scale`` (nearest neighbour: 64 images of 28x28 make a 484-pixel picture, not 242)."""
+    from torchvision.utils import make_grid, save_image
+    x = trainer.sample(n, method="ancestral", grid="uniform", steps=steps, generator=torch.Generator().manual_seed(0))
+    grid = make_grid(to_unit_range(x.float().cpu()), nrow=math.ceil(math.sqrt(n)), padding=2)
+    save_image(torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0], path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -156,11 +206,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default="out/demo")
     p.add_argument("--data", default=None, help="Fashion-MNIST folder (default: Debian's package, else a download "
                                                 "into OUT/data)")
-    p.add_argument("--steps", type=int, default=600, help="~4 min on a busy 2-core CPU")
-    p.add_argument("--sample-steps", type=int, default=200, help="ancestral sampler steps for the grid")
+    p.add_argument("--steps", type=positive, default=None,
+                   help=f"training steps (default {DEFAULT_STEPS}, ~3-12 min on 2 cores; with --resume: {DEFAULT_STEPS}"
+                        f" or the run's own step if beyond)")
+    p.add_argument("--sample-steps", type=positive, default=100,
+                   help="ancestral sampler steps for samples.png (default 100: the Results page found ancestral "
+                        "sampling with 50 to 100 steps best for a trained blurring model)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT/run up to --steps (without it, "
                                                          "an OUT/run that holds a run is refused)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=positive, default=1,
                    help="torch CPU threads; the network is tiny, and on a shared 2-core machine 2 threads "
                         "measured 4-6x slower than 1 (OpenMP threads wait for each other)")
     args = p.parse_args(argv)
@@ -169,12 +223,13 @@ def main(argv: list[str] | None = None) -> dict:
     run = out / "run"
     if not args.resume:
         check_fresh(run)
+    steps = target_steps(run, args.steps, args.resume)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     data, root = fashion_mnist(Path(args.data) if args.data else None, out / "data")
     forward_process(data, out / "forward_process.png")
 
-    cfg = TrainConfig(steps=args.steps, sample_steps=args.sample_steps, out_dir=str(run), **RECIPE)
+    cfg = TrainConfig(steps=steps, sample_steps=args.sample_steps, out_dir=str(run), **RECIPE)
     torch.manual_seed(cfg.seed)  # the network's initial weights
     trainer = Trainer(UNet(**UNET), lc.BlurringDiffusion(SHAPE, **CORRUPTION), data, cfg)  # lc.load(run) rebuilds it
     if args.resume:
@@ -186,8 +241,12 @@ def main(argv: list[str] | None = None) -> dict:
         return {"status": "interrupted", "signal": trainer.stop_signal or signal.SIGTERM, "steps": trainer.step}
     train_minutes = (time.perf_counter() - train_start) / 60
     this_run = f", the last {trainer.step - first_step}" if first_step else ""
-    trainer.sample_grid(out / "samples.png")
     records = loss_curve(run / "metrics.jsonl", out / "loss.png")
+    try:
+        sample_grid(trainer, out / "samples.png", args.sample_steps)
+        sampled = f"64 images, {args.sample_steps} ancestral steps, EMA weights"
+    except KeyboardInterrupt:
+        sampled = "interrupted (Ctrl-C): samples.png not written; make it with --resume"
     minutes = (time.perf_counter() - start) / 60
     params = sum(w.numel() for w in trainer.model.parameters())
     losses = f"loss {records[0]['loss']:.3f} (first 10 steps) -> {records[-1]['loss']:.3f} (last 10)"
@@ -197,14 +256,17 @@ def main(argv: list[str] | None = None) -> dict:
 - corruption: BlurringDiffusion(sigma_blur_max=20, min_scale=0.001, log-SNR in [-10, 10]), {cfg.prediction}-prediction
 - network: DDPM UNet, 16 channels, multipliers 1-2-4, {params / 1e6:.2f}M parameters
 - training: {trainer.step} steps of batch {cfg.batch_size}{this_run} in {train_minutes:.1f} min; {losses}
-- sampling: 64 images, {args.sample_steps} ancestral steps, EMA weights
+- sampling: {sampled}
 - total time: {minutes:.1f} min
 
 Files: forward_process.png, samples.png, loss.png, run/ (checkpoint.pt, metrics.jsonl).
 Continue training: .venv/bin/python examples/demo.py --out {shown(out, REPO)} --steps {2 * trainer.step} --resume
+More samples: .venv/bin/lincorrupt sample {shown(run, REPO)} -n 64 -o more.png
 """
     (out / "summary.md").write_text(text)
     print(text)
+    if sampled.startswith("interrupted"):
+        return {"status": "interrupted", "signal": signal.SIGINT, "steps": trainer.step}
     return {"status": "done", "minutes": minutes, "steps": trainer.step,
             "first_loss": records[0]["loss"], "last_loss": records[-1]["loss"]}
 
@@ -212,7 +274,9 @@ Continue training: .venv/bin/python examples/demo.py --out {shown(out, REPO)} --
 if __name__ == "__main__":
     try:
         result = main()
-    except (CheckpointError, RunLockedError, OSError) as e:  # OSError: an --out that cannot be written
+    except (CheckpointError, RunLockedError, DemoError, OSError) as e:  # OSError: an --out that cannot be written
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # outside training (which saves and returns "interrupted"): nothing to save
+        sys.exit("interrupted")
     if result["status"] == "interrupted":  # as shells report a process ended by a signal
         sys.exit(128 + int(result["signal"]))

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .coefficients import T_EPS
 from .corruption import DiagonalizableCorruption
-from .predictions import get_prediction
+from .predictions import get_prediction, resolve_prediction
 from .validation import check_model_output, check_nonempty, is_validating
 
 __all__ = ["ELBO", "elbo", "bits_per_dim", "prior_term", "diffusion_term", "reconstruction_term",
@@ -74,7 +74,7 @@ def prior_term(corruption: DiagonalizableCorruption, x: Tensor, generator: torch
 
 
 def diffusion_term(model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCorruption, x: Tensor,
-                   t: Tensor, noise: Tensor, prediction: str = "v", steps: int | None = None,
+                   t: Tensor, noise: Tensor, prediction: str | None = None, steps: int | None = None,
                    t_min: float = 0.0) -> Tensor:
     """One-sample estimate of the diffusion term, (B,) nats, at times ``t`` with noise ``noise``.
 
@@ -84,14 +84,15 @@ def diffusion_term(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
         x: (B, *shape) data.
         t: (B,) times in (t_min, 1]; with ``steps`` = T, grid times ``t_min + (1 - t_min) i / T``.
         noise: (B, *shape) standard normal, data space.
-        prediction: what the model outputs ("eps", "x" or "v").
+        prediction: what the model outputs ("eps", "x", "v" or "residual"); None: the model's own (as in
+            :func:`elbo`).
         steps: None for continuous time (weight ``-1/2 SNR'``), or T for the T-step bound.
         t_min: where the diffusion stops and the decoder takes over.
     Returns:
         (B,) nats: ``(1 - t_min) w_t sum_i e_i^2`` (continuous) or ``T w_t sum_i e_i^2`` (T steps),
         ``e`` the prediction error and ``w`` its ELBO weight per coordinate.
     """
-    pred = get_prediction(prediction)
+    pred = get_prediction(resolve_prediction(model, prediction))
     t = corruption.check_time(t, "t", x.shape[0], x.device)
     z_t, noise = corruption.diffuse(x, t, noise=noise)
     c = corruption.coefficients_unchecked(t)
@@ -158,7 +159,7 @@ def reconstruction_term(corruption: DiagonalizableCorruption, x: Tensor, noise: 
 
 @torch.no_grad()
 def elbo(model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCorruption, x: Tensor,
-         prediction: str = "v", steps: int | None = None, num_times: int = 1, t_min: float | None = None,
+         prediction: str | None = None, steps: int | None = None, num_times: int = 1, t_min: float | None = None,
          generator: torch.Generator | None = None) -> ELBO:
     """The variational bound on ``-log p(x)`` per datum, in nats (module docstring).
 
@@ -166,7 +167,9 @@ def elbo(model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCo
         model: ``model(z_t, t) -> Tensor`` of z_t's shape (eval mode).
         corruption: the forward process; its prior gives the prior term.
         x: (B, *shape) 8-bit images scaled to [-1, 1].
-        prediction: what the model outputs: "eps", "x" or "v".
+        prediction: what the model outputs: "eps", "x", "v" or "residual"; None (the default): the model's own
+            kind where it has one (a :class:`~lincorrupt.DiffusionModel`'s ``.prediction``, which a different
+            value contradicts: ``ValueError``), else "v".
         steps: None for the continuous-time bound, or the number of steps T of the discrete one.
         num_times: diffusion-term time samples per datum (network evaluations: ``num_times`` per datum).
         t_min: start of the diffusion; default :func:`default_t_min`.
@@ -174,6 +177,7 @@ def elbo(model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCo
     Returns:
         :class:`ELBO` with ``prior``, ``diffusion``, ``reconstruction`` and ``total``, each (B,).
     """
+    prediction = resolve_prediction(model, prediction)
     corruption.check_data(x)
     check_nonempty(x, "x", "the bound (per datum, and bits_per_dim)")
     if steps is not None and (not isinstance(steps, int) or steps < 1):
@@ -201,6 +205,7 @@ def bits_per_dim(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonal
                  **options) -> Tensor:
     """The bound of :func:`elbo` in bits per dimension, (B,): ``total / (D ln 2)``, D = pixels x channels.
 
-    Options are those of :func:`elbo` (``prediction``, ``steps``, ``num_times``, ``t_min``, ``generator``).
+    Options are those of :func:`elbo` (``prediction``, default the model's own kind, else "v"; ``steps``,
+    ``num_times``, ``t_min``, ``generator``).
     """
     return elbo(model, corruption, x, **options).total / (math.prod(corruption.shape) * math.log(2))

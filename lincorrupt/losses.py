@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .corruption import DiagonalizableCorruption
-from .predictions import Prediction, get_prediction
+from .predictions import Prediction, get_prediction, resolve_prediction
 from .validation import check_labels, check_model_output, check_nonempty
 
 __all__ = ["diffusion_loss", "elbo_weighting", "soft_score_weighting", "snr_weighting"]
@@ -65,7 +65,7 @@ _REDUCTIONS = {
 
 
 def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCorruption, x: Tensor,
-                   prediction: str = "v", weighting: Weighting | None = None, t: Tensor | None = None,
+                   prediction: str | None = None, weighting: Weighting | None = None, t: Tensor | None = None,
                    noise: Tensor | None = None, generator: torch.Generator | None = None,
                    reduction: str = "mean", y: Tensor | None = None) -> Tensor:
     """Denoising loss ``E_{t, eps} sum_i w_i(t) (target_i - model_i)^2`` in basis coordinates.
@@ -79,7 +79,9 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
         model: ``model(z_t, t) -> Tensor`` of z_t's shape; t is (B,) in [0, 1].
         corruption: the forward process.
         x: (B, *shape) clean data in [-1, 1].
-        prediction: what the model outputs: "eps", "x" or "v".
+        prediction: what the model outputs: "eps", "x", "v" or "residual"; None (the default): the model's own
+            kind where it has one (a :class:`~lincorrupt.DiffusionModel`'s ``.prediction``, which a different
+            value contradicts: ``ValueError``), else "v".
         weighting: optional ``weighting(corruption, t, prediction) -> w`` (:func:`elbo_weighting`,
             :func:`soft_score_weighting`, :func:`snr_weighting`).
         t: (B,) times; drawn from U(0, 1) if None.
@@ -93,7 +95,7 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
     Returns:
         The loss: a scalar, or (B,) for ``reduction="none"``.
     """
-    pred = get_prediction(prediction)
+    pred = get_prediction(resolve_prediction(model, prediction))
     if reduction not in _REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; expected one of {sorted(_REDUCTIONS)}")
     corruption.check_data(x)

@@ -2,7 +2,8 @@
 
     model = lc.DiffusionModel(UNet(...), lc.BlurringDiffusion((3, 32, 32)), prediction="v")
     loss = model.loss(x)                  # lc.diffusion_loss with the model's prediction
-    x0 = model.sample(64, steps=50, method="dpm++2m", grid="logsnr")
+    x0 = model.sample(64)                 # the corruption's fast_sampling: 20 network evaluations
+    bpd = model.bits_per_dim(x)           # lc.bits_per_dim with the model's prediction
     model.save("model.pt")
     model = lc.load("runs/blurring")      # a run folder, a Trainer checkpoint or a saved model
 
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from .config import SpecError, build_module, class_name, module_spec, restore_state
 from .corruption import DiagonalizableCorruption
-from .likelihood import ELBO, elbo
+from .likelihood import ELBO, bits_per_dim, elbo
 from .losses import diffusion_loss
 from .predictions import get_prediction
 from .priors import Prior
@@ -82,16 +83,40 @@ class DiffusionModel(nn.Module):
         """:func:`lincorrupt.sample`: (N, *shape) samples, the network in eval mode meanwhile.
 
         Options as there (``steps``, ``method``, ``grid``, ``generator``, ``labels`` and ``guidance`` of a
-        conditional network, ...), but not ``prediction``. The N images
-        are one batch, held at once: for many, call it in batches of a few hundred with one ``generator``.
+        conditional network, ...), but not ``prediction``. Each of ``method``, ``grid`` and ``steps`` left out
+        comes from :meth:`sampling_defaults`: the corruption's
+        :attr:`~lincorrupt.DiagonalizableCorruption.fast_sampling`, 20 network evaluations (for blurring
+        diffusion DPM-Solver++(3M) on the "data" grid), the sampler the Trainer's evaluations and the Results
+        page's study use; for the best quality the Results page measured ancestral sampling with 50 to 100
+        steps (``method="ancestral", grid="uniform", steps=100``). No progress bar unless ``progress=True``.
+        The N images are one batch, held at once: for many, call it in batches of a few hundred with one
+        ``generator``.
         """
         with _eval(self.network):
-            return sample(self.network, self.corruption, num_samples, prediction=self.prediction, **_fixed(options))
+            return sample(self.network, self.corruption, num_samples, prediction=self.prediction,
+                          **{**self.sampling_defaults(), **_fixed(options)})
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        """``method``, ``grid`` and ``steps`` that :meth:`sample` uses when not given: the corruption's
+        :attr:`~lincorrupt.DiagonalizableCorruption.fast_sampling`, whose "data" grid becomes "logsnr" when the
+        corruption has no data statistics (a model not trained by the Trainer and without
+        :meth:`~lincorrupt.DiagonalizableCorruption.fit_data_statistics`; with DPM-Solver++(3M) at 20 evaluations
+        of a trained blurring model the Results page measured FID 6.73 on "data" and 5.90 on "logsnr")."""
+        fast = self.corruption.fast_sampling._asdict()
+        if fast["grid"] == "data" and getattr(self.corruption, "data_var", None) is None:
+            fast["grid"] = "logsnr"
+        return fast
 
     def elbo(self, x: Tensor, **options) -> ELBO:
         """:func:`lincorrupt.elbo` of 8-bit images ``x`` (B, *shape) in [-1, 1], the network in eval mode."""
         with _eval(self.network):
             return elbo(self.network, self.corruption, x, prediction=self.prediction, **_fixed(options))
+
+    def bits_per_dim(self, x: Tensor, **options) -> Tensor:
+        """:func:`lincorrupt.bits_per_dim` of 8-bit images ``x`` (B, *shape) in [-1, 1], (B,), the network in eval
+        mode; options as :meth:`elbo`."""
+        with _eval(self.network):
+            return bits_per_dim(self.network, self.corruption, x, prediction=self.prediction, **_fixed(options))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model to ``path`` atomically, with a checksum (:func:`lincorrupt.train.save_checkpoint`);

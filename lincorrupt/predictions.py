@@ -127,3 +127,26 @@ def get_prediction(name: str) -> Prediction:
         return PREDICTIONS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown prediction {name!r}; expected one of {sorted(PREDICTIONS)}") from None
+
+
+#: What the free functions (``lincorrupt.sample``, ``diffusion_loss``, ``elbo``, ``bits_per_dim``) assume a model
+#: predicts when neither it nor the call says: v, the kind the Trainer trains by default.
+DEFAULT_PREDICTION = "v"
+
+
+def resolve_prediction(model: object, prediction: str | None) -> str:
+    """The prediction kind to use with ``model``: the model's own where it knows it (a
+    :class:`~lincorrupt.DiffusionModel` has ``.prediction``), else ``prediction``, else :data:`DEFAULT_PREDICTION`.
+
+    Raises:
+        ValueError: ``prediction`` contradicts the model's own kind (every kind gives a valid tensor, so a mismatch
+            would otherwise be silent: samples and bounds of the wrong quantity), or is unknown.
+    """
+    own = getattr(model, "prediction", None)
+    if not isinstance(own, str):
+        return get_prediction(DEFAULT_PREDICTION if prediction is None else prediction).name
+    own = get_prediction(own).name
+    if prediction is not None and get_prediction(prediction).name != own:
+        raise ValueError(f"the model predicts {own!r} (its .prediction) but prediction={prediction!r} was passed: "
+                         f"leave prediction out to use the model's own kind")
+    return own

@@ -214,7 +214,8 @@ def test_a_trained_conditional_model_round_trips_through_its_checkpoint(tmp_path
     for a, b in zip(model.network.state_dict().values(), trainer.ema.module.state_dict().values()):
         torch.testing.assert_close(a, b)
     g = lambda: torch.Generator().manual_seed(0)
-    x = model.sample(4, steps=3, labels=torch.tensor([0, 1, 2, -1]), guidance=2.0, generator=g())
+    x = model.sample(4, steps=3, method="ancestral", grid="uniform", labels=torch.tensor([0, 1, 2, -1]), guidance=2.0,
+                     generator=g())
     with torch.no_grad():
         y = lc.sample(trainer.ema.module.eval(), trainer.corruption, 4, steps=3, labels=torch.tensor([0, 1, 2, -1]),
                       guidance=2.0, generator=g())

@@ -58,8 +58,45 @@ def test_demo_writes_its_pictures_and_summary(demo, tmp_path):
     summary = (out / "summary.md").read_text()
     assert "3 steps of batch 32" in summary and "40 Fashion-MNIST training images" in summary
     assert "from data\n" in summary and str(tmp_path) not in summary.split("Continue training")[0]  # relative to --out
+    assert Image.open(out / "samples.png").size == (484, 484)  # 8 x 8 images of 28 + 2 padding, + 2, drawn 2x2
     resumed = demo.main(["--out", str(out), "--data", str(root), "--steps", "4", "--sample-steps", "3", "--resume"])
     assert resumed["steps"] == 4 and "4 steps of batch 32, the last 1 in" in (out / "summary.md").read_text()
+
+
+def test_a_second_make_demo_remakes_the_pictures_and_bad_steps_are_refused_before_any_work(demo, tmp_path, capsys,
+                                                                                         monkeypatch):
+    """`make demo` passes --resume once the run exists: without --steps it keeps the run's step (beyond the
+    default) and makes the pictures again; --steps below the run's step, or 0, is refused before writing."""
+    out = tmp_path / "out"
+    root = write_idx_root(tmp_path / "data")
+    monkeypatch.setattr(demo, "DEFAULT_STEPS", 2)
+    assert demo.main(["--out", str(out), "--data", str(root), "--steps", "3", "--sample-steps", "2"])["steps"] == 3
+    (out / "samples.png").unlink()
+    assert demo.main(["--out", str(out), "--data", str(root), "--sample-steps", "2", "--resume"])["steps"] == 3
+    assert (out / "samples.png").is_file()
+    before = files(out) | files(out / "run")
+    with pytest.raises(demo.DemoError, match=r"is at step 3, beyond --steps 2: pass --steps 3 or more"):
+        demo.main(["--out", str(out), "--data", str(root), "--steps", "2", "--resume"])
+    assert files(out) | files(out / "run") == before
+    for steps in ("0", "-5", "many"):
+        with pytest.raises(SystemExit) as stop:
+            demo.main(["--out", str(tmp_path / "fresh"), "--data", str(root), "--steps", steps])
+        assert stop.value.code == 2 and "expected a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_ctrl_c_while_sampling_writes_the_summary_and_reports_an_interruption(demo, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    root = write_idx_root(tmp_path / "data")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "sample_grid", interrupted)
+    result = demo.main(["--out", str(out), "--data", str(root), "--steps", "1"])
+    assert result["status"] == "interrupted" and result["signal"] == signal.SIGINT
+    assert "samples.png not written; make it with --resume" in (out / "summary.md").read_text()
+    assert (out / "loss.png").is_file() and not (out / "samples.png").exists()
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -112,3 +149,15 @@ def test_an_interrupted_demo_saves_and_exits_with_128_plus_the_signal(tmp_path):
     proc = subprocess.run([sys.executable, str(DEMO), "--out", str(out), "--data", str(root)], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(DEMO.parents[1])})
     assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "--resume" in proc.stderr
+
+
+@pytest.mark.slow  # a subprocess
+def test_resuming_with_fewer_steps_than_the_run_has_is_one_line(demo, tmp_path):
+    root = write_idx_root(tmp_path / "data")
+    out = tmp_path / "out"
+    demo.main(["--out", str(out), "--data", str(root), "--steps", "2", "--sample-steps", "1"])
+    proc = subprocess.run([sys.executable, str(DEMO), "--out", str(out), "--data", str(root), "--steps", "1",
+                           "--resume"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(DEMO.parents[1])})
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "beyond --steps 1" in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr

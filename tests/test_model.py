@@ -126,7 +126,7 @@ def test_diffusion_model_fixes_the_prediction_of_loss_sample_and_elbo():
     net.eval()
     expected = lc.sample(net, c, 2, steps=3, prediction="v", generator=torch.Generator().manual_seed(2))
     net.train()
-    got = model.sample(2, steps=3, generator=torch.Generator().manual_seed(2))
+    got = model.sample(2, steps=3, method="ancestral", grid="uniform", generator=torch.Generator().manual_seed(2))
     assert torch.equal(got, expected) and net.training  # eval while sampling only
     x8 = torch.randint(0, 256, (2, 3, 8, 8), generator=torch.Generator().manual_seed(4)) / 127.5 - 1
     net.eval()
@@ -301,12 +301,65 @@ def test_every_entry_point_defaults_to_the_prediction_the_trainer_trains():
 
     from lincorrupt.likelihood import diffusion_term
     from lincorrupt.metrics.spectral import denoising_band_errors
+    from lincorrupt.predictions import resolve_prediction
     from lincorrupt.sampling import Denoiser
     from lincorrupt.train import TrainConfig
 
     trained = TrainConfig().prediction
+    # the free functions take the model's own kind (None), and a plain network's is the Trainer's
+    free = {f.__qualname__: inspect.signature(f).parameters["prediction"].default
+            for f in (lc.sample, lc.diffusion_loss, lc.elbo, diffusion_term)}
+    assert free == dict.fromkeys(free, None) and resolve_prediction(lambda z_t, t: z_t, None) == trained == "v"
     defaults = {f.__qualname__: inspect.signature(f).parameters["prediction"].default
-                for f in (lc.sample, lc.diffusion_loss, lc.elbo, diffusion_term, Denoiser, denoising_band_errors)}
-    assert defaults == dict.fromkeys(defaults, trained) and trained == "v"
+                for f in (Denoiser, denoising_band_errors)}
+    assert defaults == dict.fromkeys(defaults, trained)
     # DiffusionModel fixes the kind once and has no default: the object a checkpoint rebuilds says what it predicts
     assert inspect.signature(lc.DiffusionModel).parameters["prediction"].default is inspect.Parameter.empty
+
+
+def test_the_free_functions_use_the_prediction_of_a_diffusion_model_and_refuse_another():
+    """An x-predicting DiffusionModel handed to lc.bits_per_dim, lc.elbo, lc.sample or lc.diffusion_loss is read as
+    x-predicting (it was read as v: a silently wrong bound); a contradicting explicit kind is refused."""
+    c = lc.BlurringDiffusion((3, 8, 8))
+    model = lc.DiffusionModel(tiny_unet(), c, prediction="x").eval()
+    x8 = torch.randint(0, 256, (2, 3, 8, 8), generator=torch.Generator().manual_seed(4)) / 127.5 - 1
+
+    def g():
+        return torch.Generator().manual_seed(3)
+
+    as_x = lc.bits_per_dim(model.network, c, x8, prediction="x", generator=g())
+    as_v = lc.bits_per_dim(model.network, c, x8, prediction="v", generator=g())
+    assert not torch.allclose(as_x, as_v)  # the kinds give different bounds: a mix-up would show
+    assert torch.equal(lc.bits_per_dim(model, c, x8, generator=g()), as_x)
+    assert torch.equal(model.bits_per_dim(x8, generator=g()), as_x)
+    assert torch.equal(lc.bits_per_dim(model, c, x8, prediction="x", generator=g()), as_x)  # agreeing: fine
+    expected = lc.sample(model.network, c, 2, steps=3, prediction="x", generator=g())
+    assert torch.equal(lc.sample(model, c, 2, steps=3, generator=g()), expected)
+    t, noise = torch.tensor([0.2, 0.7]), torch.randn(2, 3, 8, 8, generator=g())
+    assert torch.equal(lc.diffusion_loss(model, c, x8, t=t, noise=noise),
+                       lc.diffusion_loss(model.network, c, x8, prediction="x", t=t, noise=noise))
+    for call in (lambda: lc.bits_per_dim(model, c, x8, prediction="v"), lambda: lc.elbo(model, c, x8, prediction="v"),
+                 lambda: lc.sample(model, c, 2, steps=3, prediction="eps"),
+                 lambda: lc.diffusion_loss(model, c, x8, prediction="v")):
+        with pytest.raises(ValueError, match="the model predicts 'x' .* but prediction='(v|eps)' was passed"):
+            call()
+
+
+def test_diffusion_model_samples_with_the_corruptions_fast_sampling_by_default():
+    """model.sample(n) runs the corruption's fast_sampling (20 evaluations), not 1,000 ancestral steps; the "data"
+    grid needs data statistics, and falls back to "logsnr" without them."""
+    c = lc.BlurringDiffusion((3, 8, 8))
+    model = lc.DiffusionModel(tiny_unet(), c, prediction="v").eval()
+    evaluations = []
+    model.sample(2, callback=evaluations.append)
+    assert len(evaluations) == c.fast_sampling.steps == 20 and c.fast_sampling.method == "dpm++3m"
+    assert model.sampling_defaults() == {"method": "dpm++3m", "grid": "logsnr", "steps": 20}
+    expected = lc.sample(model.network, c, 2, method="dpm++3m", grid="logsnr", steps=20,
+                         generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.sample(2, generator=torch.Generator().manual_seed(0)), expected)
+    c.fit_data_statistics(torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+    assert model.sampling_defaults() == c.fast_sampling._asdict() == {"method": "dpm++3m", "grid": "data", "steps": 20}
+    expected = lc.sample(model.network, c, 2, method="ancestral", grid="data", steps=5,
+                         generator=torch.Generator().manual_seed(0))  # what is given wins, the rest is the default
+    assert torch.equal(model.sample(2, method="ancestral", steps=5, generator=torch.Generator().manual_seed(0)),
+                       expected)

@@ -285,3 +285,15 @@ def test_bound_options_are_checked():
         lc.sample(model, c, 2, steps=2, threshold=0.9, threshold_max=0.5)
     with pytest.raises(TypeError, match="clip must be a bool"):
         lc.sample(model, c, 2, steps=2, clip=1.0)
+
+
+def test_sample_refuses_bools_for_counts():
+    """True is an int to Python: steps=True would run one step, num_samples=True fail inside torch.randn."""
+    c = lc.DDPM((1, 4, 4))
+    model = lc.DiffusionModel(lambda z_t, t: torch.zeros_like(z_t), c, "v")
+    for call in (lambda: lc.sample(model.network, c, True, steps=2), lambda: model.sample(True, steps=2)):
+        with pytest.raises(ValueError, match="num_samples must be a positive int, got True"):
+            call()
+    for call in (lambda: lc.sample(model.network, c, 2, steps=True), lambda: model.sample(2, steps=True)):
+        with pytest.raises(ValueError, match="steps must be a positive int, got True"):
+            call()

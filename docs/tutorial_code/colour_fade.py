@@ -167,7 +167,7 @@ def train(c, x, steps=40, batch_size=16, prediction="v", seed=0):
 def draw(model, n=8, steps=50, seed=0):
     """Ancestral sampling from the standard normal prior, in basis coordinates."""
     g = torch.Generator().manual_seed(seed)
-    return model.sample(n, steps=steps, method="ancestral", generator=g)   # lc.sample with the model's parts
+    return model.sample(n, steps=steps, method="ancestral", grid="uniform", generator=g)  # lc.sample with its parts
 # --8<-- [end:sample]
 
 
@@ -180,7 +180,7 @@ def snapshots(model, n=8, steps=50, seed=0):
         frames.append((float(info.t[0]), info.x_hat.clone()))
 
     g = torch.Generator().manual_seed(seed)
-    model.sample(n, steps=steps, generator=g, callback=keep)
+    model.sample(n, steps=steps, method="ancestral", grid="uniform", generator=g, callback=keep)
     return frames
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..corruption import DiagonalizableCorruption
+from ..predictions import resolve_prediction
 from ..validation import check_labels, is_validating
 from .denoiser import Denoiser, StepInfo, clip_x_hat, dynamic_threshold
 from .graphs import CUDAGraphModel
@@ -54,7 +55,7 @@ def _check_times(times: Tensor) -> Tensor:
 
 @torch.no_grad()
 def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCorruption, num_samples: int,
-           steps: int = 1000, prediction: str = "v", method: str = "ancestral", grid: str | Tensor = "uniform",
+           steps: int = 1000, prediction: str | None = None, method: str = "ancestral", grid: str | Tensor = "uniform",
            generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32,
            progress: bool = False, callback: Callable[[StepInfo], None] | None = None, clip: bool = False,
            threshold: float | None = None, threshold_max: float | None = None, labels=None, guidance: float = 1.0,
@@ -73,7 +74,9 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
             with N and the network's activations), so draw many in calls of a few hundred with one
             ``generator``, or through :func:`lincorrupt.metrics.sample_features` (its ``batch_size``).
         steps: network evaluations = number of grid intervals (ignored if ``grid`` is a tensor).
-        prediction: what the model outputs: "eps", "x" or "v".
+        prediction: what the model outputs: "eps", "x", "v" or "residual"; None (the default): the model's own
+            kind where it has one (a :class:`~lincorrupt.DiffusionModel`'s ``.prediction``, which a different
+            value contradicts: ``ValueError``), else "v".
         method: a key of :data:`SAMPLERS`: "ancestral", "ddim" (option ``eta``), "dpm++2m",
             "dpm++2s", "dpm++3m", "momentum" or "naive".
         grid: a key of :data:`GRIDS` ("uniform" in t, "logsnr" in log-SNR, "info" in
@@ -101,19 +104,23 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
     Returns:
         (N, *corruption.shape) samples in data space.
 
-    The defaults (ancestral, uniform) are the papers' samplers and keep results comparable with
-    them; for fewer network evaluations see the how-to guide on choosing a sampler and the
-    Benchmarks page, which measures every sampler and grid.
+    The defaults, 1,000 ancestral steps on the uniform grid without a progress bar, are the papers' sampler and
+    keep results comparable with them. :meth:`lincorrupt.DiffusionModel.sample` and the ``lincorrupt sample``
+    command default instead to the corruption's :attr:`~lincorrupt.DiagonalizableCorruption.fast_sampling`
+    (20 network evaluations); pass ``**corruption.fast_sampling._asdict()`` for the same here. The Results page
+    measures both on trained models, the how-to guide on choosing a sampler and the Benchmarks page every
+    sampler and grid.
     """
     sampler = _sampler(method)
-    if not isinstance(num_samples, int) or num_samples < 1:
+    prediction = resolve_prediction(model, prediction)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     if device is None:
         device = next((b.device for b in corruption.buffers()), torch.device("cpu"))
     if isinstance(grid, Tensor):
         times = grid
     elif grid in GRIDS:
-        if not isinstance(steps, int) or steps < 1:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive int, got {steps!r}")
         times = GRIDS[grid](corruption, steps, device)
     else:
