@@ -14,7 +14,9 @@ import pytest
 import torch
 
 import lincorrupt as lc
+from lincorrupt.commands import main
 from lincorrupt.config import SpecError, build_module
+from lincorrupt.model import ModelLoadError
 from lincorrupt.nn import UNet
 from lincorrupt.train import load_checkpoint, save_checkpoint
 
@@ -81,6 +83,81 @@ def test_a_file_may_import_only_the_library_modules_that_define_loadable_classes
 def test_a_class_defined_in_a_script_gets_a_hint_to_move_it_into_a_module():
     with pytest.raises(SpecError, match="move the class into a module"):
         build_module({"class": "__main__.MyBlur", "config": {}})
+
+
+# ----------------------------------------------------------------- a small file cannot ask for a huge network
+def test_a_file_recording_a_huge_network_is_refused_before_building_it(tmp_path):
+    """ch=65536 asks for terabytes; the recorded shapes are checked against the weights on the meta device,
+    so the refusal comes under a 16 GB address-space limit (a real build would fail to allocate)."""
+    state = saved_state(tmp_path)
+    state["diffusion_model"]["network"]["config"]["ch"] = {"value": 65536}
+    save_checkpoint(state, tmp_path / "huge.pt")
+    done = run_python("""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+        import lincorrupt as lc
+        try:
+            lc.load(sys.argv[1])
+        except lc.model.ModelLoadError as e:
+            print(e)
+        """, tmp_path / "huge.pt")
+    assert done.returncode == 0, done.stderr
+    assert "huge.pt" in done.stdout and "do not fit" in done.stdout, done.stdout
+    assert f"temb.0.weight: recorded ({4 * 65536}, 65536), saved ({4 * 8}, 8)" in done.stdout  # temb width 4 ch
+    assert "allocate" not in done.stdout
+
+
+def test_recorded_shapes_that_match_the_weights_load_the_weights(tmp_path):
+    model = tiny_model()
+    model.save(tmp_path / "m.pt")
+    loaded = lc.load(tmp_path / "m.pt")
+    assert all(p.device.type == "cpu" for p in loaded.parameters())
+    for (name, a), b in zip(model.network.state_dict().items(), loaded.network.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+# ----------------------------------------------------------------- malformed but check-summed files
+def malformed(state: dict, kind: str) -> dict:
+    record = state["diffusion_model"]
+    if kind == "empty record":
+        state["diffusion_model"] = {}
+    elif kind == "no weights":
+        del state["model"]
+    elif kind == "buffer named forward":
+        record["corruption_state"]["forward"] = torch.zeros(2)
+    elif kind == "buffer of a missing submodule":
+        record["corruption_state"]["nowhere.x"] = torch.zeros(2)
+    elif kind == "spec without class":
+        del record["network"]["class"]
+    elif kind == "config entry of no kind":
+        record["network"]["config"]["ch"] = {"what": 8}
+    elif kind == "config entry not a dict":
+        record["network"]["config"]["ch"] = 8
+    elif kind == "unknown prediction":
+        record["prediction"] = "score"
+    elif kind == "weights not a dict":
+        state["model"] = [1, 2]
+    elif kind == "info not a dict":
+        state["info"] = "x"
+    elif kind == "record not a dict":
+        state["diffusion_model"] = 3
+    return state
+
+
+MALFORMED = ["empty record", "no weights", "buffer named forward", "buffer of a missing submodule",
+             "spec without class", "config entry of no kind", "config entry not a dict", "unknown prediction",
+             "weights not a dict", "info not a dict", "record not a dict"]
+
+
+@pytest.mark.parametrize("kind", MALFORMED)
+def test_a_malformed_but_checksummed_file_is_a_one_line_error(tmp_path, kind, capsys):
+    save_checkpoint(malformed(saved_state(tmp_path), kind), tmp_path / "bad.pt")
+    with pytest.raises(ModelLoadError, match="bad.pt"):
+        lc.load(tmp_path / "bad.pt")
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "bad.pt")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.pt" in err and err.count("\n") == 1, err
 
 
 # ----------------------------------------------------------------- signatures
