@@ -99,6 +99,8 @@ class DiffusionModel(nn.Module):
 
         Raises:
             lincorrupt.config.SpecError: the network or the corruption does not record its constructor arguments.
+            lincorrupt.train.CheckpointError: ``path`` is a folder (a run's folder holds its training checkpoint:
+                save the model to a file name, e.g. ``folder / "model.pt"``).
         """
         from lincorrupt.train.checkpoint import save_checkpoint
         return save_checkpoint({"diffusion_model": model_record(self.network, self.corruption, self.prediction),

@@ -18,7 +18,7 @@ from lincorrupt.commands import main
 from lincorrupt.config import SpecError, build_module
 from lincorrupt.model import ModelLoadError
 from lincorrupt.nn import UNet
-from lincorrupt.train import load_checkpoint, save_checkpoint
+from lincorrupt.train import CheckpointError, load_checkpoint, save_checkpoint
 
 ROOT = Path(lc.__file__).parents[1]
 TINY = dict(image_size=8, in_channels=1, ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), groups=4)
@@ -158,6 +158,44 @@ def test_a_malformed_but_checksummed_file_is_a_one_line_error(tmp_path, kind, ca
     assert main(["info", str(tmp_path / "bad.pt")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "bad.pt" in err and err.count("\n") == 1, err
+
+
+# ----------------------------------------------------------------- files that are not checkpoints
+def test_a_text_file_is_not_a_checkpoint_and_unsafe_loading_is_never_suggested(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# lincorrupt\n\nDiffusion models.\n")
+    with pytest.raises(CheckpointError, match="README.md is not a lincorrupt checkpoint") as e:
+        lc.load(readme)
+    assert "weights_only" not in str(e.value) and "False" not in str(e.value)
+    assert main(["info", str(readme)]) == 1
+    err = capsys.readouterr().err
+    assert "not a lincorrupt checkpoint" in err and "weights_only" not in err and err.count("\n") == 1
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("payload ran",))
+
+
+def test_a_pickle_payload_is_refused_without_torch_advice(tmp_path, capsys):
+    torch.save({"format": "lincorrupt-checkpoint-v1", "x": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="evil.pt") as e:
+        lc.load(tmp_path / "evil.pt")
+    message = str(e.value)
+    assert "refused" in message and "print" in message  # names what it holds
+    assert "weights_only" not in message and "False" not in message and "payload ran" not in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------- saving onto a folder
+def test_saving_a_model_onto_a_folder_is_refused_and_the_folder_is_untouched(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("week-long run")
+    with pytest.raises(CheckpointError, match="is a folder"):
+        tiny_model().save(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and (folder / "notes.txt").read_text() == \
+        "week-long run"
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
 
 
 # ----------------------------------------------------------------- signatures
