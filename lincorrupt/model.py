@@ -82,11 +82,13 @@ class DiffusionModel(nn.Module):
         """:func:`lincorrupt.sample`: (N, *shape) samples, the network in eval mode meanwhile.
 
         Options as there (``steps``, ``method``, ``grid``, ``generator``, ``labels`` and ``guidance`` of a
-        conditional network, ...), but not ``prediction``. The N images
+        conditional network, ...), but not ``prediction``; ``dtype`` defaults to the network's (a ``.double()``
+        model samples in float64, a ``.half()`` one returns float16). The N images
         are one batch, held at once: for many, call it in batches of a few hundred with one ``generator``.
         """
+        options = {"dtype": _dtype_of(self.network), **_fixed(options)}
         with _eval(self.network):
-            return sample(self.network, self.corruption, num_samples, prediction=self.prediction, **_fixed(options))
+            return sample(self.network, self.corruption, num_samples, prediction=self.prediction, **options)
 
     def elbo(self, x: Tensor, **options) -> ELBO:
         """:func:`lincorrupt.elbo` of 8-bit images ``x`` (B, *shape) in [-1, 1], the network in eval mode."""
@@ -108,6 +110,27 @@ class DiffusionModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"prediction={self.prediction!r}"
+
+    def _apply(self, fn, recurse: bool = True):
+        """``.to()``, ``.cuda()``, ``.half()``, ``.double()``: the network follows; the corruption follows the
+        device only, its tables (log-SNR, bases, a fitted prior) keep their precision, which the sampler's
+        float32-or-wider arithmetic needs."""
+        self.corruption._apply(lambda t: _device_only(fn, t), recurse)
+        if isinstance(self.network, nn.Module):
+            self.network._apply(fn, recurse)
+        return self
+
+
+def _device_only(fn, t: Tensor) -> Tensor:
+    """``fn(t)`` if it keeps ``t``'s dtype, else ``t`` moved to the device ``fn`` chose."""
+    moved = fn(t)
+    return moved if moved.dtype == t.dtype else t.to(moved.device)
+
+
+def _dtype_of(network) -> torch.dtype:
+    """The dtype of the network's first floating-point parameter: the one it computes in (float32 if none)."""
+    params = network.parameters() if isinstance(network, nn.Module) else ()
+    return next((p.dtype for p in params if p.is_floating_point()), torch.float32)
 
 
 def model_record(network: nn.Module, corruption: DiagonalizableCorruption, prediction: str) -> dict[str, Any]:

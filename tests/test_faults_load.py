@@ -198,6 +198,28 @@ def test_saving_a_model_onto_a_folder_is_refused_and_the_folder_is_untouched(tmp
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]
 
 
+# ----------------------------------------------------------------- sampling follows the network's dtype
+def test_a_double_model_samples_in_double(tmp_path):
+    tiny_model().save(tmp_path / "m.pt")
+    x = lc.load(tmp_path / "m.pt").double().sample(2, steps=3, generator=torch.Generator().manual_seed(0))
+    assert x.dtype == torch.float64 and x.shape == (2, 1, 8, 8) and bool(x.isfinite().all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_model_samples_in_its_dtype_and_keeps_the_corruption_exact(tmp_path, dtype):
+    """The sampler's arithmetic stays in float32 (the corruption's tables are not rounded to half); the network
+    sees its own dtype. The float32 model's samples within half precision's error (torch draws the same normal
+    numbers in half as in float32, rounded)."""
+    model = tiny_model()
+    ref = model.sample(2, steps=3, generator=torch.Generator().manual_seed(0))
+    half = tiny_model().to(dtype)
+    assert half.corruption.log_alphabar.dtype == model.corruption.log_alphabar.dtype
+    assert torch.equal(half.corruption.log_alphabar, model.corruption.log_alphabar)
+    x = half.sample(2, steps=3, generator=torch.Generator().manual_seed(0))
+    assert x.dtype == dtype and bool(x.isfinite().all())
+    assert torch.allclose(x.float(), ref, atol=0.02), (x.float() - ref).abs().max()  # bf16 spacing at 2: 0.0078
+
+
 # ----------------------------------------------------------------- signatures
 @pytest.mark.parametrize("cls", [lc.BlurringDiffusion, lc.DDPM, lc.GaussianPrior, lc.DCTBasis, UNet])
 def test_the_signature_of_a_recording_class_is_its_constructor(cls):
