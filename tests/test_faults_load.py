@@ -220,6 +220,32 @@ def test_a_half_model_samples_in_its_dtype_and_keeps_the_corruption_exact(tmp_pa
     assert torch.allclose(x.float(), ref, atol=0.02), (x.float() - ref).abs().max()  # bf16 spacing at 2: 0.0078
 
 
+# ----------------------------------------------------------------- metrics.jsonl with a torn last line
+def test_readers_skip_a_torn_last_line_of_metrics_jsonl_only(tmp_path):
+    from lincorrupt.train.metrics_log import read_records
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "eval": "x", "fid": 3.0, "eval_samples": 4, '
+                    '"eval_sampler": "a"}\n{"step": 3, "lo')
+    assert [r["step"] for r in read_records(path)] == [1, 2]
+    from lincorrupt.train.evaluation import plot_quality
+    plot_quality(path, tmp_path / "quality.png")
+    assert (tmp_path / "quality.png").is_file()
+    path.write_text('{"step": 1}\n{"ste\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not JSON"):
+        read_records(path)
+
+
+@pytest.mark.parametrize("tail, kept", [('{"step": 3, "lo', [1]), ('{"step": 3}', [1, 3])])
+def test_a_writer_starts_a_fresh_line_after_a_torn_one(tmp_path, tail, kept, capsys):
+    from lincorrupt.train.metrics_log import MetricsLog, read_records
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n' + tail)
+    log = MetricsLog(tmp_path, enabled=True)
+    log.log({"step": 4, "loss": 0.25})
+    log.close()
+    assert [r["step"] for r in read_records(tmp_path / "metrics.jsonl")] == [*kept, 4]
+    assert (tmp_path / "metrics.jsonl").read_text().endswith("\n")
+
+
 # ----------------------------------------------------------------- signatures
 @pytest.mark.parametrize("cls", [lc.BlurringDiffusion, lc.DDPM, lc.GaussianPrior, lc.DCTBasis, UNet])
 def test_the_signature_of_a_recording_class_is_its_constructor(cls):
