@@ -1,6 +1,7 @@
 """Loading and saving under hostile or unlucky input: files that name foreign modules or huge networks,
 malformed but check-summed files, files that are not checkpoints, torn metrics logs, damaged data files."""
 
+import gzip
 import importlib
 import inspect
 import os
@@ -10,8 +11,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import lincorrupt as lc
 from lincorrupt.commands import main
@@ -244,6 +247,28 @@ def test_a_writer_starts_a_fresh_line_after_a_torn_one(tmp_path, tail, kept, cap
     log.close()
     assert [r["step"] for r in read_records(tmp_path / "metrics.jsonl")] == [*kept, 4]
     assert (tmp_path / "metrics.jsonl").read_text().endswith("\n")
+
+
+# ----------------------------------------------------------------- data files
+def test_a_truncated_or_non_gzip_fashion_mnist_file_is_named(tmp_path):
+    from lincorrupt.data import read_idx
+    data = bytes([0, 0, 8, 1]) + (4).to_bytes(4, "big") + bytes(4)
+    (tmp_path / "short.gz").write_bytes(gzip.compress(data)[:-9])
+    (tmp_path / "plain.gz").write_bytes(data)
+    for name in ("short.gz", "plain.gz"):
+        with pytest.raises(ValueError, match=name):
+            read_idx(tmp_path / name)
+
+
+def test_a_one_bit_png_is_one_channel_of_0_and_255(tmp_path):
+    from lincorrupt.data import load_images
+    bits = np.random.default_rng(0).integers(0, 2, (8, 8)).astype(bool)
+    (tmp_path / "a").mkdir()
+    Image.fromarray(bits).convert("1").save(tmp_path / "a" / "0.png")
+    assert Image.open(tmp_path / "a" / "0.png").mode == "1"
+    np.testing.assert_array_equal(load_images(tmp_path, (1, 8, 8))[0].numpy(), bits[None] * 255)
+    with pytest.raises(ValueError, match=r"with 1 channel\(s\), expected 8x8 with 3"):
+        load_images(tmp_path, (3, 8, 8))
 
 
 # ----------------------------------------------------------------- signatures
