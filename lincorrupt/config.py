@@ -213,7 +213,7 @@ def _named_class(name: str) -> type:
         raise SpecError(f"the file names class {name!r}, whose module is not one of the library's modules that "
                         f"define loadable classes; refused without importing it")
     raise SpecError(f"the file names class {name!r}, which is not defined in this process; import the module that "
-                    f"defines it before loading")
+                    f"defines it ({module}) before loading")
 
 
 def _unplain(value: Any) -> Any:
