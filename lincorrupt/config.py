@@ -205,7 +205,7 @@ def _named_class(name: str) -> type:
         importlib.import_module(module)
     if name in _CLASSES:
         return _CLASSES[name]
-    if module == "__main__":
+    if name.startswith("__main__."):  # a script's classes, nested ones too
         raise SpecError(f"the file names class {name!r}, defined in the script that saved it: another process cannot "
                         f"import a script's classes; move the class into a module importable in the loading "
                         f"process (a .py file on its path) and import that module before loading")

@@ -86,6 +86,8 @@ def test_a_file_may_import_only_the_library_modules_that_define_loadable_classes
 def test_a_class_defined_in_a_script_gets_a_hint_to_move_it_into_a_module():
     with pytest.raises(SpecError, match="move the class into a module"):
         build_module({"class": "__main__.MyBlur", "config": {}})
+    with pytest.raises(SpecError, match="move the class into a module"):
+        build_module({"class": "__main__.Outer.MyBlur", "config": {}})
     with pytest.raises(SpecError, match=r"import the module that defines it \(mypkg.blur\) before loading"):
         build_module({"class": "mypkg.blur.MyBlur", "config": {}})
 
