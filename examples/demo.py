@@ -23,7 +23,6 @@ summary.md (its paths relative to --out, or to the repository), and the run itse
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -46,6 +45,7 @@ from lincorrupt.nn import UNet  # noqa: E402
 from lincorrupt.train import CheckpointError, TrainConfig, Trainer  # noqa: E402
 from lincorrupt.train.checkpoint import load_latest, run_checkpoints  # noqa: E402
 from lincorrupt.train.lock import RunLockedError  # noqa: E402
+from lincorrupt.train.metrics_log import read_records  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (1, 28, 28)
@@ -132,7 +132,7 @@ def forward_process(data, path: Path, times=(0.0, 0.05, 0.1, 0.15, 0.25, 0.5, 1.
 
 def loss_curve(metrics: Path, path: Path) -> list[dict]:
     """Plot the logged training loss; returns the records of metrics.jsonl."""
-    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    records = read_records(metrics)
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot([r["step"] for r in records], [r["loss"] for r in records])
     ax.set_xlabel("step"), ax.set_ylabel("loss (mean of 10 steps)")

@@ -24,10 +24,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Configurable", "module_spec", "build_module", "restore_state", "SpecError"]
+__all__ = ["Configurable", "module_spec", "build_module", "restore_state", "SpecError", "LOADABLE_MODULES"]
 
 #: Every Configurable class by ``module.qualname``: the only classes a checkpoint may name.
 _CLASSES: dict[str, type] = {}
+
+#: The library's modules that define Configurable classes: the only modules a file may make
+#: :func:`build_module` import (``lincorrupt.nn.unet`` is not imported by ``import lincorrupt``).
+#: Any other module named by a file is refused unimported: importing a module runs its code.
+LOADABLE_MODULES = ("lincorrupt.config", "lincorrupt.basis", "lincorrupt.priors", "lincorrupt.corruption",
+                    "lincorrupt.corruptions.ddpm", "lincorrupt.corruptions.ihdm", "lincorrupt.corruptions.blurring",
+                    "lincorrupt.corruptions.soft", "lincorrupt.nn.unet")
 
 
 class SpecError(ValueError):
@@ -45,6 +52,14 @@ class _RecordsArguments(type):
     def __init__(cls, name, bases, namespace, **kwargs):
         super().__init__(name, bases, namespace, **kwargs)
         _CLASSES[class_name(cls)] = cls
+
+    @property
+    def __signature__(cls) -> inspect.Signature:
+        """The constructor's parameters without ``self`` (``help()``, IDEs and ``inspect.signature(cls)`` would
+        see this metaclass's ``__call__(*args, **kwargs)``); a property of the metaclass, so that instances
+        (callable modules) keep the signature of their ``forward``."""
+        sig = inspect.signature(cls.__init__)
+        return sig.replace(parameters=list(sig.parameters.values())[1:])
 
     def __call__(cls, *args, **kwargs):
         obj = super().__call__(*args, **kwargs)
@@ -126,25 +141,17 @@ def build_module(spec: dict[str, Any], state: dict[str, Tensor] | None = None, p
                  expected: type = nn.Module) -> nn.Module:
     """Rebuild a module from :func:`module_spec`'s ``spec``, then load ``state`` into it (:func:`restore_state`).
 
-    Only classes derived from :class:`Configurable` can be named: lincorrupt's own (its module is
-    imported when needed, e.g. ``lincorrupt.nn`` for the UNet) or ones defined in this process (no
-    other module is imported here: a custom corruption's module must be imported first).
+    Only classes derived from :class:`Configurable` can be named: lincorrupt's own (its module, one of
+    :data:`LOADABLE_MODULES`, is imported when needed, e.g. ``lincorrupt.nn.unet`` for the UNet) or
+    ones defined in this process (no other module is imported here: a custom corruption's module
+    must be imported first).
 
     Raises:
-        SpecError: the class is unknown or not an ``expected``, a reference is missing from ``state``,
-            or the constructor refuses the arguments.
+        SpecError: ``spec`` is malformed, the class is unknown or not an ``expected``, a reference is
+            missing from ``state``, or the constructor refuses the arguments.
     """
-    name = spec["class"]
-    if name not in _CLASSES and name.startswith("lincorrupt."):  # the library's own modules, never another's
-        try:
-            importlib.import_module(name.rsplit(".", 1)[0])
-        except ImportError:
-            pass  # an unknown class: the error below names it
-    try:
-        cls = _CLASSES[name]
-    except KeyError:
-        raise SpecError(f"the file names class {spec['class']!r}, which is not defined in this process; import "
-                        f"the module that defines it before loading") from None
+    _check_spec(spec, prefix)
+    cls = _named_class(spec["class"])
     if not issubclass(cls, expected):
         raise SpecError(f"the file names {spec['class']} where a {expected.__name__} was expected")
     kwargs = {}
@@ -169,6 +176,46 @@ def build_module(spec: dict[str, Any], state: dict[str, Tensor] | None = None, p
     return module
 
 
+#: The keys of a spec's config entry: exactly one says what the argument is.
+_ENTRY_KINDS = ("module", "state_key", "tensor", "value")
+
+
+def _check_spec(spec: Any, prefix: str) -> None:
+    """Refuse a spec that is not ``{"class": str, "config": {name: {kind: ...}}}`` (one kind of
+    :data:`_ENTRY_KINDS` per entry), naming where it is malformed."""
+    where = f"the spec of {prefix.rstrip('.') or 'the module'}"
+    if not isinstance(spec, dict) or not isinstance(spec.get("class"), str) or not isinstance(spec.get("config"),
+                                                                                                dict):
+        raise SpecError(f"{where} is malformed: expected a dict with a 'class' name and a 'config' dict")
+    for name, entry in spec["config"].items():
+        if not isinstance(entry, dict) or len(entry) != 1 or next(iter(entry)) not in _ENTRY_KINDS:
+            raise SpecError(f"{where}: argument {name!r} is malformed: expected a dict with one of the keys "
+                            f"{', '.join(_ENTRY_KINDS)}, got {entry!r:.80}")
+
+
+def _named_class(name: str) -> type:
+    """The Configurable class ``name`` ("module.QualName"), importing its module only if it is one of
+    :data:`LOADABLE_MODULES`.
+
+    Raises:
+        SpecError: no such class here, naming why and what to do.
+    """
+    module = name.rsplit(".", 1)[0]
+    if name not in _CLASSES and module in LOADABLE_MODULES:
+        importlib.import_module(module)
+    if name in _CLASSES:
+        return _CLASSES[name]
+    if name.startswith("__main__."):  # a script's classes, nested ones too
+        raise SpecError(f"the file names class {name!r}, defined in the script that saved it: another process cannot "
+                        f"import a script's classes; move the class into a module importable in the loading "
+                        f"process (a .py file on its path) and import that module before loading")
+    if name.startswith("lincorrupt."):
+        raise SpecError(f"the file names class {name!r}, whose module is not one of the library's modules that "
+                        f"define loadable classes; refused without importing it")
+    raise SpecError(f"the file names class {name!r}, which is not defined in this process; import the module that "
+                    f"defines it ({module}) before loading")
+
+
 def _unplain(value: Any) -> Any:
     if isinstance(value, str) and value.startswith("torch.") and isinstance(getattr(torch, value[6:], None),
                                                                              torch.dtype):
@@ -181,21 +228,31 @@ def restore_state(module: nn.Module, state: dict[str, Tensor]) -> None:
     freshly built module holds as ``None`` or lacks (statistics fitted after construction).
 
     Raises:
-        RuntimeError: a key of ``state`` names no submodule, or a tensor's shape differs.
+        RuntimeError: a key of ``state`` names no submodule or clashes with an attribute, a value is not a
+            tensor, or a tensor's shape differs.
     """
     own = module.state_dict()
     for key, value in state.items():
         if key in own:
             continue
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise RuntimeError(f"saved entry {key!r} of {type(module).__name__} is a {type(value).__name__}, "
+                               f"expected a tensor under a str key")
         owner_name, _, attr = key.rpartition(".")
-        owner = module.get_submodule(owner_name) if owner_name else module
+        try:
+            owner = module.get_submodule(owner_name) if owner_name else module
+        except AttributeError:
+            raise RuntimeError(f"saved buffer {key!r} names no submodule of {type(module).__name__}") from None
         if attr in owner._parameters:
             raise RuntimeError(f"saved parameter {key!r} is None in the rebuilt {type(module).__name__}")
         if attr in vars(owner):  # a plain attribute: None until fitted
             if vars(owner)[attr] is not None:
                 raise RuntimeError(f"saved buffer {key!r} clashes with attribute {attr!r} of {type(owner).__name__}")
             delattr(owner, attr)
-        owner.register_buffer(attr, torch.empty_like(value, device=_device_of(module)))
+        try:
+            owner.register_buffer(attr, torch.empty_like(value, device=_device_of(module)))
+        except KeyError as e:  # a method's or a submodule's name, an empty name
+            raise RuntimeError(f"saved buffer {key!r} clashes with {type(owner).__name__}: {e.args[0]}") from None
     module.load_state_dict(state)
 
 

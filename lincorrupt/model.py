@@ -83,8 +83,9 @@ class DiffusionModel(nn.Module):
         """:func:`lincorrupt.sample`: (N, *shape) samples, the network in eval mode meanwhile.
 
         Options as there (``steps``, ``method``, ``grid``, ``generator``, ``labels`` and ``guidance`` of a
-        conditional network, ...), but not ``prediction``. Each of ``method``, ``grid`` and ``steps`` left out
-        comes from :meth:`sampling_defaults`: the corruption's
+        conditional network, ...), but not ``prediction``; ``dtype`` defaults to the network's (a ``.double()``
+        model samples in float64, a ``.half()`` one returns float16). Each of ``method``, ``grid`` and ``steps``
+        left out comes from :meth:`sampling_defaults`: the corruption's
         :attr:`~lincorrupt.DiagonalizableCorruption.fast_sampling`, 20 network evaluations (for blurring
         diffusion DPM-Solver++(3M) on the "data" grid), the sampler the Trainer's evaluations and the Results
         page's study use; for the best quality the Results page measured ancestral sampling with 50 to 100
@@ -92,9 +93,10 @@ class DiffusionModel(nn.Module):
         The N images are one batch, held at once: for many, call it in batches of a few hundred with one
         ``generator``.
         """
+        options = {"dtype": _dtype_of(self.network), **_fixed(options)}
         with _eval(self.network):
             return sample(self.network, self.corruption, num_samples, prediction=self.prediction,
-                          **{**self.sampling_defaults(), **_fixed(options)})
+                          **{**self.sampling_defaults(), **options})
 
     def sampling_defaults(self) -> dict[str, Any]:
         """``method``, ``grid`` and ``steps`` that :meth:`sample` uses when not given: the corruption's
@@ -124,6 +126,8 @@ class DiffusionModel(nn.Module):
 
         Raises:
             lincorrupt.config.SpecError: the network or the corruption does not record its constructor arguments.
+            lincorrupt.train.CheckpointError: ``path`` is a folder (a run's folder holds its training checkpoint:
+                save the model to a file name, e.g. ``folder / "model.pt"``).
         """
         from lincorrupt.train.checkpoint import save_checkpoint
         return save_checkpoint({"diffusion_model": model_record(self.network, self.corruption, self.prediction),
@@ -131,6 +135,27 @@ class DiffusionModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"prediction={self.prediction!r}"
+
+    def _apply(self, fn, recurse: bool = True):
+        """``.to()``, ``.cuda()``, ``.half()``, ``.double()``: the network follows; the corruption follows the
+        device only, its tables (log-SNR, bases, a fitted prior) keep their precision, which the sampler's
+        float32-or-wider arithmetic needs."""
+        self.corruption._apply(lambda t: _device_only(fn, t), recurse)
+        if isinstance(self.network, nn.Module):
+            self.network._apply(fn, recurse)
+        return self
+
+
+def _device_only(fn, t: Tensor) -> Tensor:
+    """``fn(t)`` if it keeps ``t``'s dtype, else ``t`` moved to the device ``fn`` chose."""
+    moved = fn(t)
+    return moved if moved.dtype == t.dtype else t.to(moved.device)
+
+
+def _dtype_of(network) -> torch.dtype:
+    """The dtype of the network's first floating-point parameter: the one it computes in (float32 if none)."""
+    params = network.parameters() if isinstance(network, nn.Module) else ()
+    return next((p.dtype for p in params if p.is_floating_point()), torch.float32)
 
 
 def model_record(network: nn.Module, corruption: DiagonalizableCorruption, prediction: str) -> dict[str, Any]:
@@ -183,32 +208,106 @@ def from_checkpoint(state: dict[str, Any], path: str | os.PathLike = "", ema: bo
     """The :class:`DiffusionModel` of a checkpoint already loaded (:func:`lincorrupt.train.load_checkpoint`);
     ``path`` names it in errors and ``info``. See :func:`load`.
 
+    The network is first built on the meta device (no memory) and its parameter shapes compared with
+    the saved weights, so a small file that records a huge network is refused before anything is
+    allocated.
+
     Raises:
-        ModelLoadError: the checkpoint does not say how to build its network or corruption.
+        ModelLoadError: the checkpoint does not say how to build its network or corruption, is malformed,
+            or its weights do not fit the network it describes.
     """
     found = Path(path)
     try:
+        if not isinstance(state, dict):
+            raise ModelLoadError(f"{found} holds a {type(state).__name__}, expected a dict of entries")
         if "diffusion_model" in state:
-            record = state["diffusion_model"]
-            corruption = build_module(record["corruption"], record["corruption_state"],
+            record = _entries(state, "diffusion_model", dict, found)
+            corruption = build_module(_entries(record, "corruption", dict, found, "diffusion_model"),
+                                      _entries(record, "corruption_state", dict, found, "diffusion_model"),
                                       expected=DiagonalizableCorruption)
-            network_spec, prediction = record["network"], record["prediction"]
+            network_spec = _entries(record, "network", dict, found, "diffusion_model")
+            prediction = _entries(record, "prediction", str, found, "diffusion_model")
         else:
             network_spec, corruption, prediction = _legacy_parts(state, found)
-        network = build_module(network_spec)
-    except (SpecError, RuntimeError, TypeError) as e:
-        raise ModelLoadError(f"{found}: cannot rebuild the model: {e}") from e
-    weights = state["ema"] if ema and "ema" in state else state["model"]
-    try:
-        network.load_state_dict(weights)
-    except RuntimeError as e:
-        raise ModelLoadError(f"{found}: the weights do not fit the network the file describes: {e}") from e
-    model = DiffusionModel(network, corruption, prediction)
-    model.info = {**state.get("info", {}), "path": str(found)}
+        weights = _entries(state, "ema" if ema and "ema" in state else "model", dict, found)
+        network = _network(network_spec, weights, found)
+        model = DiffusionModel(network, corruption, prediction)
+        model.info = {**_entries(state, "info", dict, found, default={}), "path": str(found)}
+    except ModelLoadError:
+        raise
+    except (SpecError, RuntimeError, TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        raise ModelLoadError(f"{found}: cannot rebuild the model ({type(e).__name__}: {e})") from e
     for key in ("step", "config", "world_size"):
         if key in state:
             model.info[key] = state[key]
     return model
+
+
+_MISSING = object()
+
+
+def _entries(mapping: dict[str, Any], key: str, kind: type, path: Path, where: str = "", default: Any = _MISSING):
+    """``mapping[key]``, checked to be a ``kind`` (``default`` when absent, if given).
+
+    Raises:
+        ModelLoadError: the entry is missing or of another type, naming it and the entries there are.
+    """
+    name = f"{where}[{key!r}]" if where else repr(key)
+    if key not in mapping:
+        if default is not _MISSING:
+            return default
+        raise ModelLoadError(f"{path} is malformed: it lacks the entry {name} (it has: "
+                             f"{', '.join(map(repr, sorted(mapping, key=repr))) or 'nothing'})")
+    if not isinstance(mapping[key], kind):
+        raise ModelLoadError(f"{path} is malformed: its entry {name} is a {type(mapping[key]).__name__}, "
+                             f"expected a {kind.__name__}")
+    return mapping[key]
+
+
+def _network(spec: dict[str, Any], weights: dict[str, Tensor], path: Path) -> nn.Module:
+    """The network of ``spec`` holding ``weights``, built for real only once its parameter and buffer
+    shapes, built on the meta device, equal those of ``weights``.
+
+    A network whose constructor cannot run on the meta device (it computes with its tensors) is built
+    directly: only a class that the loading program defined or imported can be such (the library's
+    networks build on the meta device).
+
+    Raises:
+        ModelLoadError: the recorded network's state differs from the saved weights (names and shapes).
+        SpecError: the spec cannot be rebuilt.
+    """
+    try:
+        with torch.device("meta"):
+            shell = build_module(spec)
+    except (RuntimeError, NotImplementedError):
+        shell = None
+    if shell is not None:
+        _check_fit({k: tuple(v.shape) for k, v in shell.state_dict().items()}, weights, path)
+    network = build_module(spec)
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ModelLoadError(f"{path}: the weights do not fit the network the file describes: {e}") from e
+    return network
+
+
+def _check_fit(expected: dict[str, tuple[int, ...]], weights: dict[str, Tensor], path: Path) -> None:
+    """Refuse ``weights`` whose names or shapes differ from ``expected`` (the recorded network's state).
+
+    Raises:
+        ModelLoadError: naming the missing and unexpected entries and the first few shape differences.
+    """
+    bad = [k for k, v in weights.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise ModelLoadError(f"{path}: the weights hold non-tensors under {', '.join(map(repr, bad[:5]))}")
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    shapes = [f"{k}: recorded {expected[k]}, saved {tuple(weights[k].shape)}" for k in expected
+              if k in weights and expected[k] != tuple(weights[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"missing {', '.join(missing[:5])}" if missing else "",
+                 f"unexpected {', '.join(unexpected[:5])}" if unexpected else "", "; ".join(shapes[:3])]
+        raise ModelLoadError(f"{path}: the weights do not fit the network the file describes "
+                             f"({'; '.join(p for p in parts if p)})")
 
 
 def _legacy_parts(state: dict[str, Any], path: Path) -> tuple[dict[str, Any], DiagonalizableCorruption, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,19 @@ _FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """An idx file of unsigned bytes (LeCun's MNIST format: magic 0x0000 08 NDIM, NDIM big-endian sizes, data)."""
+    """An idx file of unsigned bytes (LeCun's MNIST format: magic 0x0000 08 NDIM, NDIM big-endian sizes, data),
+    gunzipped when its name ends in ``.gz``.
+
+    Raises:
+        ValueError: not such a file, a ``.gz`` file that is not gzip or is cut short, or sizes that disagree
+            with the data; naming the file.
+    """
     path = Path(path)
-    with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as f:
-        data = f.read()
+    try:
+        with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ValueError(f"{path} is not a complete gzip file ({type(e).__name__}: {e}); download it again") from None
     if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
         raise ValueError(f"{path} is not an idx file of unsigned bytes (magic {data[:4].hex()})")
     ndim = data[3]

@@ -35,6 +35,9 @@ __all__ = ["ImageFolder", "TensorImages", "UnreadableImageError", "load_images",
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff"}
 MODE_CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}
+#: PIL's modes decoded as another 8-bit mode of :data:`MODE_CHANNELS`: 1-bit black and white as grey 0 / 255.
+#: Every other 8-bit mode (palette, CMYK, ...) is decoded as RGB.
+DECODE_AS = {"1": "L"}
 #: PIL's modes of 16-bit grey (e.g. a 16-bit greyscale PNG) -> bits per value.
 GREY_BITS = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16}
 
@@ -50,8 +53,9 @@ def _unreadable(path: Path, error: BaseException) -> UnreadableImageError:
 
 
 def _layout(img: Image.Image, path: Path) -> tuple[int, int]:
-    """(channels, bits per value) of an opened image as :func:`_decode` returns it: grey 1, RGB 3, RGBA 4 channels
-    of 8 bits; 16-bit grey (:data:`GREY_BITS`) 1 channel of 16 bits; other 8-bit modes (palette, CMYK, ...) 3.
+    """(channels, bits per value) of an opened image as :func:`_decode` returns it: grey and 1-bit 1, RGB 3, RGBA 4
+    channels of 8 bits; 16-bit grey (:data:`GREY_BITS`) 1 channel of 16 bits; other 8-bit modes (palette, CMYK,
+    ...) 3.
 
     Raises:
         ValueError: 32-bit integer or floating-point pixels (modes I and F, which state no range), naming the file.
@@ -62,12 +66,18 @@ def _layout(img: Image.Image, path: Path) -> tuple[int, int]:
         kind = "32-bit integer" if img.mode == "I" else "floating-point"
         raise ValueError(f"{path} holds {kind} pixels (mode {img.mode}), whose range the file does not state; "
                          f"convert it to 8- or 16-bit grey or RGB")
-    return MODE_CHANNELS.get(img.mode, 3), 8
+    return MODE_CHANNELS[_decoded_mode(img)], 8
+
+
+def _decoded_mode(img: Image.Image) -> str:
+    """The 8-bit mode of :data:`MODE_CHANNELS` that :func:`_decode` converts ``img`` to."""
+    mode = DECODE_AS.get(img.mode, img.mode)
+    return mode if mode in MODE_CHANNELS else "RGB"
 
 
 def _decode(path: Path) -> torch.Tensor:
-    """The pixels of the image file ``path`` as uint8 (C, H, W): 8-bit modes as they are (palette images and other
-    modes converted to RGB), 16-bit grey scaled as ``round(v * 255 / 65535)``.
+    """The pixels of the image file ``path`` as uint8 (C, H, W): 8-bit modes as they are (1-bit images as grey
+    0 / 255, palette images and other modes converted to RGB), 16-bit grey scaled as ``round(v * 255 / 65535)``.
 
     Raises:
         UnreadableImageError: the file cannot be opened or its contents cannot be decoded.
@@ -83,7 +93,8 @@ def _decode(path: Path) -> torch.Tensor:
             if bits > 8:  # np.rint: no ties, since v * 255 / 65535 = v / 257 is never k + 1/2
                 x = np.rint(np.asarray(img, dtype=np.float64) * (255 / (2**bits - 1))).astype(np.uint8)
             else:
-                x = np.array(img if img.mode in MODE_CHANNELS else img.convert("RGB"), dtype=np.uint8, copy=True)
+                mode = _decoded_mode(img)
+                x = np.array(img if img.mode == mode else img.convert(mode), dtype=np.uint8, copy=True)
         except Exception as e:
             raise _unreadable(path, e) from None
     x = torch.from_numpy(x)

@@ -85,7 +85,8 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
             times from 1 to 0.
         generator: random generator for the prior and the sampler's noise.
         device, dtype: where and in which precision to sample; device defaults to the
-            corruption's.
+            corruption's. The model is called in ``dtype``; the sampler computes in ``dtype`` or float32,
+            whichever is wider.
         progress: show a tqdm progress bar.
         callback: ``callback(info)`` after each of the ``steps`` network evaluations, with a
             :class:`StepInfo` ``(step, t, z_t, x_hat)`` in data space (progress bars, videos of
@@ -132,7 +133,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
     elif guidance != 1:
         raise ValueError(f"guidance={guidance} needs labels: classifier-free guidance mixes the outputs for the "
                          f"labels and for the null label -1")
-    denoise = Denoiser(model, corruption, prediction, _x_transform(clip, threshold, threshold_max), callback)
+    denoise = Denoiser(model, corruption, prediction, _x_transform(clip, threshold, threshold_max), callback, dtype)
     c_1 = corruption.coefficients(torch.ones(1, device=device, dtype=torch.promote_types(dtype, torch.float32)))
     u = corruption.prior.sample(c_1, corruption.shape, num_samples, generator=generator, device=device, dtype=dtype)
     u_x = sampler(denoise, corruption, u, times, generator=generator, progress=progress, **options)

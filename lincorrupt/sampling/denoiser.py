@@ -73,13 +73,15 @@ class Denoiser:
         prediction: what the model outputs: "eps", "x" or "v".
         x_transform: optional data-space map of ``x_hat``, applied after each evaluation.
         callback: optional ``callback(StepInfo)``, called after each evaluation.
+        dtype: the dtype the model is called in (its output is cast back to ``u_t``'s); default ``u_t``'s.
+            A float16 model then sees float16 inputs while the sampler computes in float32.
     """
 
     def __init__(self, model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCorruption,
                  prediction: str = "v", x_transform: Callable[[Tensor], Tensor] | None = None,
-                 callback: Callable[[StepInfo], None] | None = None):
+                 callback: Callable[[StepInfo], None] | None = None, dtype: torch.dtype | None = None):
         self.model, self.corruption, self.prediction = model, corruption, get_prediction(prediction)
-        self.x_transform, self.callback, self.evaluations = x_transform, callback, 0
+        self.x_transform, self.callback, self.evaluations, self.dtype = x_transform, callback, 0, dtype
 
     def _evaluate(self, u_t: Tensor, t: Tensor, c: Coefficients) -> tuple[Tensor, Tensor, bool]:
         """``(model output, u_x_hat, transformed)`` at ``u_t`` (B, *shape), time ``t`` (1,), in basis
@@ -87,7 +89,9 @@ class Denoiser:
         basis = self.corruption.basis
         z_t = basis.from_basis(u_t)
         t_batch = t.expand(u_t.shape[0]).to(u_t.dtype)
-        out = basis.to_basis(check_model_output(self.model(z_t, t_batch), z_t))
+        dtype = self.dtype or u_t.dtype
+        out = check_model_output(self.model(z_t.to(dtype), t_batch.to(dtype)), z_t)
+        out = basis.to_basis(out.to(u_t.dtype))
         u_x = self.prediction.to_x(c, u_t, out)
         x_hat = None
         if self.x_transform is not None:

@@ -62,8 +62,14 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 
     Returns:
         The path written.
+
+    Raises:
+        CheckpointError: ``path`` is a folder (it is never moved aside).
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; pass the path of a file to write, e.g. {path / 'model.pt'} "
+                              f"(a run's folder holds its training checkpoint.pt)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -144,7 +150,7 @@ def load_latest(path: str | os.PathLike, map_location: str | torch.device = "cpu
         if errors:
             print(f"warning: {errors[0]}\nfalling back to {candidate} (step {state.get('step', '?')})", file=sys.stderr)
         return candidate, state
-    raise CheckpointError("no sound checkpoint: " + "; ".join(errors))
+    raise CheckpointError(errors[0] if len(errors) == 1 else "no sound checkpoint: " + "; ".join(errors))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -158,15 +164,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(len(_ZIP_MAGIC))
+    if magic and not magic.startswith(_ZIP_MAGIC) and not magic.startswith(_PICKLE_MAGIC):
+        raise CheckpointError(f"{path} is not a lincorrupt checkpoint: not a file written by torch.save (it starts "
+                              f"with {magic!r}); pass a run folder or a .pt file that lincorrupt saved")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read "
-                              f"({type(e).__name__}: {_first_line(e)}); "
+                              f"({type(e).__name__}: {_torch_reason(e)}); "
                               f"the previous good one, if any, is {path.name}.prev") from None
     except Exception as e:  # pickle.UnpicklingError from weights_only: arbitrary objects inside
         raise CheckpointError(f"checkpoint {path} holds objects that are not plain tensors/primitives "
-                              f"and is refused (weights_only loading): {_first_line(e)}") from None
+                              f"and is refused ({_torch_reason(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a lincorrupt checkpoint (expected a dict with format={FORMAT!r})")
     if "checksum" not in state:  # written before checksums were recorded: still loaded, not to lose that run
@@ -206,7 +217,23 @@ def remove_partial_saves(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _first_line(e: BaseException) -> str:
+#: How a file of torch.save starts: a zip archive (the default format) or a pickle (protocol 2 or later).
+_ZIP_MAGIC, _PICKLE_MAGIC = b"PK\x03\x04", b"\x80"
+
+
+def _torch_reason(e: BaseException) -> str:
+    """What torch.load found wrong, without its advice on loading the file unsafely or allow-listing what
+    it holds: the line after "WeightsUnpickler error:" when there is one (e.g. "Unsupported global:
+    GLOBAL print was not an allowed global by default"), else the first line, each cut before any
+    "Please" or mention of ``weights_only``."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    line = _first_line(text).split("Please")[0].split("weights_only")[0]
+    return line.rstrip(" ,.;:`(") or type(e).__name__
+
+
+def _first_line(e: BaseException | str) -> str:
     lines = str(e).strip().splitlines()
     return lines[0][:200] if lines else type(e).__name__
 

@@ -8,7 +8,6 @@ compares them with the reference features of held-out images; the numbers go to
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,6 +27,7 @@ from lincorrupt.metrics import (
     precision_recall,
     sample_features,
 )
+from lincorrupt.train.metrics_log import read_records
 
 __all__ = ["QualityEvaluator", "METRICS", "Metric", "fid_metric", "kid_metric", "precision_recall_metric",
            "feature_space", "quantize", "plot_quality"]
@@ -126,7 +126,7 @@ def plot_quality(metrics: str | Path, path: str | Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    records = [r for r in map(json.loads, Path(metrics).read_text().splitlines()) if "eval" in r]
+    records = [r for r in read_records(metrics) if "eval" in r]
     if not records:
         return
     steps = [r["step"] for r in records]

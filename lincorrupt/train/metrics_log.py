@@ -4,11 +4,61 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLog", "unreadable_record"]
+__all__ = ["MetricsLog", "read_records", "unreadable_record"]
+
+
+def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``, one JSON object a line. A last line without its newline that is
+    not JSON (a write cut short by a full disk or a power loss) is skipped, saying so on stderr.
+
+    Raises:
+        ValueError: any other line is not JSON, naming the file and the line number.
+    """
+    text = Path(path).read_text()
+    lines = text.split("\n")
+    torn = lines.pop()  # "" when the file ends with a newline
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {number} is not JSON ({e}): {line[:80]!r}") from None
+    if torn.strip():
+        try:
+            records.append(json.loads(torn))
+        except json.JSONDecodeError:
+            print(f"warning: skipping the unfinished last line of {path} (a write cut short): {torn[:80]!r}",
+                  file=sys.stderr)
+    return records
+
+
+def _start_fresh_line(path: Path) -> None:
+    """End ``path`` with a newline before records are appended: a last line left without one is completed
+    when it is a whole record, else (a write cut short) cut off, saying so on stderr."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+    data = path.read_bytes()
+    start = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[start:])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        print(f"warning: {path} ended in an unfinished record (a write cut short), removed: "
+              f"{data[start:start + 80]!r}", file=sys.stderr)
+        with open(path, "r+b") as f:
+            f.truncate(start)
+        return
+    with open(path, "ab") as f:
+        f.write(b"\n")
 
 
 def unreadable_record(dataset) -> dict[str, int]:
@@ -24,6 +74,7 @@ class MetricsLog:
         self.enabled, self.file, self.tb = enabled, None, None
         if not enabled:
             return
+        _start_fresh_line(out_dir / "metrics.jsonl")
         self.file = open(out_dir / "metrics.jsonl", "a")
         with contextlib.suppress(ImportError):
             from torch.utils.tensorboard import SummaryWriter
