@@ -265,3 +265,46 @@ def test_bad_weightings_are_refused_where_they_enter():
 
 def test_registry_names_are_the_documented_ones():
     assert sorted(WEIGHTINGS) == sorted(["none", "elbo", "sigmoid", "min-snr", "soft-score", "isotropic"])
+
+
+# ---------------------------------------------------------------- in the Trainer
+def test_trainer_loss_is_the_weighted_loss_of_its_draws(tmp_path):
+    """TrainConfig(weighting="min-snr", time_sampling="importance"): the Trainer's loss of a batch is the eps
+    error weighted by min(SNR, gamma) / SNR (Hang et al.) and by 1 / p(t) at t = the proposal's inverse CDF of
+    the step's uniform draws, computed here from alpha, sigma in the identity basis."""
+    from helpers.training import make_trainer
+
+    c = lc.DDPM((3, 8, 8), schedule="cosine")
+    trainer = make_trainer(tmp_path, steps=1, corruption=c, prediction="eps", weighting="min-snr",
+                           weighting_options={"gamma": 2.0}, time_sampling="importance", hflip=False)
+    trainer.model.eval()  # no dropout: the two forward passes below agree
+    x_uint8 = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    u, noise, _, _ = trainer.draw(0, 0, 4)
+    t = trainer.proposal.sample(u)
+    assert not torch.equal(t, u)
+    x = x_uint8.float() / 127.5 - 1
+    alpha, sigma = (v.view(-1, 1, 1, 1) for v in c.alpha_sigma(t))
+    with torch.no_grad():
+        out = trainer.net(alpha * x + sigma * noise, t)
+        snr = (alpha / sigma) ** 2
+        weight = torch.minimum(snr, torch.tensor(2.0)) / snr / trainer.proposal.density(t).view(-1, 1, 1, 1)
+        expected = (weight * (out - noise) ** 2).mean()
+        torch.testing.assert_close(trainer.loss(x_uint8), expected, rtol=1e-5, atol=0)
+
+
+def test_train_config_refuses_bad_weightings_and_parses_them_as_flags():
+    from lincorrupt.train import TrainConfig
+    from lincorrupt.train.cli import OptionError, parse_config
+
+    with pytest.raises(OptionError, match="gamma=-1 must be a finite positive number") as info:
+        TrainConfig(weighting="min-snr", weighting_options={"gamma": -1})
+    assert info.value.name == "weighting_options"
+    with pytest.raises(OptionError, match="weighting=.*expected one of"):
+        TrainConfig(weighting="min_snr")
+    with pytest.raises(OptionError, match="needs snapshot_every > 0"):
+        TrainConfig(posthoc_ema=(0.05, 0.1))
+    config = parse_config(TrainConfig, ["--weighting", "sigmoid", "--weighting-options", "b=-2",
+                                        "--time-sampling", "importance", "--posthoc-ema", "0.05,0.1",
+                                        "--snapshot-every", "100"])
+    assert (config.weighting, config.weighting_options, config.time_sampling, config.posthoc_ema,
+            config.snapshot_every) == ("sigmoid", {"b": -2.0}, "importance", (0.05, 0.1), 100)
