@@ -10,9 +10,17 @@ from torch import Tensor
 from .corruption import DiagonalizableCorruption
 from .predictions import get_prediction
 from .validation import check_labels, check_model_output, check_nonempty
-from .weightings import TimeProposal, Weighting, elbo_weighting, get_weighting, snr_weighting, soft_score_weighting
+from .weightings import (  # noqa: F401
+    TimeProposal,
+    Weighting,
+    elbo_weighting,
+    get_weighting,
+    snr_weighting,
+    soft_score_weighting,
+)
 
-__all__ = ["diffusion_loss", "elbo_weighting", "soft_score_weighting", "snr_weighting"]
+# the weightings live in lincorrupt.weightings; importing them here keeps ``lincorrupt.losses.elbo_weighting`` working
+__all__ = ["diffusion_loss"]
 
 _REDUCTIONS = {
     "mean": lambda per_coordinate: per_coordinate.mean(),

@@ -216,7 +216,8 @@ class TimeProposal:
     ``1 / m`` and the second moment of the loss at most ``1 / m`` times that of uniform t.
 
     Args:
-        density: (K,) positive values of p on the cells ``[j / K, (j + 1) / K)``, integrating to 1.
+        density: (K,) positive values of p on the cells ``[j / K, (j + 1) / K)``, integrating to 1; the proposal
+            keeps them on their device (that of the times it will sample: no copy per step).
     """
 
     def __init__(self, density: Tensor):
@@ -244,12 +245,13 @@ class TimeProposal:
         function, pred = get_weighting(weighting, weighting_options), get_prediction(prediction)
         if function is None:
             return cls(torch.ones(cells, dtype=torch.float64))
-        midpoints = (torch.arange(cells, dtype=torch.float64, device=corruption._device()) + 0.5) / cells
-        mean = torch.cat([function(corruption, t, pred).flatten(1).mean(1) for t in midpoints.split(16)]).cpu()
+        device = next((b.device for b in corruption.buffers()), torch.device("cpu"))  # where its schedule runs
+        midpoints = (torch.arange(cells, dtype=torch.float64, device=device) + 0.5) / cells
+        mean = torch.cat([function(corruption, t, pred).flatten(1).mean(1) for t in midpoints.split(16)])
         if not bool(mean.isfinite().all()) or not bool((mean >= 0).all()) or not bool(mean.sum() > 0):
             raise ValueError(f"the weighting {weighting!r} is not finite and non-negative on the {cells} cell "
                              f"midpoints of [0, 1], so it defines no proposal for t")
-        return cls((1 - uniform_share) * mean / mean.mean() + uniform_share)
+        return cls((1 - uniform_share) * mean / mean.mean() + uniform_share)  # on the corruption's device
 
     def sample(self, u: Tensor) -> Tensor:
         """Times ``t`` (B,) distributed by the proposal from uniform draws ``u`` (B,) in [0, 1): the inverse CDF."""

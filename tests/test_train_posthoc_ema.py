@@ -9,9 +9,10 @@ import pytest
 import torch
 from scipy import integrate
 
+import lincorrupt as lc
 from helpers.training import make_trainer
 from lincorrupt.train import CheckpointError
-from lincorrupt.train.posthoc_ema import (
+from lincorrupt.train.ema import (
     PowerEMA,
     gamma_to_sigma_rel,
     posthoc_coefficients,
@@ -100,6 +101,7 @@ def test_trainer_keeps_the_profiles_snapshots_and_resumes_them(tmp_path):
     tracked = trainer.posthoc.averages[1].state_dict()
     for name, value in posthoc_ema(tmp_path / "a", 0.1).items():
         torch.testing.assert_close(value, tracked[name], rtol=1e-5, atol=1e-6)
+    lc.load(tmp_path / "a").network.load_state_dict(posthoc_ema(tmp_path / "a", 0.07))  # strict: every key
     # resumed from step 4 (its checkpoint carries the profiles), the run ends with the same profiles
     first = make_trainer(tmp_path / "b", steps=4, posthoc_ema=(0.05, 0.1), snapshot_every=2)
     first.fit()

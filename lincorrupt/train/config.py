@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from lincorrupt.sampling import SAMPLERS
 from lincorrupt.train.cli import Interval, OptionError, check_options, option
+from lincorrupt.train.ema import MAX_SIGMA_REL
 from lincorrupt.train.optim import OPTIMIZERS
-from lincorrupt.train.posthoc_ema import MAX_SIGMA_REL
 from lincorrupt.train.precision import PRECISIONS
 from lincorrupt.weightings import TIME_SAMPLINGS, WEIGHTINGS, get_weighting
 

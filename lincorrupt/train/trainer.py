@@ -61,13 +61,12 @@ from lincorrupt.train.checkpoint import (
 from lincorrupt.train.config import TrainConfig, default_workers
 from lincorrupt.train.data_order import StepBatchSampler, derive_seed, step_draws
 from lincorrupt.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, any_rank, is_distributed
-from lincorrupt.train.ema import EMA
+from lincorrupt.train.ema import EMA, PowerEMA
 from lincorrupt.train.finite import NonFiniteStateError, check_finite
 from lincorrupt.train.labels import resolve_label_dropout
 from lincorrupt.train.lock import RunLock
 from lincorrupt.train.metrics_log import MetricsLog, unreadable_record
 from lincorrupt.train.optim import Warmup, keep_kernel_options, make_optimizer
-from lincorrupt.train.posthoc_ema import PowerEMA
 from lincorrupt.train.precision import TF32, Autocast, allow_tf32, autocast_dtype
 from lincorrupt.train.signals import ignore_stop_signals, stop_on_signals
 from lincorrupt.validation import NULL_LABEL, is_validating, validate_args
