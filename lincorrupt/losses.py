@@ -91,8 +91,8 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
     target = pred.target(c, u_x, u_eps)
     per_coordinate = (basis.to_basis(output) - target.to(output.dtype)) ** 2
     if weighting is not None or proposal is not None:
-        w = weighting(corruption, t, pred) if weighting is not None else torch.ones_like(t)
-        if proposal is not None:
+        w = weighting(corruption, t, pred) if weighting is not None else 1.0
+        if proposal is not None:  # (B, 1, ...): one density per example
             w = w / proposal.density(t).view(-1, *[1] * len(corruption.shape))
         per_coordinate = per_coordinate * w.to(per_coordinate.dtype)
         if per_coordinate.shape != x.shape:

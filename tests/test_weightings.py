@@ -104,6 +104,24 @@ def test_isotropic_is_none_without_the_basis_dependent_part(corruption, predicti
     torch.testing.assert_close(loss, plain, rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("prediction", ["eps", "x", "v"])
+@pytest.mark.parametrize("corruption", [lambda: lc.BlurringDiffusion((1, 4, 4), sigma_blur_max=2.0),
+                                        lambda: lc.DDPM((3,), schedule="cosine")], ids=["blur", "ddpm"])
+def test_elbo_weighting_summed_is_the_likelihoods_diffusion_term(corruption, prediction):
+    """The "elbo" loss summed over coordinates is the continuous-time diffusion term of the bound in nats
+    (lincorrupt.likelihood, VDM eq. 17) at the same t and noise."""
+    from lincorrupt.likelihood import diffusion_term
+
+    c = corruption()
+    g = torch.Generator().manual_seed(4)
+    x, noise = torch.randn(5, *c.shape, generator=g, dtype=f64), torch.randn(5, *c.shape, generator=g, dtype=f64)
+    t = torch.tensor([0.05, 0.3, 0.5, 0.8, 0.95], dtype=f64)
+    net = lambda z, tt: 0.7 * z - 0.1  # noqa: E731
+    loss = lc.diffusion_loss(net, c, x, prediction=prediction, weighting="elbo", t=t, noise=noise, reduction="none")
+    nats = diffusion_term(net, c, x, t, noise, prediction=prediction)
+    torch.testing.assert_close(loss * math.prod(c.shape), nats, rtol=1e-9, atol=0)
+
+
 @pytest.mark.parametrize("name", ["elbo", "sigmoid", "min-snr"])
 def test_eps_relative_weightings_convert_between_predictions(name):
     """Each of these weights the eps-error whatever the prediction; on x it is times SNR, on v times
@@ -226,6 +244,17 @@ def test_importance_sampled_loss_is_unbiased_and_less_variable():
         standard_error = values.std().item() / math.sqrt(n)
         assert abs(values.mean().item() - truth) < 4 * standard_error, (name, values.mean().item(), truth)
     assert losses["importance"].var() < losses["uniform"].var()
+
+
+def test_a_proposal_without_weighting_divides_each_example_by_its_density():
+    c = lc.BlurringDiffusion((1, 4, 4), sigma_blur_max=2.0)
+    g = torch.Generator().manual_seed(5)
+    x, noise, t = torch.randn(3, 1, 4, 4, generator=g), torch.randn(3, 1, 4, 4, generator=g), torch.rand(3, generator=g)
+    proposal = TimeProposal(torch.tensor([0.5, 1.5]))
+    net = lambda z, tt: 0.5 * z  # noqa: E731
+    plain = lc.diffusion_loss(net, c, x, t=t, noise=noise, reduction="none")
+    weighted = lc.diffusion_loss(net, c, x, t=t, noise=noise, reduction="none", proposal=proposal)
+    torch.testing.assert_close(weighted, plain / torch.where(t < 0.5, 0.5, 1.5))
 
 
 def test_proposal_samples_its_own_density():
