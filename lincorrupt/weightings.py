@@ -1,8 +1,8 @@
 r"""Loss weightings by name, each a function of every basis coordinate's own log-SNR, and an importance
 proposal for the diffusion time.
 
-Kingma & Gao (2023, "Understanding diffusion objectives as the ELBO with simple data augmentation",
-eq. 8) write a diffusion loss with a weighting ``w`` of the log-SNR ``l`` as
+Kingma & Gao (2023, "Understanding diffusion objectives as the ELBO with simple data augmentation"),
+write a diffusion loss with a weighting ``w`` of the log-SNR ``l`` as
 
     L_w = 1/2 E_{t ~ U(0, 1), eps} [ w(l_t) (-d l_t / dt) ||eps - eps_hat(z_t, t)||^2 ]
         = 1/2 E_eps [ integral over l of w(l) ||eps - eps_hat||^2 dl ],
@@ -100,7 +100,7 @@ def sigmoid_weighting(corruption: DiagonalizableCorruption, t: Tensor, predictio
 
 def min_snr_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: Prediction, *,
                       gamma: float = 5.0) -> Tensor:
-    """``"min-snr"``: Min-SNR-gamma (Hang et al. 2023, eq. 9), the eps-error weight ``min(SNR, gamma) / SNR``.
+    """``"min-snr"``: Min-SNR-gamma (Hang et al. 2023), the eps-error weight ``min(SNR, gamma) / SNR``.
 
     Per coordinate, at uniform t (no ``|d l / dt|``: the paper's weight on the uniform-t loss). On the
     output error of x-prediction it is ``min(SNR, gamma)``, of v-prediction ``min(SNR, gamma) / (SNR + 1)``

@@ -45,8 +45,9 @@ def test_weightings_in_the_identity_basis_are_their_papers_formulas(prediction):
     to_output = {"eps": 1.0, "x": snr, "v": alpha2}[prediction]
     expected = {
         "elbo": 0.5 * -d_lam,  # VDM eq. 17: -1/2 SNR' on the x error = -1/2 l' on the eps error
-        "sigmoid": 0.5 * sigmoid(1.5 - lam) * -d_lam,  # Kingma & Gao eq. 8 with w = sigmoid(b - l), b = 1.5
-        "min-snr": np.minimum(snr, 4.0) / snr,  # Hang et al. eq. 9, gamma = 4
+        # Kingma & Gao: 1/2 w(l) (-dl/dt) on the eps error, w = sigmoid(b - l), b = 1.5
+        "sigmoid": 0.5 * sigmoid(1.5 - lam) * -d_lam,
+        "min-snr": np.minimum(snr, 4.0) / snr,  # Hang et al.: min(SNR, gamma) / SNR on the eps error, gamma = 4
     }
     options = {"sigmoid": {"b": 1.5}, "min-snr": {"gamma": 4.0}}
     for name, w_eps in expected.items():

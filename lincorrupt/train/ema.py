@@ -2,16 +2,16 @@
 and post-hoc EMA.
 
 Post-hoc EMA (Karras et al. 2024, "Analyzing and improving the training dynamics of diffusion models", EDM2,
-sec. 3 and appendix C): train with two power-function EMA profiles, keep periodic snapshots of both, and
+sec. 3): train with two power-function EMA profiles, keep periodic snapshots of both, and
 reconstruct the EMA of any length after training.
 
 The power-function EMA with exponent gamma averages the weights ``theta_1 .. theta_t`` (``theta_k``: after
 optimiser step k) with the profile ``p_t(s) = (gamma + 1) s^gamma / t^(gamma + 1)`` on ``0 < s <= t``. Its
 update number t (1-based) is ``theta_hat_t = beta_t theta_hat_(t-1) + (1 - beta_t) theta_t`` with
-``beta_t = (1 - 1 / t)^(gamma + 1)`` (EDM2 eq. 3), which gives ``theta_k`` exactly the weight
+``beta_t = (1 - 1 / t)^(gamma + 1)`` (EDM2 sec. 3.1), which gives ``theta_k`` exactly the weight
 ``(k^(gamma + 1) - (k - 1)^(gamma + 1)) / t^(gamma + 1)``, the integral of ``p_t`` over ``(k - 1, k]``: the
 EMA of the weights held piecewise constant over each step. Its length is the relative standard deviation of the
-profile, ``sigma_rel = sqrt((gamma + 1) / ((gamma + 2)^2 (gamma + 3)))`` (EDM2 eq. 4; the paper trains with 0.05
+profile, ``sigma_rel = sqrt((gamma + 1) / ((gamma + 2)^2 (gamma + 3)))`` (EDM2 sec. 3.1; the paper trains with 0.05
 and 0.10).
 
 A snapshot at step t_i of the profile gamma_j is a known profile; the EMA of another length at step T is the
@@ -94,13 +94,13 @@ MAX_SIGMA_REL = 12**-0.5
 
 
 def gamma_to_sigma_rel(gamma: float) -> float:
-    """``sigma_rel = sqrt((gamma + 1) / ((gamma + 2)^2 (gamma + 3)))`` (EDM2 eq. 4)."""
+    """``sigma_rel = sqrt((gamma + 1) / ((gamma + 2)^2 (gamma + 3)))`` (EDM2 sec. 3.1)."""
     return math.sqrt((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)))
 
 
 def sigma_rel_to_gamma(sigma_rel: float) -> float:
     """The exponent gamma >= 0 of the profile of length ``sigma_rel`` in (0, 12^-1/2]: the largest real root of
-    ``gamma^3 + 7 gamma^2 + (16 - sigma_rel^-2) gamma + (12 - sigma_rel^-2) = 0`` (EDM2 eq. 4 solved for gamma)."""
+    ``gamma^3 + 7 gamma^2 + (16 - sigma_rel^-2) gamma + (12 - sigma_rel^-2) = 0`` (EDM2 sec. 3.1, solved for gamma)."""
     if not (isinstance(sigma_rel, (int, float)) and 0 < sigma_rel <= MAX_SIGMA_REL + 1e-12):
         raise ValueError(f"sigma_rel must be a number in (0, {MAX_SIGMA_REL:.4f}] (12^-1/2: the plain average of "
                          f"all steps), got {sigma_rel!r}")
@@ -112,7 +112,7 @@ def sigma_rel_to_gamma(sigma_rel: float) -> float:
 def profile_inner_product(t_a, gamma_a, t_b, gamma_b) -> np.ndarray:
     """``integral_0^inf p_a(s) p_b(s) ds`` of two power-function profiles (arrays broadcast), in float64:
     ``(gamma_a + 1) (gamma_b + 1) / (gamma_a + gamma_b + 1) * (t_min / t_max)^gamma_max_side / t_max``, where the
-    exponent is that of the longer profile (EDM2 appendix C.2, ``power_function_correlation``)."""
+    exponent is that of the longer profile (as the EDM2 code's ``power_function_correlation``)."""
     t_a, gamma_a, t_b, gamma_b = (np.asarray(v, dtype=np.float64) for v in (t_a, gamma_a, t_b, gamma_b))
     exponent = np.where(t_a < t_b, gamma_b, gamma_a)
     ratio = np.minimum(t_a, t_b) / np.maximum(t_a, t_b)
@@ -135,7 +135,7 @@ def posthoc_coefficients(steps, gammas, target_step: float, target_gamma: float)
 
 
 class PowerEMA(nn.Module):
-    """The power-function EMAs of ``model`` for several lengths ``sigma_rels`` (EDM2 eq. 3), in the model's dtype.
+    """The power-function EMAs of ``model`` for several lengths ``sigma_rels`` (EDM2 sec. 3.1), in the model's dtype.
 
     Args:
         model: the network being trained (unwrapped).
