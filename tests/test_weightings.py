@@ -9,6 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy import integrate
 
 import lincorrupt as lc
@@ -256,6 +258,18 @@ def test_a_proposal_without_weighting_divides_each_example_by_its_density():
     plain = lc.diffusion_loss(net, c, x, t=t, noise=noise, reduction="none")
     weighted = lc.diffusion_loss(net, c, x, t=t, noise=noise, reduction="none", proposal=proposal)
     torch.testing.assert_close(weighted, plain / torch.where(t < 0.5, 0.5, 1.5))
+
+
+@given(st.lists(st.floats(0.01, 100.0), min_size=1, max_size=40), st.floats(0.0, 1.0))
+def test_proposal_sample_is_the_inverse_of_its_cdf(masses, u):
+    """F(sample(u)) = u, with F the piecewise-linear CDF of the density written out here."""
+    density = torch.tensor(masses, dtype=f64)
+    density = density / density.mean()
+    t = TimeProposal(density).sample(torch.tensor([u], dtype=f64)).item()
+    k = len(masses)
+    cell = min(int(t * k), k - 1)
+    cdf = density[:cell].sum().item() / k + density[cell].item() * (t - cell / k)
+    assert cdf == pytest.approx(u, abs=1e-12)
 
 
 def test_proposal_samples_its_own_density():
