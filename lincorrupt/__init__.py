@@ -11,12 +11,13 @@ from .coefficients import Coefficients, Transition
 from .corruption import DiagonalizableCorruption, FastSampling, Gaussian, InvalidCorruptionError
 from .corruptions import DDPM, IHDM, BlurringDiffusion, SoftDiffusion
 from .likelihood import ELBO, bits_per_dim, elbo
-from .losses import diffusion_loss, elbo_weighting, snr_weighting, soft_score_weighting
+from .losses import diffusion_loss
 from .model import DiffusionModel, load
 from .predictions import PREDICTIONS
 from .priors import EmpiricalPrior, GaussianPrior, Prior, StandardNormalPrior
 from .sampling import GRIDS, SAMPLERS, CUDAGraphModel, Denoiser, StepInfo, sample
 from .validation import set_validate_args, validate_args
+from .weightings import elbo_weighting, snr_weighting, soft_score_weighting
 
 __version__ = "0.1.0"
 

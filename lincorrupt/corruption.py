@@ -185,6 +185,24 @@ class DiagonalizableCorruption(Configurable):
         _, tangent = torch.func.jvp(lambda t: self.coefficients_unchecked(t).logsnr, (t,), (torch.ones_like(t),))
         return tangent
 
+    def isotropic_schedule(self, logsnr: Tensor) -> tuple[Coefficients, Tensor]:
+        """The corruption's schedule without its basis-dependent part, as a function of its log-SNR.
+
+        The reference the ``"isotropic"`` loss weighting (:func:`lincorrupt.weightings.isotropic_weighting`)
+        gives every coordinate: blurring diffusion without the blur is the cosine schedule, Soft Diffusion
+        without the blur is its geometric noise. A subclass that has one overrides this; the base class
+        has none and refuses.
+
+        Args:
+            logsnr: log-SNR values ``l`` of any shape (also outside the reference's own range).
+        Returns:
+            ``(Coefficients, log_rate)``: the reference's ``log alpha``, ``log sigma`` at log-SNR ``l`` and
+            ``log |d l / dt|`` of the reference schedule there, each of ``logsnr``'s shape.
+        """
+        raise ValueError(f"{type(self).__name__} declares no schedule without its basis-dependent part "
+                         f"(isotropic_schedule), so the 'isotropic' weighting is undefined for it; choose another "
+                         f"weighting")
+
     # ----------------------------------------------------------------- the process
     def transition(self, s: Tensor | float, t: Tensor | float) -> Transition:
         """``q(u_t | u_s)`` for ``0 <= s < t <= 1``: ``alpha_{t|s}``, ``sigma^2_{t|s}`` per coordinate."""

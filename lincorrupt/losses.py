@@ -2,60 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from .corruption import DiagonalizableCorruption
-from .predictions import Prediction, get_prediction, resolve_prediction
+from .predictions import get_prediction, resolve_prediction
 from .validation import check_labels, check_model_output, check_nonempty
+from .weightings import (  # noqa: F401
+    TimeProposal,
+    Weighting,
+    elbo_weighting,
+    get_weighting,
+    snr_weighting,
+    soft_score_weighting,
+)
 
-__all__ = ["diffusion_loss", "elbo_weighting", "soft_score_weighting", "snr_weighting"]
-
-#: ``weighting(corruption, t, prediction) -> w``: per-coordinate weights, broadcastable to
-#: (B, *shape) in basis coordinates, on the squared error of the prediction.
-Weighting = Callable[[DiagonalizableCorruption, Tensor, Prediction], Tensor]
-
-
-def elbo_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: Prediction) -> Tensor:
-    """Weights that make the loss the continuous-time diffusion ELBO term (VDM eq. 17).
-
-    Per coordinate the ELBO integrand is ``-1/2 SNR'_i(t) (u_x - u_x_hat)_i^2``; an error
-    ``e`` in the prediction is an error ``(d x / d out) e`` in x, so the weight on ``e^2`` is
-    ``-1/2 SNR'(t) (d x / d out)^2 = -1/2 (d log SNR / dt) exp(log SNR + 2 log |d x / d out|)``
-    (``-1/2 d log SNR / dt`` for eps-prediction). Use with ``reduction="sum"`` for the bound
-    in nats (without the prior and reconstruction terms).
-    """
-    t = corruption.check_time(t, "t")
-    c = corruption.coefficients_unchecked(t)
-    return -0.5 * corruption.d_log_snr_dt_unchecked(t) * torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
-
-
-def soft_score_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: Prediction) -> Tensor:
-    """Soft Score Matching (Daras et al. 2022): the loss ``||C_t (x_hat - x)||^2``.
-
-    ``C_t = V diag(alpha_t) V^T``, so per basis coordinate the weight on the squared x error is
-    ``alpha_t^2``, and on the error of ``prediction`` ``alpha_t^2 (d x / d out)^2``. Returns a
-    tensor broadcastable to (B, *shape).
-    """
-    t = corruption.check_time(t, "t")
-    c = corruption.coefficients_unchecked(t)
-    return torch.exp(2 * (c.log_alpha + prediction.log_x_scale(c)))
-
-
-def snr_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: Prediction) -> Tensor:
-    """Soft Score Matching divided by the noise variance: ``||C_t (x_hat - x)||^2 / sigma_t^2``.
-
-    Per basis coordinate the weight on the squared x error is ``SNR_t = alpha_t^2 / sigma_t^2``,
-    which makes the loss the unweighted eps loss ``||eps - eps_hat||^2`` of the implied
-    ``eps_hat = (u_t - alpha_t x_hat) / sigma_t`` (no division by alpha_t). Shapes as in
-    :func:`soft_score_weighting`.
-    """
-    t = corruption.check_time(t, "t")
-    c = corruption.coefficients_unchecked(t)
-    return torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
-
+# the weightings live in lincorrupt.weightings; importing them here keeps ``lincorrupt.losses.elbo_weighting`` working
+__all__ = ["diffusion_loss"]
 
 _REDUCTIONS = {
     "mean": lambda per_coordinate: per_coordinate.mean(),
@@ -65,9 +30,11 @@ _REDUCTIONS = {
 
 
 def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCorruption, x: Tensor,
-                   prediction: str | None = None, weighting: Weighting | None = None, t: Tensor | None = None,
+                   prediction: str | None = None, weighting: str | Weighting | None = None, t: Tensor | None = None,
                    noise: Tensor | None = None, generator: torch.Generator | None = None,
-                   reduction: str = "mean", y: Tensor | None = None) -> Tensor:
+                   reduction: str = "mean", y: Tensor | None = None,
+                   weighting_options: Mapping[str, float] | None = None,
+                   proposal: TimeProposal | None = None) -> Tensor:
     """Denoising loss ``E_{t, eps} sum_i w_i(t) (target_i - model_i)^2`` in basis coordinates.
 
     With ``prediction="eps"`` and no weighting this is the unweighted eps loss
@@ -82,9 +49,10 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
         prediction: what the model outputs: "eps", "x", "v" or "residual"; None (the default): the model's own
             kind where it has one (a :class:`~lincorrupt.DiffusionModel`'s ``.prediction``, which a different
             value contradicts: ``ValueError``), else "v".
-        weighting: optional ``weighting(corruption, t, prediction) -> w`` (:func:`elbo_weighting`,
-            :func:`soft_score_weighting`, :func:`snr_weighting`).
-        t: (B,) times; drawn from U(0, 1) if None.
+        weighting: a name of :data:`lincorrupt.weightings.WEIGHTINGS` ("none", "elbo", "sigmoid", "min-snr",
+            "soft-score", "isotropic"), or a callable ``weighting(corruption, t, prediction) -> w``
+            (:func:`elbo_weighting`, :func:`soft_score_weighting`, :func:`snr_weighting`); None is "none".
+        t: (B,) times; drawn from U(0, 1) (or from ``proposal``) if None.
         noise: (B, *shape) standard normal noise; drawn if None.
         generator: random generator for t and noise.
         reduction: "mean" (over batch and coordinates), "sum" (over coordinates, mean over
@@ -92,16 +60,23 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
         y: (B,) class labels of a conditional model, called as ``model(z_t, t, y)``; -1 is the null
             label (for classifier-free guidance, replace a share of them by -1: the Trainer's
             ``label_dropout``). None: ``model(z_t, t)``.
+        weighting_options: keyword options of a weighting given by name (``{"b": -2.0}`` for "sigmoid",
+            ``{"gamma": 5.0}`` for "min-snr").
+        proposal: a :class:`~lincorrupt.weightings.TimeProposal` that ``t`` is drawn from (here, if ``t`` is
+            None): each example's weights are divided by its density ``p(t)``, so the loss estimates the
+            uniform-t loss with lower variance.
     Returns:
         The loss: a scalar, or (B,) for ``reduction="none"``.
     """
     pred = get_prediction(resolve_prediction(model, prediction))
+    weighting = get_weighting(weighting, weighting_options)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; expected one of {sorted(_REDUCTIONS)}")
     corruption.check_data(x)
     check_nonempty(x, "x", "the loss (a mean over the batch)")
     if t is None:
         t = torch.rand(x.shape[0], generator=generator, device=x.device)
+        t = t if proposal is None else proposal.sample(t)
     if noise is None:
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     else:
@@ -117,8 +92,11 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
         output = check_model_output(model(z_t, t, check_labels(y, x.shape[0], name="y").to(x.device)), z_t)
     target = pred.target(c, u_x, u_eps)
     per_coordinate = (basis.to_basis(output) - target.to(output.dtype)) ** 2
-    if weighting is not None:
-        per_coordinate = per_coordinate * weighting(corruption, t, pred).to(per_coordinate.dtype)
+    if weighting is not None or proposal is not None:
+        w = weighting(corruption, t, pred) if weighting is not None else 1.0
+        if proposal is not None:  # (B, 1, ...): one density per example
+            w = w / proposal.density(t).view(-1, *[1] * len(corruption.shape))
+        per_coordinate = per_coordinate * w.to(per_coordinate.dtype)
         if per_coordinate.shape != x.shape:
             raise ValueError(f"weighting returned a shape that broadcasts the loss to {tuple(per_coordinate.shape)};"
                              f" expected weights broadcastable to {tuple(x.shape)}")

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 __all__ = [
     "cosine_logsnr",
+    "cosine_log_rate",
     "vp_log_alpha_sigma",
     "linear_beta_log_alphabar",
     "interpolate_log_alphabar",
@@ -33,6 +34,20 @@ def cosine_logsnr(t: Tensor, logsnr_min: float = -10.0, logsnr_max: float = 10.0
     limit_max = math.atan(math.exp(-0.5 * logsnr_max))
     limit_min = math.atan(math.exp(-0.5 * logsnr_min)) - limit_max
     return -2.0 * torch.log(torch.tan(limit_min * t + limit_max))
+
+
+def cosine_log_rate(logsnr: Tensor, logsnr_min: float = -10.0, logsnr_max: float = 10.0) -> Tensor:
+    """``log |d l / dt|`` of :func:`cosine_logsnr` as a function of its log-SNR ``l`` (any shape).
+
+    With ``theta = limit_min * t + limit_max`` and ``tan(theta) = exp(-l / 2)``,
+    ``d l / dt = -4 limit_min / sin(2 theta) = -4 limit_min cosh(l / 2)``, so
+    ``log |d l / dt| = log(2 limit_min) + |l| / 2 + log(1 + exp(-|l|))``: finite for every finite ``l``,
+    also outside ``[logsnr_min, logsnr_max]`` (the unclipped cosine's rate there).
+    """
+    limit_max = math.atan(math.exp(-0.5 * logsnr_max))
+    limit_min = math.atan(math.exp(-0.5 * logsnr_min)) - limit_max
+    magnitude = logsnr.abs()
+    return math.log(2 * limit_min) + 0.5 * magnitude + torch.log1p(torch.exp(-magnitude))
 
 
 def vp_log_alpha_sigma(logsnr: Tensor) -> tuple[Tensor, Tensor]:

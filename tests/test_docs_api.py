@@ -13,7 +13,7 @@ import inspect
 MODULES = ["lincorrupt", "lincorrupt.schedules", "lincorrupt.coefficients", "lincorrupt.sampling",
            "lincorrupt.sampling.denoiser", "lincorrupt.sampling.samplers", "lincorrupt.sampling.grids",
            "lincorrupt.sampling.guidance",
-           "lincorrupt.losses", "lincorrupt.predictions",
+           "lincorrupt.losses", "lincorrupt.weightings", "lincorrupt.predictions",
            "lincorrupt.model", "lincorrupt.config", "lincorrupt.commands",
            "lincorrupt.priors", "lincorrupt.collectives",
            "lincorrupt.nn", "lincorrupt.train", "lincorrupt.train.evaluation", "lincorrupt.data", "lincorrupt.metrics"]

@@ -29,7 +29,8 @@ BAD = {
     "ema_warmup_power": [-0.1, 1.5, math.nan], "weight_decay": [-0.1],
     "label_dropout": [-0.1, 1.0, math.nan], "guidance": [-1.0, math.nan, math.inf],
     "seed": [-1], "grad_accum": [0], "num_workers": [-2], "prefetch_factor": [0], "log_every": [0],
-    "sample_every": [-1], "ckpt_every": [-1], "sample_steps": [0], "eval_every": [-1], "grid_size": [0],
+    "sample_every": [-1], "ckpt_every": [-1], "snapshot_every": [-1],
+    "posthoc_ema": [(0.0,), (0.05, 0.3), (math.nan,)], "sample_steps": [0], "eval_every": [-1], "grid_size": [0],
     # the example's own
     "image_size": [0], "channels": [0], "sigma_blur_max": [-1.0, math.nan], "min_scale": [-0.1, 1.0],
     "logsnr_min": [math.nan, -math.inf], "logsnr_max": [math.inf], "ddpm_steps": [0], "ihdm_sigma": [0.0, -0.01],
@@ -147,7 +148,8 @@ def wrong_type_cases():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             kind = hints[f.name]
-            values = [1, (1.5,)] if typing.get_origin(kind) is tuple else WRONG_TYPE.get(kind, [])
+            tuple_of = typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else None
+            values = [1, (WRONG_TYPE[tuple_of][0],)] if tuple_of else WRONG_TYPE.get(kind, [])
             for value in values:
                 yield pytest.param(cls, f.name, value, id=f"{name}.{f.name}={value!r}")
 

@@ -8,9 +8,10 @@ import torch
 from torch import Tensor
 
 from ..basis import Basis, DCTBasis, require_frequencies_squared
+from ..coefficients import Coefficients
 from ..corruption import DiagonalizableCorruption, FastSampling
 from ..priors import Prior
-from ..schedules import blur_tau, cosine_logsnr, vp_log_alpha_sigma
+from ..schedules import blur_tau, cosine_log_rate, cosine_logsnr, vp_log_alpha_sigma
 
 __all__ = ["BlurringDiffusion"]
 
@@ -75,6 +76,10 @@ class BlurringDiffusion(DiagonalizableCorruption):
         # a fill on the device, not torch.tensor(): a host-to-device copy would wait for the GPU every step
         log_floor = torch.full_like(log_decay, math.log(self.min_scale) if self.min_scale > 0 else -math.inf)
         return torch.logaddexp(log_decay, log_floor)
+
+    def isotropic_schedule(self, logsnr: Tensor) -> tuple[Coefficients, Tensor]:
+        """Without the blur: the VP cosine schedule with the same log-SNR range (``sigma_blur_max = 0``)."""
+        return Coefficients(*vp_log_alpha_sigma(logsnr)), cosine_log_rate(logsnr, self.logsnr_min, self.logsnr_max)
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, sigma_blur_max={self.sigma_blur_max}, min_scale={self.min_scale}"

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ..basis import IdentityBasis
+from ..coefficients import Coefficients
 from ..corruption import DiagonalizableCorruption
 from ..priors import Prior
-from ..schedules import cosine_logsnr, interpolate_log_alphabar, linear_beta_log_alphabar, vp_log_alpha_sigma
+from ..schedules import (
+    cosine_log_rate,
+    cosine_logsnr,
+    interpolate_log_alphabar,
+    linear_beta_log_alphabar,
+    vp_log_alpha_sigma,
+)
 
 __all__ = ["DDPM"]
 
@@ -53,8 +61,23 @@ class DDPM(DiagonalizableCorruption):
     def _cosine(self, t: Tensor) -> tuple[Tensor, Tensor]:
         return vp_log_alpha_sigma(cosine_logsnr(t, self.logsnr_min, self.logsnr_max))
 
+    def isotropic_schedule(self, logsnr: Tensor) -> tuple[Coefficients, Tensor]:
+        """DDPM has no basis-dependent part: its own schedule, as a function of its log-SNR."""
+        return Coefficients(*vp_log_alpha_sigma(logsnr)), _LOG_RATES[self.schedule](self, logsnr)
+
+    def _linear_log_rate(self, logsnr: Tensor) -> Tensor:
+        # on the table segment holding log alphabar = log sigmoid(l): d l / dt = (d log alphabar / dt) / sigma^2
+        log_alpha, log_sigma = vp_log_alpha_sigma(logsnr)
+        table = self.log_alphabar.to(logsnr.dtype)
+        i = (torch.searchsorted(-table, -2 * log_alpha, right=True) - 1).clamp(0, self.num_steps - 1)
+        return torch.log(self.num_steps * (table[i] - table[i + 1])) - 2 * log_sigma
+
+    def _cosine_log_rate(self, logsnr: Tensor) -> Tensor:
+        return cosine_log_rate(logsnr, self.logsnr_min, self.logsnr_max)
+
     def extra_repr(self) -> str:
         return f"shape={self.shape}, schedule={self.schedule!r}"
 
 
 _SCHEDULES = {"linear": DDPM._linear, "cosine": DDPM._cosine}
+_LOG_RATES = {"linear": DDPM._linear_log_rate, "cosine": DDPM._cosine_log_rate}

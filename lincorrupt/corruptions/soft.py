@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..basis import Basis, DCTBasis, require_frequencies_squared
+from ..coefficients import Coefficients
 from ..corruption import DiagonalizableCorruption, FastSampling
 from ..priors import GaussianPrior, Prior
 
@@ -108,6 +109,15 @@ class SoftDiffusion(DiagonalizableCorruption):
         log_alpha = -self.basis.frequencies_squared.to(t.dtype) * (0.5 * sigma_b**2)
         log_sigma = math.log(self.noise_min) + t * math.log(self.noise_max / self.noise_min)
         return log_alpha, log_sigma
+
+    def isotropic_schedule(self, logsnr: Tensor) -> tuple[Coefficients, Tensor]:
+        """Without the blur: ``alpha = 1`` and the geometric noise, so ``l(t) = -2 log sigma_t`` falls at the
+        constant rate ``2 log(noise_max / noise_min)``; refused where that is 0 (one noise level)."""
+        if self.noise_max == self.noise_min:
+            raise ValueError(f"SoftDiffusion with noise_min = noise_max = {self.noise_min} has a constant log-SNR "
+                             f"without its blur, so the 'isotropic' weighting is undefined; use noise_max > noise_min")
+        log_rate = torch.full_like(logsnr, math.log(2 * math.log(self.noise_max / self.noise_min)))
+        return Coefficients(torch.zeros_like(logsnr), -0.5 * logsnr), log_rate
 
     def extra_repr(self) -> str:
         levels = self.blur_levels

@@ -112,6 +112,26 @@ def _tuple_of_ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,2,2, got {text!r}") from None
 
 
+def _tuple_of_floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.05,0.1, got {text!r}") from None
+
+
+def _mapping_of_floats(text: str) -> dict[str, float]:
+    try:
+        return {k: float(v) for k, v in (item.split("=") for item in text.replace(" ", "").split(",") if item)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated name=number pairs such as gamma=5, got "
+                                         f"{text!r}") from None
+
+
+def _is_mapping(hint: Any) -> bool:
+    """Whether ``hint`` is ``dict[...]`` or ``dict[...] | None``."""
+    return any(typing.get_origin(h) is dict for h in (hint, *typing.get_args(hint)))
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -130,7 +150,10 @@ def _parser(cls: type, description: str | None, suppress_defaults: bool = False)
         if kind is bool:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(kind) is tuple:
-            parser.add_argument(_flag(f.name), type=_tuple_of_ints, **kw)
+            element = typing.get_args(kind)[0]
+            parser.add_argument(_flag(f.name), type=_tuple_of_floats if element is float else _tuple_of_ints, **kw)
+        elif _is_mapping(kind):
+            parser.add_argument(_flag(f.name), type=_mapping_of_floats, **kw)
         else:
             parser.add_argument(_flag(f.name), type=kind, **kw)
     return parser
@@ -139,7 +162,8 @@ def _parser(cls: type, description: str | None, suppress_defaults: bool = False)
 def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None) -> T:
     """Build ``cls(...)`` from flags; every field's default is the flag's default.
 
-    Field types: int, float, str, bool (``--flag``/``--no-flag``), tuple[int, ...] (``1,2,2,2``).
+    Field types: int, float, str, bool (``--flag``/``--no-flag``), tuple[int, ...] (``1,2,2,2``),
+    tuple[float, ...] (``0.05,0.1``), dict[str, float] (``gamma=5,b=1``).
     A field's ``metadata["choices"]`` restricts its values; ``metadata["help"]`` documents it
     (see :func:`option`). Invalid values, and an :class:`OptionError` or ``ValueError`` of the
     dataclass's own checks, exit with argparse's usage message, naming the flag.

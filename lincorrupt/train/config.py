@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 from lincorrupt.sampling import SAMPLERS
 from lincorrupt.train.cli import Interval, OptionError, check_options, option
+from lincorrupt.train.ema import MAX_SIGMA_REL
 from lincorrupt.train.optim import OPTIMIZERS
 from lincorrupt.train.precision import PRECISIONS
+from lincorrupt.weightings import TIME_SAMPLINGS, WEIGHTINGS, get_weighting
 
 __all__ = ["TrainConfig", "default_workers", "MAX_WORKERS"]
 
@@ -59,6 +61,21 @@ class TrainConfig:
                          "data whose orientation matters, e.g. Fashion-MNIST's shoes all face left).")
     prediction: str = option("v", "What the network predicts: eps, x or v (v: the library's default everywhere; "
                              "DDPM and blurring diffusion predicted eps).", choices=["eps", "x", "v"])
+    weighting: str = option("none", "Loss weighting, a name of lincorrupt.weightings.WEIGHTINGS, each a function of "
+                            "every coordinate's own log-SNR (none: the plain MSE of the prediction, DDPM's).",
+                            choices=sorted(WEIGHTINGS))
+    weighting_options: dict[str, float] | None = option(None, "Options of the weighting, as name=number pairs "
+                                                        "(sigmoid: b; min-snr: gamma; none: the defaults).")
+    time_sampling: str = option("uniform", "How t is drawn: uniform (DDPM), or importance (a proposal that follows "
+                                "the weighting's mean over coordinates, its density divided out of the loss).",
+                                choices=sorted(TIME_SAMPLINGS))
+    posthoc_ema: tuple[float, ...] = option((), "Post-hoc EMA (EDM2): the lengths sigma_rel of the power-function "
+                                            "EMA profiles kept besides the EMA, snapshotted every snapshot_every "
+                                            "steps (EDM2: 0.05,0.1; empty: off).",
+                                            bounds=Interval(0, MAX_SIGMA_REL, low_open=True))
+    snapshot_every: int = option(0, "Steps between snapshots of the post-hoc EMA profiles (and at the end), from "
+                                 "which lincorrupt.train.posthoc_ema rebuilds an EMA of any length.",
+                                 bounds=Interval(0))
     label_dropout: float = option(0.1, "Class-conditional models: the share of training labels replaced by the null "
                                   "label -1, so one network learns the unconditional model for classifier-free "
                                   "guidance too (Ho & Salimans 2022: 0.1 to 0.2); unconditional models have no labels "
@@ -105,6 +122,12 @@ class TrainConfig:
         check_options(self)
         if self.sampler not in SAMPLERS:
             raise OptionError("sampler", f"sampler={self.sampler!r}: expected one of {sorted(SAMPLERS)}")
+        if self.posthoc_ema and not self.snapshot_every:
+            raise OptionError("snapshot_every", f"posthoc_ema={self.posthoc_ema} needs snapshot_every > 0")
+        try:
+            get_weighting(self.weighting, self.weighting_options)
+        except ValueError as e:
+            raise OptionError("weighting_options", str(e)) from None
         if self.batch_size % self.grad_accum:
             raise OptionError("batch_size", f"batch_size={self.batch_size} is not divisible by "
                               f"grad_accum={self.grad_accum}")

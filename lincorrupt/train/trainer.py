@@ -61,7 +61,7 @@ from lincorrupt.train.checkpoint import (
 from lincorrupt.train.config import TrainConfig, default_workers
 from lincorrupt.train.data_order import StepBatchSampler, derive_seed, step_draws
 from lincorrupt.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, any_rank, is_distributed
-from lincorrupt.train.ema import EMA
+from lincorrupt.train.ema import EMA, PowerEMA
 from lincorrupt.train.finite import NonFiniteStateError, check_finite
 from lincorrupt.train.labels import resolve_label_dropout
 from lincorrupt.train.lock import RunLock
@@ -70,6 +70,7 @@ from lincorrupt.train.optim import Warmup, keep_kernel_options, make_optimizer
 from lincorrupt.train.precision import TF32, Autocast, allow_tf32, autocast_dtype
 from lincorrupt.train.signals import ignore_stop_signals, stop_on_signals
 from lincorrupt.validation import NULL_LABEL, is_validating, validate_args
+from lincorrupt.weightings import time_proposal
 
 __all__ = ["Trainer", "NonFiniteStateError", "STATE_KEYS", "check_finite"]
 
@@ -125,6 +126,9 @@ class Trainer:
                                  "attribute (lincorrupt.nn.UNet has)")
             self.model.checkpoint_activations = True
         self.ema = EMA(self.model, config.ema_decay, config.ema_warmup_power)
+        self.posthoc = PowerEMA(self.model, config.posthoc_ema) if config.posthoc_ema else None  # EDM2's profiles
+        self.proposal = time_proposal(config.time_sampling, self.corruption, config.weighting, config.prediction,
+                                      config.weighting_options)  # None: uniform t
         self.dtype = autocast_dtype(config.precision, self.device)
         # TF32 for fp32 runs on CUDA, in the network's forward and the backward only
         self.tf32 = config.tf32 and self.device.type == "cuda" and self.dtype is None
@@ -174,6 +178,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": all_gather_objects(rng) if collective else [rng],
             "world_size": self.dist.world_size, "config": asdict(self.cfg), "extra": self.extra,
+            **({"posthoc_ema": self.posthoc.state_dict()} if self.posthoc is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any], path: str = "") -> None:
@@ -181,8 +186,13 @@ class Trainer:
         or shape)."""
         require_keys(state, STATE_KEYS, path)
         check_compatible(state, type(self.corruption).__name__, self.shape, path)
+        if self.posthoc is not None and "posthoc_ema" not in state:
+            raise CheckpointError(f"{path or 'the checkpoint'} holds no post-hoc EMA profiles (its run trained "
+                                  f"without posthoc_ema): resume it without posthoc_ema")
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(state["ema"])
+        if self.posthoc is not None:
+            self.posthoc.load_state_dict(state["posthoc_ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         keep_kernel_options(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
@@ -248,7 +258,11 @@ class Trainer:
         y = None
         if self.num_classes is not None:
             y = torch.where(drop, NULL_LABEL, labels.to(self.device, non_blocking=True).long())
-        return diffusion_loss(self.net, self.corruption, x, prediction=self.cfg.prediction, t=t, noise=noise, y=y)
+        if self.proposal is not None:  # the uniform draw mapped through the proposal's inverse CDF
+            t = self.proposal.sample(t)
+        return diffusion_loss(self.net, self.corruption, x, prediction=self.cfg.prediction, t=t, noise=noise, y=y,
+                              weighting=self.cfg.weighting, weighting_options=self.cfg.weighting_options,
+                              proposal=self.proposal)
 
     def train_step(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """One optimisation step on this rank's uint8 batch (or ``(images, labels)``); returns the (detached)
@@ -289,6 +303,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.ema.update(self.model, self.step)
+        if self.posthoc is not None:
+            self.posthoc.update(self.model, self.step)
         self.step += 1
         self._updating = False
         self.last_grad_norm = grad_norm
@@ -362,6 +378,8 @@ class Trainer:
                     # -- sample grids and quality evaluations of the EMA weights
                     if cfg.sample_every and step % cfg.sample_every == 0 and main:
                         self.sample_grid(self.out_dir / f"samples_{step:07d}.png")
+                    if self.posthoc is not None and main and (step % cfg.snapshot_every == 0 or step == cfg.steps):
+                        self.posthoc.snapshot(self.out_dir, step)
                     if self.evaluator and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                         self.evaluate(logger)
                     # -- stop on a signal (saved below), else checkpoint every ckpt_every steps
