@@ -38,9 +38,9 @@ __all__ = ["ancestral", "ddim", "ddim_coefficients", "dpmpp_2m", "dpmpp_2s", "dp
 
 def _intervals(corruption, times: Tensor, progress: bool):
     """Yield ``(t, s, c_t, c_s)`` for consecutive times; coefficients computed once per time."""
-    c_next = corruption.coefficients_unchecked(times[:1])
+    c_next = corruption.coefficients(times[:1])
     for k in tqdm(range(len(times) - 1), disable=not progress, desc="sampling"):
-        c_t, c_next = c_next, corruption.coefficients_unchecked(times[k + 1:k + 2])
+        c_t, c_next = c_next, corruption.coefficients(times[k + 1:k + 2])
         yield times[k:k + 1], times[k + 1:k + 2], c_t, c_next
 
 
@@ -100,7 +100,7 @@ def ddim(denoise: Denoiser, corruption: DiagonalizableCorruption, u: Tensor, tim
 def _grid_coefficients(corruption: DiagonalizableCorruption, times: Tensor) -> tuple[Coefficients, Tensor]:
     """Coefficients at every grid time at once (computed once, indexed per step) and the half
     log-SNR ``lambda = log alpha - log sigma``; each of shape (N + 1, ...) broadcastable to (1, *shape)."""
-    c = corruption.coefficients_unchecked(times)
+    c = corruption.coefficients(times)
     return c, c.log_alpha - c.log_sigma
 
 
