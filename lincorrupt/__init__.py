@@ -13,6 +13,7 @@ from .corruptions import DDPM, IHDM, BlurringDiffusion, SoftDiffusion
 from .likelihood import ELBO, bits_per_dim, elbo
 from .losses import diffusion_loss, elbo_weighting, snr_weighting, soft_score_weighting
 from .model import DiffusionModel, load
+from .oracle import GaussianData
 from .predictions import PREDICTIONS
 from .priors import EmpiricalPrior, GaussianPrior, Prior, StandardNormalPrior
 from .sampling import GRIDS, SAMPLERS, CUDAGraphModel, Denoiser, Step, StepHook, StepInfo, sample
@@ -29,5 +30,5 @@ __all__ = [
     "sample", "Denoiser", "StepInfo", "Step", "StepHook", "SAMPLERS", "GRIDS", "CUDAGraphModel",
     "elbo", "bits_per_dim", "ELBO",
     "set_validate_args", "validate_args",
-    "DiffusionModel", "load",
+    "DiffusionModel", "load", "GaussianData",
 ]

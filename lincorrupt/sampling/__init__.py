@@ -19,7 +19,7 @@ from ..corruption import DiagonalizableCorruption
 from ..validation import check_labels, is_validating
 from .denoiser import Denoiser, StepInfo, clip_x_hat, dynamic_threshold
 from .graphs import CUDAGraphModel
-from .grids import GRIDS, data_grid, info_grid, logsnr_grid, mean_log_snr, uniform_grid
+from .grids import GRIDS, data_grid, grid_times, info_grid, logsnr_grid, mean_log_snr, uniform_grid
 from .guidance import guided
 from .samplers import (
     SAMPLERS,
@@ -44,31 +44,13 @@ from .samplers import (
 __all__ = ["sample", "CUDAGraphModel", "Denoiser", "StepInfo", "Step", "StepHook", "Grid", "Rule", "Sampler",
            "RuleSampler", "MultistepSampler", "rule_sampler", "multistep_sampler", "clip_x_hat", "dynamic_threshold",
            "ancestral", "ddim", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "momentum", "naive", "uniform_grid",
-           "logsnr_grid", "info_grid", "data_grid", "mean_log_snr", "guided", "SAMPLERS", "GRIDS"]
+           "logsnr_grid", "info_grid", "data_grid", "grid_times", "mean_log_snr", "guided", "SAMPLERS", "GRIDS"]
 
 def _sampler(method: str) -> Sampler:
     """The sampler called ``method``."""
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampling method {method!r}; expected one of {sorted(SAMPLERS)}")
     return SAMPLERS[method]
-
-
-def _check_times(times: Tensor) -> Tensor:
-    """A grid for :func:`sample`: strictly decreasing from exactly 1, where the prior draws
-    ``u_1``, to exactly 0 (values checked while validation is on)."""
-    if not isinstance(times, Tensor) or times.ndim != 1 or times.numel() < 2 or not times.is_floating_point():
-        raise ValueError("a time grid must be a 1-D floating tensor of at least 2 decreasing times from 1 to 0")
-    if not is_validating():
-        return times
-    cpu = times.detach().cpu().double()
-    if not (cpu[-1] == 0 and bool((cpu[1:] < cpu[:-1]).all())):
-        raise ValueError(f"a time grid must decrease strictly from 1 to exactly 0, got "
-                         f"{cpu[:3].tolist()} ... {cpu[-3:].tolist()}")
-    if cpu[0] != 1:
-        raise ValueError(f"a time grid must start at t = 1, where the prior draws u_1, got {cpu[0].item():.6g}: "
-                         f"u_1 is not a draw of the marginal at an earlier time. To start from your own u_t, "
-                         f"call a sampler of lincorrupt.sampling with it (ancestral(denoiser, corruption, u_t, times))")
-    return times
 
 
 @torch.no_grad()
@@ -131,15 +113,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     if device is None:
         device = next((b.device for b in corruption.buffers()), torch.device("cpu"))
-    if isinstance(grid, Tensor):
-        times = grid
-    elif grid in GRIDS:
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive int, got {steps!r}")
-        times = GRIDS[grid](corruption, steps, device)
-    else:
-        raise ValueError(f"unknown grid {grid!r}; expected one of {sorted(GRIDS)} or a tensor of times")
-    times = _check_times(times).to(device=device, dtype=torch.promote_types(dtype, torch.float32))
+    times = grid_times(corruption, grid, steps, device, dtype)
     if labels is not None:
         model = guided(model, check_labels(labels, num_samples, getattr(model, "num_classes", None)).to(device),
                        guidance)
