@@ -10,7 +10,8 @@ affine in ``u_t``. Every sampler is then an affine map of its start ``u_1`` plus
 noise, so its output is Gaussian and its mean and covariance, and the KL to the data, are exact (no Monte
 Carlo): :meth:`GaussianData.sample_kl`. Cost: one float64 Cholesky factorisation of a D x D matrix per
 time evaluated (O(D^3), D = prod(shape)), O(D^2) memory; a 28x28 image (D = 784) takes seconds for 20
-steps on one CPU core.
+steps on one CPU core. Data whose covariance is diagonal in the corruption's basis
+(:meth:`GaussianData.diagonal`) cost O(D) per time: every coordinate is then a scalar problem.
 """
 
 from __future__ import annotations
@@ -45,8 +46,13 @@ class GaussianData:
 
     Args:
         mean: (*shape) the data's mean.
-        cov: (D, D) its covariance, D = prod(shape), symmetric positive definite (stored in float64).
+        cov: (D, D) its covariance, D = prod(shape), symmetric (to rounding) positive definite (stored in
+            float64). :meth:`fit` estimates both from data; :meth:`diagonal` gives data diagonal in a basis.
     """
+
+    #: For :meth:`diagonal` data: the mean and variance (*shape) of ``u = V^T x`` in the corruption's basis.
+    basis_mean: Tensor | None = None
+    basis_var: Tensor | None = None
 
     def __init__(self, mean: Tensor, cov: Tensor):
         mean, cov = torch.as_tensor(mean), torch.as_tensor(cov)
@@ -56,8 +62,11 @@ class GaussianData:
                              f"D = prod(shape); got mean {tuple(mean.shape)}, cov {tuple(cov.shape)}")
         self.mean, self.cov = mean.to(f64), cov.to(device=mean.device, dtype=f64)
         self.shape, self.dim = tuple(mean.shape), d
-        if not bool(torch.isfinite(self.cov).all()) or not torch.equal(self.cov, self.cov.T):
+        scale = float(self.cov.abs().max()) if d else 0.0
+        if not bool(torch.isfinite(self.cov).all()) or not torch.allclose(self.cov, self.cov.T, rtol=0,
+                                                                          atol=1e-10 * scale):
             raise ValueError("cov must be a finite symmetric matrix")
+        self.cov = (self.cov + self.cov.T) / 2
         if torch.linalg.cholesky_ex(self.cov).info != 0:
             raise ValueError("cov must be positive definite (fit with a ridge, e.g. GaussianData.fit(x, ridge=1e-4))")
         self._in_basis = weakref.WeakKeyDictionary()  # corruption -> (mu, C, gains)
@@ -81,6 +90,25 @@ class GaussianData:
         cov = centred.T @ centred / (len(flat) - 1) + ridge * torch.eye(flat.shape[1], dtype=f64, device=x.device)
         return cls(flat.mean(0).view(x.shape[1:]), cov)
 
+    @classmethod
+    def diagonal(cls, mean: Tensor, var: Tensor) -> GaussianData:
+        """Data with ``u = V^T x ~ N(mean, diag(var))`` in the basis of the corruption they are used with:
+        ``mean``, ``var`` (*shape) per basis coordinate, ``var > 0``. Every coordinate is then a scalar problem
+        and each method costs O(D) per time. For a schedule that is the same in every coordinate (DDPM,
+        blurring without blur) the KL does not depend on the orthogonal basis, so the eigen-decomposition
+        ``S = Q diag(var) Q^T`` of full data gives its exact KL with ``mean = Q^T m``."""
+        self = cls.__new__(cls)
+        self.basis_mean, self.basis_var = torch.as_tensor(mean).to(f64), torch.as_tensor(var).to(f64)
+        if self.basis_mean.shape != self.basis_var.shape or self.basis_mean.ndim < 1:
+            raise ValueError(f"GaussianData.diagonal needs mean and var of one shape (*shape), got "
+                             f"{tuple(self.basis_mean.shape)} and {tuple(self.basis_var.shape)}")
+        if not bool((self.basis_var > 0).all() & torch.isfinite(self.basis_var).all()):
+            raise ValueError("var must be finite and positive in every coordinate")
+        self.mean = self.cov = None
+        self.shape, self.dim = tuple(self.basis_mean.shape), self.basis_mean.numel()
+        self._in_basis = weakref.WeakKeyDictionary()
+        return self
+
     # ------------------------------------------------------------------ in a corruption's basis
     def _check(self, corruption: DiagonalizableCorruption) -> None:
         if tuple(corruption.shape) != self.shape:
@@ -88,8 +116,11 @@ class GaussianData:
                              f"{tuple(corruption.shape)}")
 
     def in_basis(self, corruption: DiagonalizableCorruption) -> tuple[Tensor, Tensor]:
-        """``(mu, C)``: the mean (D,) and covariance (D, D) of ``u = V^T x`` in the corruption's basis."""
+        """``(mu, C)``: the mean (D,) and covariance (D, D) of ``u = V^T x`` in the corruption's basis; for
+        :meth:`diagonal` data C is the variance (D,)."""
         self._check(corruption)
+        if corruption not in self._in_basis and self.basis_var is not None:
+            self._in_basis[corruption] = (self.basis_mean.reshape(-1), self.basis_var.reshape(-1), OrderedDict())
         if corruption not in self._in_basis:
             d, basis = self.dim, corruption.basis
 
@@ -102,7 +133,8 @@ class GaussianData:
         return self._in_basis[corruption][:2]
 
     def gain(self, corruption: DiagonalizableCorruption, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``(G, b)`` with ``E[u_x | u_t] = G u_t + b`` at one time ``t`` (1,) (float64; G (D, D), b (D,)).
+        """``(G, b)`` with ``E[u_x | u_t] = G u_t + b`` at one time ``t`` (1,) (float64; G (D, D), b (D,); G (D,),
+        the diagonal, for :meth:`diagonal` data).
 
         Differentiable in ``t``; kept for the last 128 times per corruption when ``t`` needs no gradient.
         """
@@ -114,9 +146,12 @@ class GaussianData:
         c = corruption.coefficients(t.reshape(1).to(f64))
         a = c.alpha.expand(1, *self.shape).reshape(self.dim)
         s2 = (2 * c.log_sigma).exp().expand(1, *self.shape).reshape(self.dim)
-        K = a[:, None] * C * a[None] + torch.diag(s2)
-        G = torch.cholesky_solve(a[:, None] * C, torch.linalg.cholesky(K)).T  # K symmetric: G = (K^-1 a C)^T
-        value = (G, mu - G @ (a * mu))
+        if C.ndim == 1:
+            G = a * C / (a**2 * C + s2)
+        else:
+            K = a[:, None] * C * a[None] + torch.diag(s2)
+            G = torch.cholesky_solve(a[:, None] * C, torch.linalg.cholesky(K)).T  # K symmetric: G = (K^-1 a C)^T
+        value = (G, mu - _apply(G, a * mu))
         if key is not None:
             gains[key] = value
             while len(gains) > _CACHED_TIMES:
@@ -135,7 +170,7 @@ class GaussianData:
         def exact(z_t: Tensor, t: Tensor) -> Tensor:
             u = basis.to_basis(z_t.to(f64)).reshape(len(z_t), self.dim)
             rows = [slice(None)] if bool((t == t[:1]).all()) else [slice(i, i + 1) for i in range(len(t))]
-            u_x = torch.cat([u[r] @ G.T + b for r in rows for G, b in [self.gain(corruption, t[r][:1])]])
+            u_x = torch.cat([_apply(G, u[r]) + b for r in rows for G, b in [self.gain(corruption, t[r][:1])]])
             x = basis.from_basis(u_x.reshape(z_t.shape)).to(z_t.dtype)
             return x if prediction == "x" else corruption.convert(x, z_t, t, source="x", target=prediction)
 
@@ -143,7 +178,8 @@ class GaussianData:
 
     # ------------------------------------------------------------------ the sampler's output
     def prior_moments(self, corruption: DiagonalizableCorruption, exact: bool = False) -> tuple[Tensor, Tensor]:
-        """Mean (D,) and covariance (D, D) of the sampler's start ``u_1`` in basis coordinates, float64.
+        """Mean (D,) and covariance (D, D) of the sampler's start ``u_1`` in basis coordinates, float64 (the
+        variance (D,) for :meth:`diagonal` data).
 
         ``exact``: the data's own marginal ``q(u_1) = N(a_1 mu, a_1 C a_1 + s_1^2)``; else the corruption's
         prior: :class:`~lincorrupt.priors.StandardNormalPrior` ``N(0, I)``, or
@@ -155,14 +191,15 @@ class GaussianData:
         a = c_1.alpha.expand(1, *self.shape).reshape(self.dim)
         s2 = (2 * c_1.log_sigma).exp().expand(1, *self.shape).reshape(self.dim)
         prior = corruption.prior
+        diag = torch.diag if C.ndim == 2 else (lambda v: v)
         if exact:
-            return a * mu, a[:, None] * C * a[None] + torch.diag(s2)
+            return a * mu, (a[:, None] * C * a[None] if C.ndim == 2 else a**2 * C) + diag(s2)
         if type(prior) is StandardNormalPrior:
-            return torch.zeros_like(mu), torch.eye(self.dim, dtype=f64, device=mu.device)
+            return torch.zeros_like(mu), diag(torch.ones_like(mu))
         if type(prior) is GaussianPrior:
             m = torch.zeros_like(mu) if prior.mean is None else prior.mean.to(mu).expand(self.shape).reshape(-1)
             v = torch.ones_like(mu) if prior.var is None else prior.var.to(mu).expand(self.shape).reshape(-1)
-            return a * m, torch.diag(a**2 * v + s2)
+            return a * m, diag(a**2 * v + s2)
         raise ValueError(f"sample_kl needs a Gaussian start: {type(corruption).__name__}'s prior is "
                          f"{type(prior).__name__}, whose samples are not Gaussian; use a StandardNormalPrior or "
                          f"GaussianPrior, or exact_prior=True (the data's own q(u_1))")
@@ -185,25 +222,31 @@ class GaussianData:
         times = times.to(f64)
         rules = sampler.rules(corruption.coefficients(times), **options) if isinstance(sampler, RuleSampler) else None
         if rules is None or rules.var is None:
-            probes = torch.cat([mean[None], mean + torch.linalg.cholesky(P).T]).reshape(self.dim + 1, *self.shape)
+            root = torch.linalg.cholesky(P).T if P.ndim == 2 else P.sqrt()[None]  # rows: columns of a root
+            probes = torch.cat([mean[None], mean + root]).reshape(len(root) + 1, *self.shape)
             y = sampler(Denoiser(self.model(corruption), corruption, "x"), corruption, probes, times, **options)
-            y = y.reshape(self.dim + 1, self.dim)
+            y = y.reshape(len(root) + 1, self.dim)
             root = (y[1:] - y[0]).T
-            return y[0], root @ root.T
+            return y[0], root @ root.T if P.ndim == 2 else root[:, 0] ** 2
         per_step = [v.expand(len(times) - 2, *self.shape).reshape(len(times) - 2, self.dim) for v in rules]
         for k in range(len(times) - 1):
             G, b = self.gain(corruption, times[k:k + 1])
             if k == len(times) - 2:
-                return G @ mean + b, G @ P @ G.T
+                return _apply(G, mean) + b, _sandwich(G, P)
             k_u, k_x, var = (v[k] for v in per_step)
-            M = torch.diag(k_u) + k_x[:, None] * G
-            mean, P = M @ mean + k_x * b, M @ P @ M.T + torch.diag(var)
+            M = torch.diag(k_u) + k_x[:, None] * G if G.ndim == 2 else k_u + k_x * G
+            mean, P = _apply(M, mean) + k_x * b, _sandwich(M, P) + (torch.diag(var) if P.ndim == 2 else var)
         raise AssertionError("unreachable: a grid has at least one interval")
 
     def kl(self, corruption: DiagonalizableCorruption, mean: Tensor, cov: Tensor) -> Tensor:
         """``KL(N(mean, cov) || N(self.mean, self.cov))`` in nats, from basis-coordinate moments (D,), (D, D)
-        (an orthogonal change of coordinates leaves the KL unchanged); inf where ``cov`` is singular."""
+        (an orthogonal change of coordinates leaves the KL unchanged); inf where ``cov`` is singular. For
+        :meth:`diagonal` data ``cov`` is the variance (D,)."""
         mu, C = self.in_basis(corruption)
+        if C.ndim == 1:
+            if not bool((cov > 0).all()):
+                return torch.tensor(math.inf, dtype=f64, device=mu.device)
+            return 0.5 * (cov / C + (mu - mean) ** 2 / C - 1 + torch.log(C / cov)).sum()
         L = torch.linalg.cholesky(C)
         L_out, info = torch.linalg.cholesky_ex((cov + cov.T) / 2)
         if info != 0:
@@ -233,5 +276,15 @@ class GaussianData:
         return self.kl(corruption, *self.output_moments(corruption, method, times, exact_prior, **options))
 
     def __repr__(self) -> str:
-        return f"GaussianData(shape={self.shape})"
+        return f"GaussianData(shape={self.shape}{', diagonal' if self.basis_var is not None else ''})"
+
+
+def _apply(G: Tensor, u: Tensor) -> Tensor:
+    """``G u`` for rows ``u`` (..., D): a (D, D) matrix, or a (D,) diagonal."""
+    return u @ G.T if G.ndim == 2 else u * G
+
+
+def _sandwich(M: Tensor, P: Tensor) -> Tensor:
+    """``M P M^T`` for (D, D) matrices, or for (D,) diagonals."""
+    return M @ P @ M.T if M.ndim == 2 else M**2 * P
 

@@ -180,3 +180,31 @@ def test_bad_input_is_refused_by_name():
         data.sample_kl(c, "ddim", grid=torch.tensor([1.0, 0.5, 0.6, 0.0]))
     with pytest.raises(ValueError, match="unknown prediction|expected one of"):
         data.model(c, "score")
+
+
+@pytest.mark.parametrize("method", sorted(lc.SAMPLERS))
+@pytest.mark.parametrize("exact_prior", [False, True])
+def test_diagonal_data_give_the_kl_of_the_same_data_written_in_full(method, exact_prior):
+    """u = V^T x ~ N(mu, diag(var)) in the DCT basis of blurring diffusion, once as GaussianData.diagonal
+    (scalar per coordinate), once as the full data-space Gaussian N(V mu, V diag(var) V^T) (D x D)."""
+    c = lc.BlurringDiffusion(SHAPE)
+    g = torch.Generator().manual_seed(4)
+    mu, var = 0.3 * torch.randn(SHAPE, generator=g, dtype=f64), 0.05 + torch.rand(SHAPE, generator=g, dtype=f64)
+    V = c.basis.from_basis(torch.eye(D, dtype=f64).reshape(D, *SHAPE)).reshape(D, D).T  # column j: V e_j
+    full = lc.GaussianData(c.basis.from_basis(mu[None])[0], V @ torch.diag(var.reshape(D)) @ V.T)
+    diagonal = lc.GaussianData.diagonal(mu, var)
+    for grid in ("uniform", "logsnr"):
+        a, b = (data.sample_kl(c, method, 7, grid, exact_prior=exact_prior) for data in (full, diagonal))
+        np.testing.assert_allclose(b.item(), a.item(), rtol=1e-8)
+
+
+def test_an_isotropic_schedule_gives_the_full_kl_in_the_eigenbasis_of_the_data():
+    """DDPM treats every orthogonal basis alike, so the data's eigen-decomposition S = Q diag(lam) Q^T
+    gives the exact KL of the full data as diagonal data with mean Q^T m."""
+    c, truth = make("ddpm")
+    lam, Q = np.linalg.eigh(truth.cov)
+    diagonal = lc.GaussianData.diagonal(torch.from_numpy(truth.m @ Q).reshape(SHAPE), torch.from_numpy(lam)
+                                        .reshape(SHAPE))
+    for method in ("ancestral", "dpm++3m"):
+        np.testing.assert_allclose(diagonal.sample_kl(c, method, 8, exact_prior=True).item(),
+                                   oracle(truth).sample_kl(c, method, 8, exact_prior=True).item(), rtol=1e-8)
