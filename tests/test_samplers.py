@@ -16,20 +16,10 @@ f64 = torch.float64
 
 
 def exact_output_moments(name, method, steps, grid="uniform"):
-    """Mean and covariance (data space) of a deterministic sampler's output for Gaussian data.
-
-    With the exact denoiser the sampler is an affine map u_1 -> x, so running it on the prior
-    mean and on the mean plus each column of a square root of the prior covariance gives the
-    output moments exactly: no Monte Carlo error.
-    """
+    """Mean and covariance (data space) of a deterministic sampler's output for Gaussian data, exactly
+    (the sampler run on probes of the prior with the numpy denoiser: helpers.gaussian.Truth.probe_moments)."""
     c, truth = make(name)
-    mean0, cov0 = truth.prior_moments()
-    rows = np.vstack([mean0, mean0 + np.linalg.cholesky(cov0).T])
-    u = torch.from_numpy(rows).reshape(D + 1, *SHAPE)
-    times = lc.GRIDS[grid](c, steps)
-    y = lc.SAMPLERS[method](lc.Denoiser(truth.model, c, "x"), c, u, times).reshape(D + 1, D).numpy() @ truth.vt
-    factor = (y[1:] - y[0]).T
-    return y[0], factor @ factor.T, truth
+    return (*truth.probe_moments(method, lc.GRIDS[grid](c, steps)), truth)
 
 
 def moment_error(name, method, steps):
