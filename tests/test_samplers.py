@@ -235,3 +235,26 @@ def test_bad_input_is_refused_where_it_enters():
         lc.sample(model, c, 2, grid=torch.tensor([1.0, 0.5, 0.5, 0.0]), method="dpm++3m")
     with pytest.raises(TypeError):
         lc.sample(model, c, 2, steps=3, method="dpm++2m", eta=0.5)
+
+
+# ---------------------------------------------------------------- generic, from the registry
+@pytest.mark.parametrize("method", sorted(lc.SAMPLERS))
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+def test_every_sampler_returns_finite_samples_of_the_shape_and_dtype_asked(method, dtype):
+    c = lc.BlurringDiffusion((2, 4, 6))
+    x = lc.sample(lambda z, t: torch.tanh(z), c, 3, steps=5, method=method, prediction="x", dtype=dtype,
+                  generator=torch.Generator().manual_seed(0))
+    assert x.shape == (3, 2, 4, 6) and x.dtype == dtype and bool(torch.isfinite(x).all())
+
+
+@pytest.mark.parametrize("name", ["ddpm", "blurring"])
+@pytest.mark.parametrize("method", sorted(lc.SAMPLERS))
+def test_every_sampler_approaches_the_data_on_the_gaussian_oracle(name, method):
+    """The exact KL to Gaussian data (lc.GaussianData, from the exact q(u_1)) falls as the steps grow, for
+    every registered sampler; a deterministic one, which follows the probability-flow ODE, nearly vanishes."""
+    c, truth = make(name)
+    data = lc.GaussianData(torch.from_numpy(truth.m).reshape(SHAPE), torch.from_numpy(truth.cov))
+    kls = [data.sample_kl(c, method, n, exact_prior=True).item() for n in (10, 40, 160)]
+    assert kls[2] < kls[1] < kls[0], kls
+    if not lc.SAMPLERS[method].stochastic:
+        assert kls[2] < 0.01 * kls[0], kls
