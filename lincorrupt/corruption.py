@@ -234,7 +234,7 @@ class DiagonalizableCorruption(Configurable):
             output: (B, *shape) what the model predicts, of kind ``source``.
             z_t: (B, *shape) the model's input.
             t: (B,) or scalar time.
-            source, target: "eps", "x" or "v" (see :mod:`lincorrupt.predictions`).
+            source, target: "eps", "x", "v" or "residual" (see :mod:`lincorrupt.predictions`).
         Returns:
             (B, *shape) the prediction of kind ``target``, data space.
         """

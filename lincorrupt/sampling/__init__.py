@@ -74,7 +74,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
             with N and the network's activations), so draw many in calls of a few hundred with one
             ``generator``, or through :func:`lincorrupt.metrics.sample_features` (its ``batch_size``).
         steps: network evaluations = number of grid intervals (ignored if ``grid`` is a tensor).
-        prediction: what the model outputs: "eps", "x" or "v".
+        prediction: what the model outputs: "eps", "x", "v" or "residual".
         method: a key of :data:`SAMPLERS`: "ancestral", "ddim" (option ``eta``), "dpm++2m",
             "dpm++2s", "dpm++3m", "momentum" or "naive".
         grid: a key of :data:`GRIDS` ("uniform" in t, "logsnr" in log-SNR, "info" in

@@ -57,10 +57,10 @@ def dynamic_threshold(x_hat: Tensor, percentile: float = 0.995, max_value: float
 class Denoiser:
     """Wraps ``model(z_t, t)`` into ``(u_t, t, c) -> u_x_hat`` (and ``u_eps_hat``) in basis coordinates.
 
-    :meth:`x_hat` gives the data prediction alone, which is all that most samplers use; calling
-    the denoiser gives ``(u_x_hat, u_eps_hat)`` for samplers that need the noise prediction too
-    (DDIM). Neither converts to a form it does not return. Every sampler evaluates the model
-    only through a denoiser, so its options act on all samplers alike:
+    :meth:`x_hat` gives the data prediction alone, which is all that the samplers use (DDIM steps with
+    the noise it implies); calling the denoiser gives ``(u_x_hat, u_eps_hat)`` for code that needs the
+    noise prediction too. Neither converts to a form it does not return. Every sampler evaluates the
+    model only through a denoiser, so its options act on all samplers alike:
 
     ``x_transform`` maps the data-space ``x_hat`` (B, *shape) to the one the sampler uses
     (:func:`clip_x_hat`, :func:`dynamic_threshold`); the noise prediction is then the one
@@ -70,7 +70,7 @@ class Denoiser:
     Args:
         model: ``model(z_t, t) -> Tensor`` of z_t's shape.
         corruption: gives the basis.
-        prediction: what the model outputs: "eps", "x" or "v".
+        prediction: what the model outputs: "eps", "x", "v" or "residual".
         x_transform: optional data-space map of ``x_hat``, applied after each evaluation.
         callback: optional ``callback(StepInfo)``, called after each evaluation.
     """
