@@ -44,10 +44,18 @@ _CACHED_TIMES = 128
 class GaussianData:
     """Gaussian data ``N(mean, cov)`` in data space, the exact oracle of any corruption's samplers.
 
+    ``data.model(corruption, prediction)`` is the exact denoiser as a model for :func:`lincorrupt.sample`;
+    ``data.sample_kl(corruption, method, steps, grid)`` the exact KL in nats of what a sampler generates with
+    it. Everything is computed in float64 on the device of ``mean``; O(D^3) per time (module docstring).
+
     Args:
         mean: (*shape) the data's mean.
         cov: (D, D) its covariance, D = prod(shape), symmetric (to rounding) positive definite (stored in
-            float64). :meth:`fit` estimates both from data; :meth:`diagonal` gives data diagonal in a basis.
+            float64). :meth:`fit` estimates both from data; :meth:`diagonal` gives data diagonal in a basis
+            (then ``mean`` and ``cov`` are None).
+
+    Attributes:
+        shape, dim: the event shape and D.
     """
 
     #: For :meth:`diagonal` data: the mean and variance (*shape) of ``u = V^T x`` in the corruption's basis.
