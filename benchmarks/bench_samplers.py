@@ -13,13 +13,13 @@ to whole images: --data fashion-mnist (28x28, lincorrupt's reader, Debian's pack
 --data cifar10 --root PATH (32x32 grey; colour 3x32x32, D = 3072, does not fit in minutes here).
 For Gaussian data the denoiser E[x | z_t] is affine and known in closed form, so every sampler
 is an affine map of the prior draw plus independent noise, and the mean and covariance of what
-it generates are computed *exactly*:
+it generates are computed *exactly* (lc.GaussianData.sample_kl for lincorrupt's samplers):
 
 - deterministic samplers (DDIM eta=0, dpm++2m, dpm++2s, dpm++3m; diffusers' DDIM and DPM-Solver++) are run
   on the prior mean and the mean plus each column of a square root of the prior covariance:
   the differences are the columns of the output covariance's square root;
-- ancestral sampling (lincorrupt, diffusers' DDPMScheduler) propagates mean and covariance step
-  by step, its affine part from the same probe and its noise variance added.
+- ancestral sampling (lincorrupt's rule u_s = k_u u_t + k_x x_hat + sqrt(var) n, diffusers' DDPMScheduler)
+  propagates mean and covariance step by step, its affine part from the same probe and its noise variance added.
 
 The error is KL(generated || data) in nats for the whole patch (D = size^2 dimensions).
 Corruptions: DDPM (linear betas, identity basis, side by side with diffusers' schedulers on the
@@ -53,8 +53,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import lincorrupt as lc  # noqa: E402
-from lincorrupt.coefficients import Coefficients, posterior_coefficients  # noqa: E402
-from lincorrupt.sampling.samplers import SAMPLER_ORDERS  # noqa: E402
 
 f64 = torch.float64
 T = 1000
@@ -127,51 +125,9 @@ def fit_mixture(x: np.ndarray, k: int = 3):
     return weights / weights.sum(), np.stack([f[0] for f in fits]), np.stack([f[1] for f in fits])
 
 
-class Oracle:
-    """Gaussian data seen through a corruption, in its basis coordinates (u = x A, x = u A^T)."""
-
-    def __init__(self, corruption, mean, cov):
-        self.c, self.shape, self.D = corruption, corruption.shape, mean.size
-        eye = torch.eye(self.D, dtype=f64).view(self.D, *self.shape)
-        self.A = corruption.basis.to_basis(eye).reshape(self.D, self.D).numpy()  # row j: V^T e_j
-        self.m, self.cov = mean, cov
-        self.mu, self.C = mean @ self.A, self.A.T @ cov @ self.A
-
-    def coefficients(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        a, s = self.c.alpha_sigma(torch.tensor([t], dtype=f64))
-        return a.expand(1, *self.shape).reshape(self.D).numpy(), s.expand(1, *self.shape).reshape(self.D).numpy()
-
-    def denoiser(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        """E[u_x | u_t] = G u_t + b with G = C a (a C a + s^2)^-1 (Gaussian conditioning)."""
-        a, s = self.coefficients(t)
-        K = a[:, None] * self.C * a[None] + np.diag(s**2)
-        G = np.linalg.solve(K, a[:, None] * self.C).T  # K symmetric: G = (K^-1 a C)^T
-        return G, self.mu - G @ (a * self.mu)
-
-    def model(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The exact x-prediction in data space (one time per call, as samplers call it)."""
-        G, b = self.denoiser(float(t[0]))
-        u = z.reshape(len(z), self.D).double().numpy() @ self.A
-        return torch.from_numpy((u @ G.T + b) @ self.A.T).reshape(z.shape).to(z.dtype)
-
-    def prior_moments(self) -> tuple[np.ndarray, np.ndarray]:
-        prior = self.c.prior
-        if isinstance(prior, lc.GaussianPrior):
-            a, s = self.coefficients(1.0)
-            mean = 0 if prior.mean is None else prior.mean.double().reshape(self.D).numpy()
-            var = 1 if prior.var is None else prior.var.double().reshape(self.D).numpy()
-            return a * mean * np.ones(self.D), np.diag(a**2 * var + s**2)
-        return np.zeros(self.D), np.eye(self.D)  # standard normal
-
-    def kl(self, mean_u: np.ndarray, cov_u: np.ndarray) -> float:
-        """KL(N(mean, cov) || data) in nats, from basis-coordinate moments."""
-        mean, cov = mean_u @ self.A.T, self.A @ cov_u @ self.A.T
-        sign, logdet = np.linalg.slogdet(cov)
-        if sign <= 0:
-            return math.inf
-        diff = self.m - mean
-        inv = np.linalg.inv(self.cov)
-        return 0.5 * (np.trace(inv @ cov) + diff @ inv @ diff - self.D + np.linalg.slogdet(self.cov)[1] - logdet)
+def gaussian_data(mean: np.ndarray, cov: np.ndarray, size: int) -> lc.GaussianData:
+    """The oracle of N(mean, cov) for (1, size, size) patches."""
+    return lc.GaussianData(torch.from_numpy(mean).reshape(1, size, size), torch.from_numpy(cov))
 
 
 def _probe_rows(mean, cov):
@@ -184,30 +140,10 @@ def _rows_moments(y):
     return y[0], f.T @ f
 
 
-# ------------------------------------------------------------------------------- lincorrupt
-def lincorrupt_moments(oracle: Oracle, method: str, times: torch.Tensor):
-    if method == "ancestral":
-        return ancestral_moments(oracle, times)
-    D = oracle.D
-    u = torch.from_numpy(_probe_rows(*oracle.prior_moments())).reshape(D + 1, *oracle.shape)
-    y = lc.SAMPLERS[method](lc.Denoiser(oracle.model, oracle.c, "x"), oracle.c, u, times)
-    return _rows_moments(y.reshape(D + 1, D).numpy())
-
-
-def ancestral_moments(oracle: Oracle, times: torch.Tensor):
-    """u_s = c_t u_t + c_x x_hat(u_t) + sqrt(var) n with lincorrupt's posterior coefficients."""
-    mean, P = oracle.prior_moments()
-    c = Coefficients(*oracle.c.log_alpha_sigma(times))
-    shape = (oracle.D,)
-    for k in range(len(times) - 1):
-        G, b = oracle.denoiser(float(times[k]))
-        if k == len(times) - 2:
-            return G @ mean + b, G @ P @ G.T
-        c_t = Coefficients(c.log_alpha[k:k + 1], c.log_sigma[k:k + 1])
-        c_s = Coefficients(c.log_alpha[k + 1:k + 2], c.log_sigma[k + 1:k + 2])
-        ct, cx, var = (v.expand(1, *oracle.shape).reshape(shape).numpy() for v in posterior_coefficients(c_s, c_t))
-        M = np.diag(ct) + cx[:, None] * G
-        mean, P = M @ mean + cx * b, M @ P @ M.T + np.diag(var)
+def lincorrupt_kl(data: lc.GaussianData, corruption, method: str, times: torch.Tensor) -> float:
+    """KL(generated || data) of lincorrupt's sampler from the corruption's prior at ``times[0]``, exactly (the
+    diffusers comparison starts where its scheduler does, which can be below t = 1)."""
+    return float(data.kl(corruption, *data.output_moments(corruption, method, times)))
 
 
 # ------------------------------------------------------------------------------- diffusers
@@ -226,16 +162,17 @@ def diffusers_schedulers():
     }
 
 
-def diffusers_moments(oracle: Oracle, sched):
+def diffusers_kl(data: lc.GaussianData, corruption, sched) -> float:
     """Run the scheduler's loop on the probe rows. Deterministic schedulers (DDIM, DPM-Solver++,
     which keeps a history of outputs) carry the rows through; for DDPM the rows are re-drawn from
     the propagated moments every step, its noise regenerated and taken out of the step so that its
     variance is added exactly."""
-    mean, P = oracle.prior_moments()
+    mean, P = (v.numpy() for v in data.prior_moments(corruption))
     rows = torch.from_numpy(_probe_rows(mean, P))
     stochastic = type(sched).__name__ == "DDPMScheduler"
     for k in sched.timesteps:
-        G, b = oracle.denoiser((int(k) + 1) / T)  # diffusers' timestep k is lincorrupt's t = (k + 1) / T
+        # diffusers' timestep k is lincorrupt's t = (k + 1) / T; the exact denoiser u_x = G u + b
+        G, b = (v.numpy() for v in data.gain(corruption, torch.tensor([(int(k) + 1) / T], dtype=f64)))
         out = torch.from_numpy(rows.numpy() @ G.T + b)
         g = torch.Generator().manual_seed(0)
         state = g.get_state()
@@ -244,38 +181,39 @@ def diffusers_moments(oracle: Oracle, sched):
             var = float(sched._get_variance(k)) if k > 0 else 0.0
             rows = rows - var**0.5 * torch.randn(rows.shape, generator=torch.Generator().set_state(state), dtype=f64)
             mean, P = _rows_moments(rows.numpy())
-            rows = torch.from_numpy(_probe_rows(mean, P + var * np.eye(oracle.D)))
-    return _rows_moments(rows.numpy())
+            rows = torch.from_numpy(_probe_rows(mean, P + var * np.eye(data.dim)))
+    return float(data.kl(corruption, *(torch.from_numpy(v) for v in _rows_moments(rows.numpy()))))
 
 
 # ------------------------------------------------------------------------------- mixture
 class MixtureOracle:
-    """A Gaussian mixture through a corruption: E[u_x | u_t] = sum_k p(k | u_t) E_k[u_x | u_t]."""
+    """A Gaussian mixture through a corruption: E[u_x | u_t] = sum_k p(k | u_t) E_k[u_x | u_t], each E_k the
+    exact denoiser of one lc.GaussianData, p(k | u_t) from its marginal N(u_t | a mu_k, a C_k a + s^2)."""
 
     def __init__(self, corruption, weights, means, covs):
         self.c, self.shape, self.D = corruption, corruption.shape, means.shape[1]
-        self.parts = [Oracle(corruption, m, c) for m, c in zip(means, covs)]
+        self.parts = [lc.GaussianData(torch.from_numpy(m).reshape(self.shape), torch.from_numpy(c))
+                      for m, c in zip(means, covs)]
         self.log_w = np.log(weights)
         self.weights, self.means, self.covs = weights, means, covs
 
     def model(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        a, s = self.parts[0].coefficients(float(t[0]))
-        A = self.parts[0].A
-        u = z.reshape(len(z), self.D).double().numpy() @ A
+        t = t[:1].to(f64)
+        coef = self.c.coefficients(t)
+        a = coef.alpha.expand(1, *self.shape).reshape(self.D)
+        s2 = (2 * coef.log_sigma).exp().expand(1, *self.shape).reshape(self.D)
+        u = self.c.basis.to_basis(z.to(f64)).reshape(len(z), self.D)
         log_p, expectations = [], []
         for log_w, part in zip(self.log_w, self.parts):
-            K = a[:, None] * part.C * a[None] + np.diag(s**2)
-            L = np.linalg.cholesky(K)
-            r = u - a * part.mu
-            w = np.linalg.solve(L, r.T)  # L^-1 r
-            sol = np.linalg.solve(L.T, w)  # K^-1 r
-            log_p.append(log_w - 0.5 * (w**2).sum(0) - np.log(np.diag(L)).sum())
-            expectations.append(part.mu + (part.C @ (a[:, None] * sol)).T)
-        log_p = np.stack(log_p)
-        resp = np.exp(log_p - log_p.max(0))
-        resp /= resp.sum(0)
-        u_x = np.einsum("kb,kbd->bd", resp, np.stack(expectations))
-        return torch.from_numpy(u_x @ A.T).reshape(z.shape).to(z.dtype)
+            mu, C = part.in_basis(self.c)
+            L = torch.linalg.cholesky(a[:, None] * C * a[None] + torch.diag(s2))
+            w = torch.linalg.solve_triangular(L, (u - a * mu).T, upper=False)  # L^-1 r
+            log_p.append(log_w - 0.5 * (w**2).sum(0) - L.diagonal().log().sum())
+            G, b = part.gain(self.c, t)
+            expectations.append(u @ G.T + b)
+        resp = torch.softmax(torch.stack(log_p), 0)
+        u_x = torch.einsum("kb,kbd->bd", resp, torch.stack(expectations))
+        return self.c.basis.from_basis(u_x.reshape(z.shape)).to(z.dtype)
 
 
 def sliced_wasserstein(x: np.ndarray, y: np.ndarray, projections: np.ndarray) -> float:
@@ -297,7 +235,7 @@ def mixture_table(size: int, x_patches: np.ndarray, nfes: list[int], n: int = 20
     header = f"| {'corruption':10} | {'sampler':9} | {'grid':9} | " + " | ".join(f"{k:>7}" for k in nfes) + " |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for name, c in corruptions(size, *fit_gaussian(x_patches)).items():
+    for name, c in corruptions(size, gaussian_data(*fit_gaussian(x_patches), size)).items():
         oracle = MixtureOracle(c, weights, means, covs)
         if name == "ihdm":  # its t = 1 marginal keeps the mean colour, which is multimodal here
             c.prior = lc.EmpiricalPrior.fit(c, torch.from_numpy(_mixture_samples(weights, means, covs, 5000, rng))
@@ -326,12 +264,11 @@ GRIDS = ("uniform", "logsnr", "info")
 DETERMINISTIC = ("ddim", "dpm++2m", "dpm++2s", "dpm++3m")
 
 
-def corruptions(size: int, mean: np.ndarray, cov: np.ndarray) -> dict:
+def corruptions(size: int, data: lc.GaussianData) -> dict:
     shape = (1, size, size)
     ihdm = lc.IHDM(shape, sigma_blur_max=24.0 * size / 32)
-    u_var = np.diag(Oracle(ihdm, mean, cov).C).copy()
-    ihdm.prior = lc.GaussianPrior(torch.from_numpy(mean @ Oracle(ihdm, mean, cov).A).reshape(shape),
-                                  torch.from_numpy(u_var).reshape(shape))  # q(u_1) is ~diagonal: only the DC survives
+    mu, C = data.in_basis(ihdm)  # q(u_1) is ~diagonal: only the DC survives
+    ihdm.prior = lc.GaussianPrior(mu.reshape(shape), C.diagonal().reshape(shape))
     return {"ddpm": lc.DDPM(shape, schedule="linear", num_steps=T),
             "blurring": lc.BlurringDiffusion(shape, sigma_blur_max=20.0 * size / 32),
             "ihdm": ihdm}
@@ -379,11 +316,6 @@ def plot(results: dict, nfes: list[int], path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- real sizes
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_momentum import STOCHASTIC, output_moments  # noqa: E402
-from bench_momentum import Oracle as FullOracle  # noqa: E402
-
-
 def real_images(data: str, root: Path | None, num_images: int | None) -> tuple[torch.Tensor, str]:
     """(N, 1, H, W) float64 training images in [-1, 1] and a description: Fashion-MNIST (28x28, read
     with lincorrupt's reader from ``root``, default Debian's package) or grey CIFAR-10 (32x32, from
@@ -417,57 +349,16 @@ def is_isotropic(corruption) -> bool:
                     .all()) for v in corruption.log_alpha_sigma(t))
 
 
-class IsotropicOracle:
-    """Gaussian data N(m, S) through a schedule that is the same in every coordinate (DDPM, blurring
-    without blur): every sampler then commutes with rotations, so it runs in the eigenbasis of S,
-    where the exact denoiser is diagonal, g = lam a / (a^2 lam + s^2), and mean and variance are
-    exact per eigen-coordinate at O(D) per step (the same numbers as :class:`FullOracle`, faster)."""
-
-    def __init__(self, corruption, x: torch.Tensor):
-        self.c, self.shape, self.D = corruption, corruption.shape, math.prod(corruption.shape)
-        flat = x.reshape(len(x), self.D).numpy()
-        self.lam, V = np.linalg.eigh(np.cov(flat.T) + 1e-4 * np.eye(self.D))
-        self.mu = flat.mean(0) @ V
-
-    def coefficients(self, t: float) -> Coefficients:
-        return Coefficients(*(v.reshape(-1)[:1] for v in self.c.log_alpha_sigma(torch.tensor([t], dtype=f64))))
-
-    def denoiser(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        c = self.coefficients(t)
-        a, s = float(c.alpha), float(c.sigma)
-        g = self.lam * a / (a**2 * self.lam + s**2)
-        return g, self.mu - g * a * self.mu
-
-    def model(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x_hat with the sampler's basis coordinates read as eigen-coordinates (one scalar schedule)."""
-        g, b = self.denoiser(float(t[0]))
-        u = self.c.basis.to_basis(z.double()).reshape(len(z), self.D).numpy()
-        return self.c.basis.from_basis(torch.from_numpy(u * g + b).reshape(z.shape)).to(z.dtype)
-
-    def kl(self, mean: np.ndarray, var: np.ndarray) -> float:
-        """KL(N(mean, diag var) || N(mu, diag lam)) in nats, eigen-coordinates."""
-        if not (var > 0).all():
-            return math.inf
-        return 0.5 * float((var / self.lam + (self.mu - mean) ** 2 / self.lam - 1 + np.log(self.lam / var)).sum())
-
-
-def isotropic_moments(oracle: IsotropicOracle, method: str, times: torch.Tensor):
-    """Exact per-eigen-coordinate mean and variance of a sampler's output from the exact q(u_1)."""
-    c = oracle.coefficients(1.0)
-    mean, var = float(c.alpha) * oracle.mu, float(c.alpha) ** 2 * oracle.lam + float(c.sigma) ** 2
-    if method not in STOCHASTIC:  # deterministic: the mean and the mean plus one standard deviation
-        u = torch.from_numpy(np.stack([mean, mean + np.sqrt(var)])).reshape(2, *oracle.shape)
-        y = lc.SAMPLERS[method](lc.Denoiser(oracle.model, oracle.c, "x"), oracle.c, u, times).reshape(2, -1).numpy()
-        return y[0], (y[1] - y[0]) ** 2
-    ts = times.tolist()
-    for t, s in zip(ts[:-1], ts[1:]):
-        g, b = oracle.denoiser(t)
-        if s == 0:
-            return g * mean + b, g**2 * var
-        k_u, k_x, v = (float(w.reshape(-1)[0]) for w in STOCHASTIC[method](oracle.coefficients(t),
-                                                                          oracle.coefficients(s)))
-        mean, var = (k_u + k_x * g) * mean + k_x * b, (k_u + k_x * g) ** 2 * var + v
-    raise ValueError("a time grid ends at 0")
+def real_data(corruption, x: torch.Tensor) -> lc.GaussianData:
+    """The oracle of a Gaussian (1e-4 ridge) fitted to ``x``: where the schedule is the same in every coordinate
+    (:func:`is_isotropic`) every sampler commutes with rotations, so the KL is that of the data written in the
+    eigenbasis of their covariance, diagonal (O(D) per step); otherwise the full covariance (O(D^3) per step)."""
+    full = lc.GaussianData.fit(x, ridge=1e-4)
+    if not is_isotropic(corruption):
+        return full
+    lam, Q = torch.linalg.eigh(full.cov)
+    shape = corruption.shape
+    return lc.GaussianData.diagonal((full.mean.reshape(-1) @ Q).reshape(shape), lam.reshape(shape))
 
 
 def smallest_nfe(kl_at, target: float, points: tuple[int, ...] = (10, 20, 50), cap: int = 100) -> int | None:
@@ -491,10 +382,6 @@ def smallest_nfe(kl_at, target: float, points: tuple[int, ...] = (10, 20, 50), c
 
 def real_size_run(args) -> None:
     """Every sampler x grid at the data's own size, exact denoiser of the full-covariance Gaussian."""
-    for method, order in SAMPLER_ORDERS.items():
-        if order is None and method not in STOCHASTIC:
-            raise SystemExit(f"sampler {method!r} is stochastic and has no exact step rule in "
-                             f"bench_momentum.STOCHASTIC")
     start = time.perf_counter()
     x, source = real_images(args.data, args.root, args.images)
     size = x.shape[-1]
@@ -508,25 +395,21 @@ def real_size_run(args) -> None:
               + " | NFE@250 | NFE@1000 |")
     for name, c in real_corruptions(size).items():
         c.fit_data_statistics(x)
-        oracle = IsotropicOracle(c, x) if is_isotropic(c) else FullOracle(c, x)
-        moments = isotropic_moments if isinstance(oracle, IsotropicOracle) else output_moments
+        data = real_data(c, x)
         cache = {}
 
-        def kl(method, grid, n, oracle=oracle, c=c, moments=moments, cache=cache):
-            if (method, grid, n) not in cache:
-                cache[method, grid, n] = oracle.kl(*moments(oracle, method, lc.GRIDS[grid](c, n)))
+        def kl(method, grid, n, data=data, c=c, cache=cache):
+            if (method, grid, n) not in cache:  # from the exact q(u_1): the sampler's error alone
+                cache[method, grid, n] = float(data.sample_kl(c, method, n, grid, exact_prior=True))
             return cache[method, grid, n]
 
-        refs = {}
-        for steps in (250, 1000):  # the (G, b) cache is cleared after each group of runs: D x D per time
-            refs[steps] = kl("ancestral", "uniform", steps)
-            oracle.gains = {}
+        refs = {steps: kl("ancestral", "uniform", steps) for steps in (250, 1000)}
         for grid in grids:
-            for n in nfes:  # every sampler on one grid evaluates the same times: one cache for them
+            for n in nfes:  # every sampler on one grid evaluates the same times: the oracle keeps their gains
                 for method in samplers:
                     kl(method, grid, n)
-                oracle.gains = {}
-        print(f"\n## {name} ({type(oracle).__name__}): ancestral / uniform KL {fmt(refs[250])} at 250 steps, "
+        kind = "diagonal in the eigenbasis" if data.basis_var is not None else "full covariance"
+        print(f"\n## {name} ({kind}): ancestral / uniform KL {fmt(refs[250])} at 250 steps, "
               f"{fmt(refs[1000])} at 1000 ({time.perf_counter() - start:.0f} s)")
         print(header)
         print("|" + "|".join("-" * len(cell) for cell in header.split("|")[1:-1]) + "|")
@@ -534,7 +417,6 @@ def real_size_run(args) -> None:
             for grid in grids:
                 hits = [smallest_nfe(lambda n, m=method, g=grid: kl(m, g, n), refs[s], nfes, args.max_nfe)
                         for s in (250, 1000)]
-                oracle.gains = {}
                 cells = [f"{h}" if h else f">{args.max_nfe}" for h in hits]
                 print(f"| {name:10} | {method:9} | {grid:7} | "
                       + " | ".join(f"{fmt(kl(method, grid, n)):>7}" for n in nfes)
@@ -571,7 +453,7 @@ def main() -> None:
     nfes = [5, 10, 20, 50, 100] if args.quick else [5, 10, 20, 50, 100, 250, 1000]
     start = time.perf_counter()
     x_patches, source = patches(args.size, args.images or 3000, root=args.root)
-    mean, cov = fit_gaussian(x_patches)
+    data = gaussian_data(*fit_gaussian(x_patches), args.size)
     print(f"# bench_samplers: KL(generated || data) in nats per {args.size}x{args.size} patch "
           f"(D={args.size**2}), exact moments; data: {source}")
     header = (f"| {'corruption':10} | {'impl':10} | {'sampler':9} | {'grid':9} | "
@@ -579,12 +461,11 @@ def main() -> None:
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     results, notes = {}, set()
-    for name, c in corruptions(args.size, mean, cov).items():
-        oracle = Oracle(c, mean, cov)
+    for name, c in corruptions(args.size, data).items():
         for method in SAMPLERS:
             for grid in GRIDS:
-                results[name, "lincorrupt", method, grid] = [
-                    oracle.kl(*lincorrupt_moments(oracle, method, lc.GRIDS[grid](c, n))) for n in nfes]
+                results[name, "lincorrupt", method, grid] = [lincorrupt_kl(data, c, method, lc.GRIDS[grid](c, n))
+                                                             for n in nfes]
         if name == "ddpm":  # side by side with diffusers on the scheduler's own timesteps
             for method, make in diffusers_schedulers().items():
                 ours, theirs = [], []
@@ -592,8 +473,8 @@ def main() -> None:
                     sched = make()
                     sched.set_timesteps(n)
                     times = torch.cat([(sched.timesteps.to(f64) + 1) / T, torch.zeros(1, dtype=f64)])
-                    ours.append(oracle.kl(*lincorrupt_moments(oracle, method, times)))
-                    theirs.append(oracle.kl(*diffusers_moments(oracle, sched)))
+                    ours.append(lincorrupt_kl(data, c, method, times))
+                    theirs.append(diffusers_kl(data, c, sched))
                     if len(set(sched.timesteps.tolist())) < n:
                         notes.add(f"diffusers' {type(sched).__name__} at {n} steps repeats a timestep "
                                   f"(linspace spacing rounded to integers); a zero log-SNR step divides by h = 0 "
@@ -622,10 +503,8 @@ def main() -> None:
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     cells, targets = {}, {}
     for name in ("blurring", "ddpm", "ihdm"):
-        c = corruptions(args.size, mean, cov)[name]
-        oracle = Oracle(c, mean, cov)
-        err = lambda method, grid, n, oracle=oracle, c=c: oracle.kl(
-            *lincorrupt_moments(oracle, method, lc.GRIDS[grid](c, n)))
+        c = corruptions(args.size, data)[name]
+        err = lambda method, grid, n, c=c: lincorrupt_kl(data, c, method, lc.GRIDS[grid](c, n))
         for steps in (250, 1000):
             targets[name, steps] = target = err("ancestral", "uniform", steps)
             for m, g in pairs:

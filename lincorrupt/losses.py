@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .corruption import DiagonalizableCorruption
 from .predictions import get_prediction, resolve_prediction
-from .validation import check_labels, check_model_output, check_nonempty
+from .validation import check_labels, check_model_output, check_nonempty, validate_args
 from .weightings import (  # noqa: F401
     TimeProposal,
     Weighting,
@@ -82,7 +82,8 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
     else:
         corruption.check_like(noise, x, "noise")
     t = corruption.check_time(t, "t", x.shape[0], x.device)
-    c = corruption.coefficients_unchecked(t)
+    with validate_args(False):  # t is checked
+        c = corruption.coefficients(t)
     basis = corruption.basis
     u_x, u_eps = basis.to_basis(x), basis.to_basis(noise)
     z_t = basis.from_basis(c.alpha * u_x + c.sigma * u_eps).to(x.dtype)  # the diffuse step, sharing u_x, u_eps

@@ -46,6 +46,7 @@ from torch import Tensor
 from .coefficients import Coefficients
 from .corruption import DiagonalizableCorruption
 from .predictions import Prediction, get_prediction
+from .validation import validate_args
 
 __all__ = ["WEIGHTINGS", "Weighting", "get_weighting", "no_weighting", "elbo_weighting", "sigmoid_weighting",
            "min_snr_weighting", "soft_score_weighting", "snr_weighting", "isotropic_weighting", "TimeProposal",
@@ -63,7 +64,8 @@ def _on_output(c: Coefficients, prediction: Prediction, log_w_eps: Tensor) -> Te
 
 def _log_rate(corruption: DiagonalizableCorruption, t: Tensor) -> Tensor:
     """``log |d l_k / dt|`` per coordinate at checked times ``t`` (B,)."""
-    return corruption.d_log_snr_dt_unchecked(t).abs().log()
+    with validate_args(False):  # t is checked
+        return corruption.d_log_snr_dt(t).abs().log()
 
 
 def no_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: Prediction) -> None:
@@ -81,8 +83,9 @@ def elbo_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: 
     for the bound in nats (without the prior and reconstruction terms).
     """
     t = corruption.check_time(t, "t")
-    c = corruption.coefficients_unchecked(t)
-    return -0.5 * corruption.d_log_snr_dt_unchecked(t) * torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
+    with validate_args(False):  # t is checked
+        c, d_log_snr_dt = corruption.coefficients(t), corruption.d_log_snr_dt(t)
+    return -0.5 * d_log_snr_dt * torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
 
 
 def sigmoid_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: Prediction, *,
@@ -93,7 +96,8 @@ def sigmoid_weighting(corruption: DiagonalizableCorruption, t: Tensor, predictio
     weight where ``l_k << b`` (noisy), fading out where ``l_k >> b`` (nearly clean); ``w = 1/2`` at ``l = b``.
     """
     t = corruption.check_time(t, "t")
-    c = corruption.coefficients_unchecked(t)
+    with validate_args(False):  # t is checked
+        c = corruption.coefficients(t)
     log_w = math.log(0.5) + torch.nn.functional.logsigmoid(b - c.logsnr) + _log_rate(corruption, t)
     return _on_output(c, prediction, log_w)
 
@@ -107,7 +111,8 @@ def min_snr_weighting(corruption: DiagonalizableCorruption, t: Tensor, predictio
     for a variance-preserving process (diffusers' training scripts). The paper's gamma: 5.
     """
     t = corruption.check_time(t, "t")
-    c = corruption.coefficients_unchecked(t)
+    with validate_args(False):  # t is checked
+        c = corruption.coefficients(t)
     return _on_output(c, prediction, torch.clamp(math.log(gamma) - c.logsnr, max=0.0))
 
 
@@ -119,7 +124,8 @@ def soft_score_weighting(corruption: DiagonalizableCorruption, t: Tensor, predic
     tensor broadcastable to (B, *shape).
     """
     t = corruption.check_time(t, "t")
-    c = corruption.coefficients_unchecked(t)
+    with validate_args(False):  # t is checked
+        c = corruption.coefficients(t)
     return torch.exp(2 * (c.log_alpha + prediction.log_x_scale(c)))
 
 
@@ -132,7 +138,8 @@ def snr_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: P
     :func:`soft_score_weighting`.
     """
     t = corruption.check_time(t, "t")
-    c = corruption.coefficients_unchecked(t)
+    with validate_args(False):  # t is checked
+        c = corruption.coefficients(t)
     return torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
 
 
@@ -153,7 +160,8 @@ def isotropic_weighting(corruption: DiagonalizableCorruption, t: Tensor, predict
     ``sigma_blur_max = 0``) it is ``"none"``. Computed in log space, finite where ``alpha_t`` underflows.
     """
     t = corruption.check_time(t, "t")
-    c = corruption.coefficients_unchecked(t)
+    with validate_args(False):  # t is checked
+        c = corruption.coefficients(t)
     reference, log_rate_reference = corruption.isotropic_schedule(c.logsnr)
     log_g = -(c.logsnr + 2 * prediction.log_x_scale(reference))
     return _on_output(c, prediction, log_g + _log_rate(corruption, t) - log_rate_reference)
