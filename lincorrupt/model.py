@@ -46,7 +46,7 @@ class DiffusionModel(nn.Module):
             ``nn.Module`` deriving from :class:`~lincorrupt.config.Configurable` (e.g.
             :class:`lincorrupt.nn.UNet`) can be saved and loaded with :meth:`save` / :func:`load`.
         corruption: the forward process.
-        prediction: what the network outputs: "eps", "x" or "v" (:mod:`lincorrupt.predictions`);
+        prediction: what the network outputs: "eps", "x", "v" or "residual" (:mod:`lincorrupt.predictions`);
             required, and fixed for every call.
 
     Attributes:
@@ -330,7 +330,7 @@ def _legacy_parts(state: dict[str, Any], path: Path) -> tuple[dict[str, Any], Di
                              f"{', '.join(sorted(state))}); a Trainer whose network derives from "
                              f"lincorrupt.config.Configurable (e.g. lincorrupt.nn.UNet) writes them")
     if prediction is None:
-        raise ModelLoadError(f"{path} does not record what its network predicts (eps, x or v)")
+        raise ModelLoadError(f"{path} does not record what its network predicts (eps, x, v or residual)")
     cls = _corruption_class(corruption["class"], path)
     built = cls(tuple(corruption["shape"]), **corruption["settings"])
     prior_keys = {k.removeprefix("prior."): v for k, v in buffers.items() if k.startswith("prior.")}
