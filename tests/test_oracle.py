@@ -220,7 +220,7 @@ def test_diagonal_data_give_the_kl_of_the_same_data_written_in_full(method, exac
     c = lc.BlurringDiffusion(SHAPE)
     g = torch.Generator().manual_seed(4)
     mu, var = 0.3 * torch.randn(SHAPE, generator=g, dtype=f64), 0.05 + torch.rand(SHAPE, generator=g, dtype=f64)
-    V = c.basis.from_basis(torch.eye(D, dtype=f64).reshape(D, *SHAPE)).reshape(D, D).T  # column j: V e_j
+    V = c.basis.matrix(SHAPE)  # column j: V e_j
     full = lc.GaussianData(c.basis.from_basis(mu[None])[0], V @ torch.diag(var.reshape(D)) @ V.T)
     diagonal = lc.GaussianData.diagonal(mu, var)
     for grid in ("uniform", "logsnr"):
