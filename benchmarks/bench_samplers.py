@@ -187,33 +187,20 @@ def diffusers_kl(data: lc.GaussianData, corruption, sched) -> float:
 
 # ------------------------------------------------------------------------------- mixture
 class MixtureOracle:
-    """A Gaussian mixture through a corruption: E[u_x | u_t] = sum_k p(k | u_t) E_k[u_x | u_t], each E_k the
-    exact denoiser of one lc.GaussianData, p(k | u_t) from its marginal N(u_t | a mu_k, a C_k a + s^2)."""
+    """A Gaussian mixture through a corruption: E[x | z_t] = sum_k p(k | z_t) E_k[x | z_t], each E_k the exact
+    denoiser of one lc.GaussianData, p(k | z_t) from the weights and its marginal density (log_marginal)."""
 
     def __init__(self, corruption, weights, means, covs):
-        self.c, self.shape, self.D = corruption, corruption.shape, means.shape[1]
-        self.parts = [lc.GaussianData(torch.from_numpy(m).reshape(self.shape), torch.from_numpy(c))
+        self.c = corruption
+        self.parts = [lc.GaussianData(torch.from_numpy(m).reshape(corruption.shape), torch.from_numpy(c))
                       for m, c in zip(means, covs)]
         self.log_w = np.log(weights)
-        self.weights, self.means, self.covs = weights, means, covs
 
     def model(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t = t[:1].to(f64)
-        coef = self.c.coefficients(t)
-        a = coef.alpha.expand(1, *self.shape).reshape(self.D)
-        s2 = (2 * coef.log_sigma).exp().expand(1, *self.shape).reshape(self.D)
-        u = self.c.basis.to_basis(z.to(f64)).reshape(len(z), self.D)
-        log_p, expectations = [], []
-        for log_w, part in zip(self.log_w, self.parts):
-            mu, C = part.in_basis(self.c)
-            L = torch.linalg.cholesky(a[:, None] * C * a[None] + torch.diag(s2))
-            w = torch.linalg.solve_triangular(L, (u - a * mu).T, upper=False)  # L^-1 r
-            log_p.append(log_w - 0.5 * (w**2).sum(0) - L.diagonal().log().sum())
-            G, b = part.gain(self.c, t)
-            expectations.append(u @ G.T + b)
-        resp = torch.softmax(torch.stack(log_p), 0)
-        u_x = torch.einsum("kb,kbd->bd", resp, torch.stack(expectations))
-        return self.c.basis.from_basis(u_x.reshape(z.shape)).to(z.dtype)
+        dtype, z, t = z.dtype, z.to(f64), t.to(f64)
+        log_p = torch.stack([log_w + part.log_marginal(self.c, z, t) for log_w, part in zip(self.log_w, self.parts)])
+        x_hats = torch.stack([part.model(self.c)(z, t) for part in self.parts])
+        return torch.einsum("kb,kb...->b...", torch.softmax(log_p, 0), x_hats).to(dtype)
 
 
 def sliced_wasserstein(x: np.ndarray, y: np.ndarray, projections: np.ndarray) -> float:

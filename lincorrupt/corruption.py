@@ -85,10 +85,11 @@ class DiagonalizableCorruption(Configurable):
         prior: distribution of ``u_1`` for sampling; default standard normal.
     """
 
-    #: How to sample this corruption in few steps: the registered sampler and grid with the lowest KL at
-    #: 20 network evaluations for the exact denoiser of a Gaussian fitted to 28x28 Fashion-MNIST, checked
-    #: on 32x32 grey CIFAR-10 (Benchmarks page). The base class's DPM-Solver++(3M) on the log-SNR grid is
-    #: DDPM's; a subclass overrides it with what it measured. The Trainer's evaluator samples with it.
+    #: How to sample this corruption in few steps: a registered sampler, time grid and number of network
+    #: evaluations, used by :meth:`lincorrupt.DiffusionModel.sample`, the ``lincorrupt sample`` command and the
+    #: Trainer's evaluator when they are not given. The base class's is DPM-Solver++(3M) on the log-SNR grid with
+    #: 20 evaluations; a subclass may override it. How each corruption's was chosen, with the numbers and the
+    #: command that produced them: the Benchmarks page (docs/benchmarks.md, "Samplers at whole-image size").
     fast_sampling: ClassVar[FastSampling] = FastSampling("dpm++3m", "logsnr", 20)
 
     def __init__(self, shape: tuple[int, ...], basis: Basis, prior: Prior | None = None):

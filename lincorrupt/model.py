@@ -46,7 +46,7 @@ class DiffusionModel(nn.Module):
             ``nn.Module`` deriving from :class:`~lincorrupt.config.Configurable` (e.g.
             :class:`lincorrupt.nn.UNet`) can be saved and loaded with :meth:`save` / :func:`load`.
         corruption: the forward process.
-        prediction: what the network outputs: "eps", "x" or "v" (:mod:`lincorrupt.predictions`);
+        prediction: what the network outputs: "eps", "x", "v" or "residual" (:mod:`lincorrupt.predictions`);
             required, and fixed for every call.
 
     Attributes:
@@ -88,8 +88,9 @@ class DiffusionModel(nn.Module):
         left out comes from :meth:`sampling_defaults`: the corruption's
         :attr:`~lincorrupt.DiagonalizableCorruption.fast_sampling`, 20 network evaluations (for blurring
         diffusion DPM-Solver++(3M) on the "data" grid), the sampler the Trainer's evaluations and the Results
-        page's study use; for the best quality the Results page measured ancestral sampling with 50 to 100
-        steps (``method="ancestral", grid="uniform", steps=100``). No progress bar unless ``progress=True``.
+        page's study use; the Results page (docs/results.md) compares it with slower samplers, such as
+        ``method="ancestral", grid="uniform", steps=100``, on trained models. No progress bar unless
+        ``progress=True``.
         The N images are one batch, held at once: for many, call it in batches of a few hundred with one
         ``generator``.
         """
@@ -102,8 +103,8 @@ class DiffusionModel(nn.Module):
         """``method``, ``grid`` and ``steps`` that :meth:`sample` uses when not given: the corruption's
         :attr:`~lincorrupt.DiagonalizableCorruption.fast_sampling`, whose "data" grid becomes "logsnr" when the
         corruption has no data statistics (a model not trained by the Trainer and without
-        :meth:`~lincorrupt.DiagonalizableCorruption.fit_data_statistics`; with DPM-Solver++(3M) at 20 evaluations
-        of a trained blurring model the Results page measured FID 6.73 on "data" and 5.90 on "logsnr")."""
+        :meth:`~lincorrupt.DiagonalizableCorruption.fit_data_statistics`; the Results page, docs/results.md,
+        compares the two grids on a trained model)."""
         fast = self.corruption.fast_sampling._asdict()
         if fast["grid"] == "data" and getattr(self.corruption, "data_var", None) is None:
             fast["grid"] = "logsnr"
@@ -330,7 +331,7 @@ def _legacy_parts(state: dict[str, Any], path: Path) -> tuple[dict[str, Any], Di
                              f"{', '.join(sorted(state))}); a Trainer whose network derives from "
                              f"lincorrupt.config.Configurable (e.g. lincorrupt.nn.UNet) writes them")
     if prediction is None:
-        raise ModelLoadError(f"{path} does not record what its network predicts (eps, x or v)")
+        raise ModelLoadError(f"{path} does not record what its network predicts (eps, x, v or residual)")
     cls = _corruption_class(corruption["class"], path)
     built = cls(tuple(corruption["shape"]), **corruption["settings"])
     prior_keys = {k.removeprefix("prior."): v for k, v in buffers.items() if k.startswith("prior.")}

@@ -184,6 +184,35 @@ class GaussianData:
 
         return exact
 
+    def log_marginal(self, corruption: DiagonalizableCorruption, z_t: Tensor, t: Tensor | float) -> Tensor:
+        """``log q_t(z_t)`` in nats, (B,) float64: the density of ``z_t`` (B, *shape) at times ``t`` (B,) (or a
+        scalar) under these data, ``u_t ~ N(a mu, a C a + diag(s^2))`` in the corruption's basis (V is
+        orthogonal: the same density in data space). What weighs the parts of a mixture of Gaussian data,
+        ``p(k | z_t)``, whose exact denoiser is the weighted sum of the parts' :meth:`model`. O(D^3) per
+        distinct time (a float64 Cholesky factorisation), O(D) for :meth:`diagonal` data."""
+        self._check(corruption)
+        corruption.check_data(z_t, "z_t")
+        t = t if isinstance(t, Tensor) else torch.tensor(float(t), dtype=f64, device=z_t.device)  # a float: exactly
+        t = corruption.check_time(t, "t", len(z_t), z_t.device).to(f64)
+        mu, C = self.in_basis(corruption)
+        u = corruption.basis.to_basis(z_t.to(f64)).reshape(len(z_t), self.dim)
+        out = torch.empty(len(z_t), dtype=f64, device=u.device)
+        for time in torch.unique(t):
+            rows = t == time
+            c = corruption.coefficients(time.reshape(1))
+            a = c.alpha.expand(1, *self.shape).reshape(self.dim)
+            s2 = (2 * c.log_sigma).exp().expand(1, *self.shape).reshape(self.dim)
+            r = u[rows] - a * mu
+            if C.ndim == 1:
+                var = a**2 * C + s2
+                quadratic, log_det = (r**2 / var).sum(1), var.log().sum()
+            else:
+                L = torch.linalg.cholesky(a[:, None] * C * a[None] + torch.diag(s2))
+                quadratic = torch.linalg.solve_triangular(L, r.T, upper=False).square().sum(0)
+                log_det = 2 * L.diagonal().log().sum()
+            out[rows] = -0.5 * (quadratic + log_det + self.dim * math.log(2 * math.pi))
+        return out
+
     # ------------------------------------------------------------------ the sampler's output
     def prior_moments(self, corruption: DiagonalizableCorruption, exact: bool = False) -> tuple[Tensor, Tensor]:
         """Mean (D,) and covariance (D, D) of the sampler's start ``u_1`` in basis coordinates, float64 (the

@@ -71,10 +71,10 @@ def test_tutorial_basis_is_orthogonal():
     """The tutorial's basis, checked densely on a small image: V^T V = I."""
     tutorial = _load("colour_fade")
     basis = tutorial.OpponentColourDCT(4, 5)
-    eye = torch.eye(3 * 4 * 5, dtype=torch.float64).reshape(-1, 3, 4, 5)
-    v_t = basis.to_basis(eye).reshape(60, 60)
-    assert torch.allclose(v_t @ v_t.T, torch.eye(60, dtype=torch.float64), atol=1e-12)
-    assert torch.allclose(basis.from_basis(basis.to_basis(eye)), eye, atol=1e-12)
+    v, eye = basis.matrix((3, 4, 5)), torch.eye(60, dtype=torch.float64)
+    assert v.shape == (60, 60) and torch.allclose(v.T @ v, eye, atol=1e-12)
+    # to_basis is V^T (and so from_basis's inverse): it maps V's columns to the unit vectors
+    assert torch.allclose(basis.to_basis(v.T.reshape(60, 3, 4, 5)).reshape(60, 60), eye, atol=1e-12)
 
 
 @needs_fashion_mnist

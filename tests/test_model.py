@@ -308,11 +308,9 @@ def test_every_entry_point_defaults_to_the_prediction_the_trainer_trains():
     trained = TrainConfig().prediction
     # the free functions take the model's own kind (None), and a plain network's is the Trainer's
     free = {f.__qualname__: inspect.signature(f).parameters["prediction"].default
-            for f in (lc.sample, lc.diffusion_loss, lc.elbo, diffusion_term)}
+            for f in (lc.sample, lc.diffusion_loss, lc.elbo, diffusion_term, Denoiser, denoising_band_errors)}
     assert free == dict.fromkeys(free, None) and resolve_prediction(lambda z_t, t: z_t, None) == trained == "v"
-    defaults = {f.__qualname__: inspect.signature(f).parameters["prediction"].default
-                for f in (Denoiser, denoising_band_errors)}
-    assert defaults == dict.fromkeys(defaults, trained)
+    assert Denoiser(lambda z_t, t: z_t, lc.DDPM((1, 2, 2))).prediction.name == trained
     # DiffusionModel fixes the kind once and has no default: the object a checkpoint rebuilds says what it predicts
     assert inspect.signature(lc.DiffusionModel).parameters["prediction"].default is inspect.Parameter.empty
 
@@ -341,6 +339,33 @@ def test_the_free_functions_use_the_prediction_of_a_diffusion_model_and_refuse_a
     for call in (lambda: lc.bits_per_dim(model, c, x8, prediction="v"), lambda: lc.elbo(model, c, x8, prediction="v"),
                  lambda: lc.sample(model, c, 2, steps=3, prediction="eps"),
                  lambda: lc.diffusion_loss(model, c, x8, prediction="v")):
+        with pytest.raises(ValueError, match="the model predicts 'x' .* but prediction='(v|eps)' was passed"):
+            call()
+
+
+def test_the_denoiser_and_the_band_errors_use_the_prediction_of_a_diffusion_model_and_refuse_another():
+    """Denoiser and denoising_band_errors read an x-predicting DiffusionModel as x-predicting with the default
+    prediction=None (they read it as v), as with prediction="x"; a contradicting explicit kind is refused."""
+    from lincorrupt.metrics import GaussianFit, denoising_band_errors, radial_bands
+
+    c = lc.BlurringDiffusion((3, 8, 8))
+    model = lc.DiffusionModel(tiny_unet(), c, prediction="x").eval()
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    u_t, t = c.basis.to_basis(x), torch.tensor([0.3])
+    coefficients = c.coefficients(t)
+    with torch.no_grad():
+        default, as_x = (lc.Denoiser(model, c, p).x_hat(u_t, t, coefficients) for p in (None, "x"))
+        as_v = lc.Denoiser(model.network, c, "v").x_hat(u_t, t, coefficients)
+    assert torch.equal(default, as_x) and not torch.allclose(as_x, as_v)  # the kinds differ: a mix-up would show
+
+    fit, bands = GaussianFit.of(x), radial_bands(8, 8, 2)
+
+    def errors(prediction, m=model):
+        return denoising_band_errors(m, c, fit, x, (0.3,), bands, prediction,
+                                     generator=torch.Generator().manual_seed(6))[0.3]
+
+    assert torch.equal(errors(None), errors("x")) and not torch.allclose(errors(None), errors("v", model.network))
+    for call in (lambda: lc.Denoiser(model, c, "v"), lambda: errors("eps")):
         with pytest.raises(ValueError, match="the model predicts 'x' .* but prediction='(v|eps)' was passed"):
             call()
 

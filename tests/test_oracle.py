@@ -40,6 +40,36 @@ def test_the_denoiser_takes_one_time_per_row():
         torch.testing.assert_close(got[i:i + 1], truth.model(z[i:i + 1], t[i:i + 1]), rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_the_log_marginal_is_scipys_density_of_z_t_in_data_space(name):
+    """z_t = A x + V diag(s) V^T eps with A = V diag(a) V^T: N(A m, A S A^T + V diag(s^2) V^T), scipy's logpdf;
+    one time per row. Diagonal data give the density of the same data written in full."""
+    from scipy.stats import multivariate_normal
+
+    c, truth = make(name)
+    z = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(3), dtype=f64)
+    t = torch.tensor([0.05, 0.4, 0.4, 1.0], dtype=f64)
+    expected = []
+    for z_row, time in zip(z.reshape(4, D).numpy(), t.tolist()):
+        a, s = truth.coefficients(time)
+        A = truth.vt.T @ np.diag(a) @ truth.vt
+        cov = A @ truth.cov @ A.T + truth.vt.T @ np.diag(s**2) @ truth.vt
+        expected.append(multivariate_normal(A @ truth.m, cov).logpdf(z_row))
+    got = oracle(truth).log_marginal(c, z, t)
+    assert got.shape == (4,) and got.dtype == f64
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
+    np.testing.assert_allclose(oracle(truth).log_marginal(c, z[:2], 0.05).numpy(),
+                               oracle(truth).log_marginal(c, z[:2], t[:1].expand(2)).numpy(), rtol=1e-12)
+    g = torch.Generator().manual_seed(5)
+    mu, var = 0.3 * torch.randn(SHAPE, generator=g, dtype=f64), 0.05 + torch.rand(SHAPE, generator=g, dtype=f64)
+    V = torch.from_numpy(truth.vt.T)  # column j: V e_j (scipy's)
+    full = lc.GaussianData(c.basis.from_basis(mu[None])[0], V @ torch.diag(var.reshape(D)) @ V.T)
+    np.testing.assert_allclose(lc.GaussianData.diagonal(mu, var).log_marginal(c, z, t).numpy(),
+                               full.log_marginal(c, z, t).numpy(), rtol=1e-10)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        oracle(truth).log_marginal(c, z, 1.5)
+
+
 def test_fit_is_the_sample_mean_and_covariance_plus_the_ridge():
     x = torch.randn(50, *SHAPE, generator=torch.Generator().manual_seed(2), dtype=f64)
     data = lc.GaussianData.fit(x, ridge=1e-3)
@@ -190,7 +220,7 @@ def test_diagonal_data_give_the_kl_of_the_same_data_written_in_full(method, exac
     c = lc.BlurringDiffusion(SHAPE)
     g = torch.Generator().manual_seed(4)
     mu, var = 0.3 * torch.randn(SHAPE, generator=g, dtype=f64), 0.05 + torch.rand(SHAPE, generator=g, dtype=f64)
-    V = c.basis.from_basis(torch.eye(D, dtype=f64).reshape(D, *SHAPE)).reshape(D, D).T  # column j: V e_j
+    V = c.basis.matrix(SHAPE)  # column j: V e_j
     full = lc.GaussianData(c.basis.from_basis(mu[None])[0], V @ torch.diag(var.reshape(D)) @ V.T)
     diagonal = lc.GaussianData.diagonal(mu, var)
     for grid in ("uniform", "logsnr"):

@@ -7,7 +7,7 @@ frequency, so a basis without frequencies is refused by name).
 - :func:`radial_bands`, :func:`power_spectrum`, :func:`spectrum_ratio`: the radially averaged DCT power spectrum
   of samples relative to reference images; a ratio above 1 in the high bands is the "noisy texture" of samples.
 - :class:`GaussianFit`, :func:`wiener_x_hat`: the linear (Wiener) estimator ``E[x | z_t]`` of the data's Gaussian
-  fit, for any :class:`~lincorrupt.DiagonalizableCorruption`.
+  fit, for any :class:`~lincorrupt.DiagonalizableCorruption` (the exact denoiser of :class:`lincorrupt.GaussianData`).
 - :func:`band_error_ratio`, :func:`denoising_band_errors`: a network's per-band error of ``x_hat`` relative to the
   Wiener estimator's; a ratio above 1 is worse than linear.
 
@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..basis import Basis, DCTBasis, require_frequencies_squared
 from ..corruption import DiagonalizableCorruption
+from ..oracle import RIDGE, GaussianData
 from ..sampling.denoiser import Denoiser
 from ..validation import validate_args
 
@@ -185,31 +186,23 @@ def spectrum_ratio(samples: Tensor, reference: Tensor, bands: Tensor, basis: Bas
 
 class GaussianFit(NamedTuple):
     """A Gaussian ``N(m, S)`` fitted to data, kept in data space (``mean`` (*shape), ``cov`` (D, D), D = prod(shape),
-    float64), so one fit serves corruptions in any basis: :meth:`in_basis` gives ``mu = V^T m``, ``C = V^T S V``."""
+    float64, positive definite), so one fit serves corruptions in any basis: :meth:`in_basis` gives ``mu = V^T m``,
+    ``C = V^T S V``. Its exact denoiser (:func:`wiener_x_hat`) is :class:`lincorrupt.GaussianData`'s."""
 
     mean: Tensor
     cov: Tensor
 
     @classmethod
-    def of(cls, x: Tensor, ridge: float = 1e-4) -> GaussianFit:
-        """Sample mean and unbiased sample covariance of ``x`` (N, *shape), N >= 2, plus ``ridge * I``.
+    def of(cls, x: Tensor, ridge: float = RIDGE) -> GaussianFit:
+        """Sample mean and unbiased sample covariance of ``x`` (N, *shape), N >= 2, plus ``ridge * I``
+        (:meth:`lincorrupt.GaussianData.fit`).
 
         The ridge floors every direction's variance: the sample covariance is singular when N <= D or where
-        pixels are constant (Fashion-MNIST's borders), and the Wiener solve must stay well posed as
+        pixels are constant (Fashion-MNIST's borders), and the Wiener estimator must stay well posed as
         ``sigma_t -> 0``. 1e-4 is a standard deviation of 0.01 on the [-1, 1] scale, about one 8-bit level (2/255).
         """
-        if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2 or x.shape[0] < 2:
-            raise ValueError(f"GaussianFit.of needs a floating tensor (N, *shape) with N >= 2 images, got "
-                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
-        if not (math.isfinite(ridge) and ridge >= 0):
-            raise ValueError(f"ridge must be a finite number >= 0, got {ridge}")
-        flat = x.to(f64).flatten(1)
-        if not bool(torch.isfinite(flat).all()):
-            raise ValueError("x has non-finite values (NaN or inf); expected finite images")
-        mean = flat.mean(0)
-        centred = flat - mean
-        cov = centred.T @ centred / (len(flat) - 1) + ridge * torch.eye(flat.shape[1], dtype=f64, device=x.device)
-        return cls(mean.view(x.shape[1:]), cov)
+        data = GaussianData.fit(x, ridge)
+        return cls(data.mean, data.cov)
 
     def in_basis(self, basis: Basis) -> tuple[Tensor, Tensor]:
         """``(mu, C)`` in ``basis``'s coordinates: ``mu = V^T m`` (D,) and ``C = V^T S V`` (D, D), float64."""
@@ -221,7 +214,8 @@ class GaussianFit(NamedTuple):
 def wiener_x_hat(fit: GaussianFit, corruption: DiagonalizableCorruption, z_t: Tensor, t: Tensor | float) -> Tensor:
     """``E[x | z_t]`` under ``x ~ fit``: the linear MMSE (Wiener) estimator, for any diagonalizable corruption.
 
-    In the corruption's basis ``u = V^T x`` with ``mu``, ``C`` from :meth:`GaussianFit.in_basis` and
+    The exact denoiser of :class:`lincorrupt.GaussianData` (``GaussianData(fit.mean, fit.cov).model(corruption,
+    "x")``): in the corruption's basis ``u = V^T x`` with ``mu``, ``C`` from :meth:`GaussianFit.in_basis` and
     ``u_t = a * u_x + s * n`` (``a = alpha_t``, ``s = sigma_t`` per coordinate), Gaussian conditioning gives
 
         E[u_x | u_t] = mu + C a (a C a + diag(s^2))^-1 (u_t - a mu)
@@ -229,7 +223,7 @@ def wiener_x_hat(fit: GaussianFit, corruption: DiagonalizableCorruption, z_t: Te
     solved by a float64 Cholesky factorisation per distinct time (O(D^3) each, O(D^2) memory).
 
     Args:
-        fit: the data's Gaussian fit, of event shape ``corruption.shape``.
+        fit: the data's Gaussian fit, of event shape ``corruption.shape``, with a positive definite covariance.
         corruption: any :class:`~lincorrupt.DiagonalizableCorruption`.
         z_t: (B, *shape) corrupted data.
         t: (B,) times in [0, 1], or a scalar.
@@ -238,29 +232,15 @@ def wiener_x_hat(fit: GaussianFit, corruption: DiagonalizableCorruption, z_t: Te
         (B, *shape) ``x_hat`` in data space, ``z_t``'s dtype.
     """
     corruption.check_data(z_t, "z_t")
-    b, d, basis = z_t.shape[0], math.prod(corruption.shape), corruption.basis
+    b, d = z_t.shape[0], math.prod(corruption.shape)
     if tuple(fit.mean.shape) != corruption.shape or tuple(fit.cov.shape) != (d, d):
         raise ValueError(f"the fit has mean {tuple(fit.mean.shape)} and covariance {tuple(fit.cov.shape)}; the "
                          f"corruption needs {corruption.shape} and {(d, d)}")
     t = t if isinstance(t, Tensor) else torch.tensor(float(t), dtype=f64, device=z_t.device)  # a float: exactly
     t = corruption.check_time(t, "t", b, z_t.device).to(f64)
-    mu, cov = GaussianFit(fit.mean.to(z_t.device, f64), fit.cov.to(z_t.device, f64)).in_basis(basis)
+    data = GaussianData(fit.mean.to(z_t.device, f64), fit.cov.to(z_t.device, f64))
     with validate_args(False):  # t is checked
-        c = corruption.coefficients(t)
-    a = c.alpha.expand(b, *corruption.shape).reshape(b, d)
-    s2 = (2 * c.log_sigma).exp().expand(b, *corruption.shape).reshape(b, d)
-    u_t = basis.to_basis(z_t.to(f64)).reshape(b, d)
-    u_x = torch.empty_like(u_t)
-    for time in torch.unique(t):
-        rows = (t == time).nonzero()[:, 0]
-        a_j, s2_j = a[rows[0]], s2[rows[0]]
-        factor, info = torch.linalg.cholesky_ex(a_j[:, None] * cov * a_j + torch.diag(s2_j))
-        if int(info):
-            raise ValueError(f"a C a + diag(sigma_t^2) is not positive definite at t={time.item():.6g}; "
-                             f"fit with a larger ridge")
-        gain_input = torch.cholesky_solve((u_t[rows] - a_j * mu).T, factor)  # (a C a + s^2)^-1 (u_t - a mu)
-        u_x[rows] = mu + (cov @ (a_j[:, None] * gain_input)).T
-    return basis.from_basis(u_x.view(b, *corruption.shape)).to(z_t.dtype)
+        return data.model(corruption, "x")(z_t, t)
 
 
 def band_error_ratio(x: Tensor, x_hat_model: Tensor, x_hat_wiener: Tensor, bands: Tensor,
@@ -291,8 +271,8 @@ def band_error_ratio(x: Tensor, x_hat_model: Tensor, x_hat_wiener: Tensor, bands
 
 @torch.no_grad()
 def denoising_band_errors(model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCorruption,
-                          fit: GaussianFit, x: Tensor, times: Iterable[float], bands: Tensor, prediction: str = "v",
-                          generator: torch.Generator | None = None,
+                          fit: GaussianFit, x: Tensor, times: Iterable[float], bands: Tensor,
+                          prediction: str | None = None, generator: torch.Generator | None = None,
                           batch_size: int | None = None, basis: Basis | None = None) -> dict[float, Tensor]:
     """:func:`band_error_ratio` of ``model`` against the Wiener estimator at each time: what the network has not
     learned that a linear filter of the data's Gaussian fit knows.
@@ -308,7 +288,9 @@ def denoising_band_errors(model: Callable[[Tensor, Tensor], Tensor], corruption:
         x: (N, C, H, W) clean (test) images on the model's device.
         times: the times t in [0, 1], e.g. (0.1, 0.15, 0.2, 0.3).
         bands: (H, W) band indices (:func:`radial_bands`).
-        prediction: what the model outputs: "eps", "x", "v" or "residual".
+        prediction: what the model outputs: "eps", "x", "v" or "residual"; default the model's own
+            (a :class:`~lincorrupt.DiffusionModel`'s ``.prediction``), else "v" (``ValueError`` if it contradicts
+            the model's own).
         generator: random generator of the noise.
         batch_size: images per model call (all at once if None).
         basis: the basis of the bands, as in :func:`power_spectrum` (default the DCT, whatever the corruption's).

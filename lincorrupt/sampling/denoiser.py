@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..coefficients import Coefficients
 from ..corruption import DiagonalizableCorruption
-from ..predictions import get_prediction
+from ..predictions import get_prediction, resolve_prediction
 from ..validation import check_model_output
 
 __all__ = ["Denoiser", "StepInfo", "clip_x_hat", "dynamic_threshold"]
@@ -70,7 +70,9 @@ class Denoiser:
     Args:
         model: ``model(z_t, t) -> Tensor`` of z_t's shape.
         corruption: gives the basis.
-        prediction: what the model outputs: "eps", "x", "v" or "residual".
+        prediction: what the model outputs: "eps", "x", "v" or "residual"; None (the default): the model's own
+            kind (a :class:`~lincorrupt.DiffusionModel`'s ``.prediction``), else "v"
+            (:func:`~lincorrupt.predictions.resolve_prediction`; ``ValueError`` if it contradicts the model's own).
         x_transform: optional data-space map of ``x_hat``, applied after each evaluation.
         callback: optional ``callback(StepInfo)``, called after each evaluation.
         dtype: the dtype the model is called in (its output is cast back to ``u_t``'s); default ``u_t``'s.
@@ -78,9 +80,10 @@ class Denoiser:
     """
 
     def __init__(self, model: Callable[[Tensor, Tensor], Tensor], corruption: DiagonalizableCorruption,
-                 prediction: str = "v", x_transform: Callable[[Tensor], Tensor] | None = None,
+                 prediction: str | None = None, x_transform: Callable[[Tensor], Tensor] | None = None,
                  callback: Callable[[StepInfo], None] | None = None, dtype: torch.dtype | None = None):
-        self.model, self.corruption, self.prediction = model, corruption, get_prediction(prediction)
+        self.model, self.corruption = model, corruption
+        self.prediction = get_prediction(resolve_prediction(model, prediction))
         self.x_transform, self.callback, self.evaluations, self.dtype = x_transform, callback, 0, dtype
 
     def _evaluate(self, u_t: Tensor, t: Tensor, c: Coefficients,

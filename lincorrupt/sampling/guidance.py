@@ -7,7 +7,7 @@ unconditional output). Guidance at scale ``s`` samples with
 
 so s = 1 is the conditional model and s = 0 the unconditional one. For fixed ``(z_t, t)`` every
 prediction kind is an affine function of the others with weights that sum to one
-(:mod:`lincorrupt.predictions`), so mixing eps, x or v outputs gives the same ``x_hat``: the
+(:mod:`lincorrupt.predictions`), so mixing eps, x, v or residual outputs gives the same ``x_hat``: the
 combination may be taken in whatever the model predicts.
 """
 
