@@ -111,6 +111,7 @@ RESUMABLE = frozenset({
     "resume", "sample_only", "checkpoint", "out_dir", "data_root", "download", "skip_unreadable", "verify_data",
     "device", "dist_timeout",
     "num_workers", "prefetch_factor", "grad_accum", "checkpoint_activations", "compile", "channels_last", "tf32",
+    "threads",
 })
 
 ANY_REAL, POSITIVE, AT_LEAST_1 = Interval(), Interval(0, low_open=True), Interval(1)
@@ -162,6 +163,8 @@ class Config(TrainConfig):
                           choices=sorted(lc.SAMPLERS))
     out_dir: str = option("runs/{corruption}", "Output folder.")
     device: str = option("", "Device; empty: cuda when available, else cpu.")
+    threads: int = option(1, "torch CPU threads of each process (1: on a shared machine more threads ran several "
+                          "times slower; 0: torch's default, one per core).", bounds=Interval(0))
     dist_timeout: float = option(DEFAULT_TIMEOUT, "Seconds a torchrun process waits for its peers in a collective "
                                  "(or to join) before failing.", bounds=POSITIVE)
     resume: bool = option(False, "Continue from --checkpoint (default: out-dir/checkpoint.pt) with its model and "
@@ -233,6 +236,8 @@ def prior_images(data, n: int, seed: int) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(Config, argv, description=__doc__.split("\n")[0])
+    if cfg.threads:  # this command's own flag, never a resumed checkpoint's
+        torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     weights = check_fid_setup(cfg) if cfg.fid else None  # fail before any work
     ckpt_state, ckpt_path = None, None

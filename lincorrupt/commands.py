@@ -234,7 +234,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="a progress bar on stderr (default on; --no-progress turns it off)")
     s.set_defaults(run_command=_sample)
+    for command in (info, s):
+        command.add_argument("--threads", type=_at_least_0, default=1, help="torch CPU threads (default 1: on a "
+                             "shared machine more threads ran several times slower; 0: torch's default, one per core)")
     return p
+
+
+def _at_least_0(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -274,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     (0, or 1 with a one-line ``error:`` message for a missing, damaged or unusable file; 130 after Ctrl-C)."""
     from .train.checkpoint import CheckpointError
     args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         args.run_command(args)
     except (CheckpointError, ModelLoadError, ValueError, OSError) as e:

@@ -171,6 +171,33 @@ def test_math_renders_in_chromium(built_site, page):
     assert report["katexMainLoaded"], "KaTeX's font did not load from the site"
 
 
+_ANNOTATION = re.compile(r'<annotation encoding="application/x-tex">(.*?)</annotation>', re.DOTALL)
+_UNRENDERED = re.compile(r'class="arithmatex">\\[(\[]')
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")  # control characters but the newline
+
+
+def test_every_formula_of_the_site_rendered_from_clean_tex(built_site):
+    """On every built page (narrative and API reference): no KaTeX error box, no formula left as
+    TeX, and no control character in a formula's source, which KaTeX renders silently (a TAB typed
+    for the ``\\t`` of ``\\text`` shows as "ext")."""
+    import html
+
+    site_dir, log, returncode = built_site
+    assert returncode == 0, log
+    found = []
+    for page in sorted(site_dir.rglob("*.html")):
+        if page.name.startswith("_"):  # the probes other tests write beside the pages
+            continue
+        text, rel = page.read_text(encoding="utf-8"), page.relative_to(site_dir)
+        found += [f"{rel}: a KaTeX error box" for _ in re.findall(r'class="katex-error"', text)]
+        found += [f"{rel}: unrendered math {text[m.start():m.start() + 80]!r}" for m in _UNRENDERED.finditer(text)]
+        for source in _ANNOTATION.findall(text):
+            tex = html.unescape(source)
+            if _CONTROL.search(tex):
+                found.append(f"{rel}: control character(s) {sorted(set(_CONTROL.findall(tex)))} in {tex!r}")
+    assert not found, "math that did not render cleanly:\n" + "\n".join(found)
+
+
 def test_reference_covers_the_public_api(built_site):
     """Every name ``lincorrupt`` exports has an entry in the generated reference pages."""
     import lincorrupt

@@ -38,9 +38,14 @@ def test_schedule_is_gaussian_blur_at_interpolated_levels_plus_geometric_noise(t
     np.testing.assert_allclose(sigma.expand(1, *SHAPE).numpy(), 0.02 * (0.3 / 0.02) ** t, rtol=1e-12)
 
 
-def test_defaults_are_equally_spaced_levels_of_the_papers_celeba_range_and_valid_at_28x28():
+def test_defaults_are_equally_spaced_levels_of_the_papers_celeba_range_scaled_and_valid_at_28x28():
     c = lc.SoftDiffusion((1, 28, 28))
-    np.testing.assert_allclose(c.blur_levels.numpy(), np.linspace(0.01, 23.0, 32))
+    np.testing.assert_allclose(c.blur_levels.numpy(), np.linspace(0.01, 23.0 * 28 / 64, 32))
+    # scaled, the coarsest non-constant frequency ends as blurred as in the paper's 64x64 images
+    alpha_1 = c.alpha_sigma(torch.ones(1, dtype=f64))[0].expand(1, 1, 28, 28)[0, 0, 0, 1]
+    assert float(alpha_1) == pytest.approx(math.exp(-(math.pi / 64) ** 2 * 23.0**2 / 2), rel=1e-9)
+    np.testing.assert_allclose(lc.SoftDiffusion((1, 16, 40)).blur_levels[-1].item(), 23.0 * 40 / 64)
+    np.testing.assert_allclose(lc.SoftDiffusion((1, 28, 28), sigma_blur_max=23.0).blur_levels[-1].item(), 23.0)
     assert isinstance(c.prior, lc.GaussianPrior)
     log_alpha, log_sigma = c.log_alpha_sigma(torch.linspace(0, 1, 11, dtype=f64))
     assert torch.isfinite(log_alpha).all()  # alpha itself underflows at strong blur; its log does not
@@ -67,6 +72,73 @@ def test_w2_closed_form_is_the_gaussian_w2_of_the_blurred_data(seed):
             da, db = (np.exp(-lam(4, 6) * s**2 / 2)[None].repeat(2, 0).ravel() for s in (a, b))  # C_s, diagonal
             ref = diagonal_w2_scipy(da * mean.ravel(), da**2 * var.ravel(), db * mean.ravel(), db**2 * var.ravel())
             assert w2[i, j] == pytest.approx(ref, rel=1e-6, abs=1e-6)  # sqrtm's own error ~1e-8
+
+
+@given(seed=st.integers(0, 1000))
+def test_noise_aware_w2_is_the_gaussian_w2_of_the_noisy_marginals(seed):
+    """With noise the marginals are N(a m, diag(a^2 v + s^2)): scipy's general Gaussian W2 of them."""
+    rng = np.random.default_rng(seed)
+    mean, var = rng.normal(size=SHAPE), rng.uniform(0.01, 2, size=SHAPE)
+    sigmas, noise = np.array([0.0, 0.3, 1.2]), np.array([0.01, 0.3, 1.5])
+    w2 = blur_w2_distances(torch.tensor(sigmas), torch.tensor(sigmas[::-1].copy()), torch.tensor(lam(4, 6)),
+                           torch.tensor(mean), torch.tensor(var), torch.tensor(noise),
+                           torch.tensor(noise[:2].tolist() + [0.0])).numpy()
+    for i, (a, s_a) in enumerate(zip(sigmas, noise)):
+        for j, (b, s_b) in enumerate(zip(sigmas[::-1], noise[:2].tolist() + [0.0])):
+            da, db = (np.exp(-lam(4, 6) * s**2 / 2)[None].repeat(2, 0).ravel() for s in (a, b))
+            ref = diagonal_w2_scipy(da * mean.ravel(), da**2 * var.ravel() + s_a**2,
+                                    db * mean.ravel(), db**2 * var.ravel() + s_b**2)
+            assert w2[i, j] == pytest.approx(ref, rel=1e-6, abs=1e-6)
+
+
+def test_noise_aware_w2_without_noise_is_the_papers_and_needs_both_noises():
+    rng = np.random.default_rng(0)
+    mean, var = torch.tensor(rng.normal(size=SHAPE)), torch.tensor(rng.uniform(0.01, 2, size=SHAPE))
+    levels, lam46 = torch.tensor([0.0, 0.4, 2.5], dtype=f64), torch.tensor(lam(4, 6))
+    zero = torch.zeros(3, dtype=f64)
+    torch.testing.assert_close(blur_w2_distances(levels, levels, lam46, mean, var, zero, zero),
+                               blur_w2_distances(levels, levels, lam46, mean, var))
+    with pytest.raises(ValueError, match="noise_a and noise_b"):
+        blur_w2_distances(levels, levels, lam46, mean, var, noise_a=zero)
+
+
+@pytest.mark.parametrize("num_levels", [2, 5, 9])
+def test_noise_aware_levels_are_a_shortest_path_of_the_layered_w2_graph(num_levels):
+    """Level k carries noise[k]: every step of the returned path is within epsilon, and no path with
+    fewer levels reaches the last candidate at that epsilon (brute force over the layered graph)."""
+    rng = np.random.default_rng(num_levels)
+    mean, var = torch.tensor(rng.normal(size=SHAPE)), torch.tensor(rng.uniform(0.01, 2, size=SHAPE) / (1 + lam(4, 6)))
+    candidates = torch.linspace(0.0, 3.0, 60, dtype=f64)
+    noise = torch.tensor(0.05 * 4.0 ** np.linspace(0, 1, num_levels))
+    levels = select_blur_levels(candidates, torch.tensor(lam(4, 6)), mean, var, num_levels, noise=noise)
+    assert len(levels) == num_levels and levels[0] == candidates[0] and levels[-1] == candidates[-1]
+    assert (levels[1:] > levels[:-1]).all()
+    index = [int((candidates == v).nonzero()) for v in levels]
+    step = lambda k: blur_w2_distances(candidates, candidates, torch.tensor(lam(4, 6)), mean, var,  # noqa: E731
+                                       noise[k].expand(60), noise[k + 1].expand(60)).numpy()
+    epsilon = max(step(k)[i, j] for k, (i, j) in enumerate(zip(index[:-1], index[1:])))
+    reached = {0}  # candidates reachable as the k-th level, forward and monotone
+    for k in range(num_levels - 2):
+        edges = step(k) <= epsilon
+        reached = {j for i in reached for j in range(i + 1, 60) if edges[i, j]}
+        assert 59 not in reached, f"the last candidate is reachable with {k + 2} levels"
+    assert not select_blur_levels(candidates, torch.tensor(lam(4, 6)), mean, var, num_levels).equal(levels) \
+        or num_levels == 2  # the noise changes the choice
+
+
+def test_fit_noise_aware_uses_each_levels_noise_and_keeps_the_constructor_arguments():
+    g = torch.Generator().manual_seed(0)
+    x = torch.tanh(torch.randn(200, *SHAPE, generator=g, dtype=f64).cumsum(-1) / 2)
+    c = lc.SoftDiffusion.fit(x, num_levels=6, sigma_blur_min=0.0, sigma_blur_max=3.0, num_candidates=100,
+                             noise_aware=True, noise_max=0.3)
+    u = torch.tensor(scipy.fft.dctn(x.numpy(), axes=(-2, -1), norm="ortho"))
+    noise = torch.tensor(0.01 * 30.0 ** np.linspace(0, 1, 6))
+    expected = select_blur_levels(torch.linspace(0, 3, 100, dtype=f64), torch.tensor(lam(4, 6)), u.mean(0),
+                                  u.var(0), 6, noise=noise)
+    torch.testing.assert_close(c.blur_levels, expected)
+    assert c.noise_max == 0.3 and "noise_aware" not in c.config  # a checkpoint records the levels, not how
+    sigma = c.alpha_sigma(torch.linspace(0, 1, 6, dtype=f64))[1].flatten()
+    torch.testing.assert_close(sigma, noise)  # the noise fit assumed is the process's at t = k / (K - 1)
 
 
 @pytest.mark.parametrize("num_levels", [2, 5, 16])

@@ -37,7 +37,7 @@ BAD = {
     "ihdm_blur_max": [0.0], "ihdm_steps": [0], "prior_images": [0], "ch": [0], "ch_mult": [(1, 0), (-1,), ()],
     "num_res_blocks": [0], "attn_resolutions": [(0,)], "dropout": [1.0, -0.1, math.nan], "groups": [0],
     "fid_samples": [0], "fid_batch": [0], "fid_steps": [0], "fid_dims": [100, 0], "eval_samples": [3, 0],
-    "eval_steps": [0], "dist_timeout": [0.0, -1.0, math.nan],
+    "eval_steps": [0], "dist_timeout": [0.0, -1.0, math.nan], "threads": [-1],
 }
 
 

@@ -62,7 +62,7 @@ def test_trainer_logs_quality_every_eval_every_steps(tmp_path):
 
 @pytest.mark.parametrize("corruption, expected", [
     (lc.BlurringDiffusion(SHAPE), "dpm++3m/data/20"), (lc.DDPM(SHAPE), "dpm++3m/logsnr/20"),
-    (lc.IHDM(SHAPE), "dpm++3m/info/20"), (lc.SoftDiffusion(SHAPE), "dpm++2m/uniform/20")])
+    (lc.IHDM(SHAPE), "dpm++3m/info/20"), (lc.SoftDiffusion(SHAPE), "dpm++3m/info/20")])
 def test_the_evaluator_samples_each_corruption_with_its_fast_sampling_unless_told(corruption, expected,
                                                                                   monkeypatch):
     """The defaults are the corruption's (measured per corruption on the Benchmarks page); given values win."""

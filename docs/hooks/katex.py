@@ -5,7 +5,10 @@ in generic mode turns them into ``<span class="arithmatex">\\(...\\)</span>`` an
 ``<div class="arithmatex">\\[...\\]</div>``. This hook replaces each of those by KaTeX's HTML
 (rendered by ``docs/_katex/render.js`` under Node.js, one process per page) and ships KaTeX's
 stylesheet and fonts inside the site, so the pages need no JavaScript and no network to show
-their equations. A TeX error is a build error.
+their equations. A TeX error is a build error, and so is a control character (other than a
+newline) in a formula of a page's Markdown source: Markdown expands a TAB typed where the ``\\t``
+of ``\\text`` was meant into spaces, and KaTeX then renders "ext" without complaint, so the check
+reads the source before Markdown does (and the rendered formulas again, for docstrings).
 
 KaTeX comes from the npm registry, pinned by ``docs/_katex/package-lock.json``; ``make docs-deps``
 (a prerequisite of ``make test`` and ``make docs``) runs ``npm ci`` there.
@@ -45,7 +48,38 @@ _MATH = re.compile(
     re.DOTALL,
 )
 
+# C0 and C1 control characters and DEL, except the newline (a display formula may span lines).
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
 _cache: dict[tuple[str, bool], str] = {}
+
+
+# Markdown that holds no math: fenced code blocks and inline code spans.
+_CODE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?^[ \t]*\1[ \t]*$|`[^`\n]*`", re.MULTILINE | re.DOTALL)
+# Math as arithmatex reads it: $$...$$ (may span lines) and $...$ (one line, no space inside the dollars).
+_MD_MATH = re.compile(r"\$\$(.+?)\$\$|(?<![\\$])\$(?![\s$])([^$\n]*?[^\s\\])\$", re.DOTALL)
+
+
+def control_characters(tex: str) -> list[str]:
+    """The control characters of a formula's source (other than newlines), as their ``repr``."""
+    return [repr(c) for c in _CONTROL.findall(tex)]
+
+
+def markdown_math(markdown: str) -> list[tuple[int, str]]:
+    """(line number, TeX) of every formula of a Markdown source, code blocks and code spans skipped."""
+    text = _CODE.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), markdown)
+    return [(text.count("\n", 0, m.start()) + 1, m.group(1) if m.group(1) is not None else m.group(2))
+            for m in _MD_MATH.finditer(text)]
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    """Refuse (as a warning, which fails a strict build) control characters in the page's formulas."""
+    for line, tex in markdown_math(markdown):
+        bad = control_characters(tex)
+        if bad:
+            log.warning("KaTeX, %s line %d: control character(s) %s in the formula %r (a TAB where \\t was "
+                        "meant?)", page.file.src_uri, line, ", ".join(sorted(set(bad))), tex)
+    return markdown
 
 
 def _render(items: list[tuple[str, bool]], where: str) -> None:
@@ -83,6 +117,11 @@ def on_post_page(output: str, page, config) -> str:
         display = m.group("display") is not None
         return html.unescape(m.group("display") if display else m.group("inline")).strip(), display
 
+    for tex, _ in {key(m) for m in matches}:
+        bad = control_characters(tex)
+        if bad:  # a warning fails `mkdocs build --strict`
+            log.warning("KaTeX, %s: control character(s) %s in the formula %r (a TAB where \\t was meant?)",
+                        page.file.src_uri, ", ".join(sorted(set(bad))), tex)
     _render([key(m) for m in matches], page.file.src_uri)
 
     def substitute(m: re.Match) -> str:
