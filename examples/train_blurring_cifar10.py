@@ -230,9 +230,10 @@ def resumed_config(checkpoint: dict[str, Any], given: dict[str, Any], path: Path
     Raises:
         CheckpointError: a given flag outside RESUMABLE contradicts the checkpoint, naming both values.
     """
-    names = {f.name for f in dataclasses.fields(Config)}
+    names = {f.name for f in dataclasses.fields(Config)} - {"out_dir"}  # set as given: formatted once, at parsing
     stored = Config(**{k: v for k, v in checkpoint["config"].items() if k in names})
-    wanted = Config(**{**dataclasses.asdict(stored), **given})
+    wanted = Config(**{**dataclasses.asdict(stored), **given, "out_dir": ""})
+    wanted.out_dir = given.get("out_dir", checkpoint["config"].get("out_dir", wanted.out_dir))
     conflicts = [f"--{name.replace('_', '-')} {getattr(wanted, name)!r} (the checkpoint's: {getattr(stored, name)!r})"
                  for name in given if name not in RESUMABLE and getattr(wanted, name) != getattr(stored, name)]
     if conflicts:
