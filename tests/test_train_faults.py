@@ -779,3 +779,42 @@ def test_a_non_finite_state_names_an_earlier_checkpoint_only_where_one_exists(tm
     (tmp_path / "checkpoint.pt").write_bytes(b"an earlier step")
     with pytest.raises(NonFiniteStateError, match="checkpoint.pt still holds an earlier, finite step: resume from it"):
         check_finite(state, 1, tmp_path / "checkpoint.pt")
+
+
+class FailingImages(torch.utils.data.Dataset):
+    """Images whose item 6 cannot be loaded once ``broken`` (in the DataLoader worker)."""
+
+    broken = False
+
+    def __len__(self):
+        return 20
+
+    def __getitem__(self, i):
+        if i == 6 and self.broken:
+            raise OSError("image 6 cannot be read")
+        return torch.full(SHAPE, i, dtype=torch.uint8)
+
+
+@pytest.mark.slow  # DataLoader workers
+@pytest.mark.parametrize("where", ["in the loop", "in a worker"])
+def test_a_failed_run_stops_its_data_workers(tmp_path, where):
+    """The workers ignore SIGTERM (the process group's signal is for the loop), so one left running after a failed
+    fit would block the host's exit for ever (multiprocessing terminates with SIGTERM, then joins)."""
+    import multiprocessing
+    before = set(multiprocessing.active_children())
+    t = make_trainer(tmp_path, 6, num_workers=1, dataset=FailingImages() if where == "in a worker" else None)
+    loss_fn = t.loss
+
+    def fails_at_step_2(*args, **kw):
+        if t.step == 2:
+            raise OSError("image 6 cannot be read")
+        return loss_fn(*args, **kw)
+
+    if where == "in the loop":
+        t.loss = fails_at_step_2
+    else:
+        t.dataset.broken = True  # after the Trainer's first look at the data
+    with pytest.raises(OSError, match="image 6 cannot be read") as info:
+        t.fit()
+    assert info.traceback  # the traceback (and its frames) are still held here
+    assert set(multiprocessing.active_children()) <= before

@@ -352,7 +352,7 @@ class Trainer:
         self.model.train()
         logger = MetricsLog(self.out_dir, enabled=main)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (main and cfg.progress), dynamic_ncols=True)
-        status, tick, tick_step = "done", time.perf_counter(), self.step
+        status, tick, tick_step, batches = "done", time.perf_counter(), self.step, None
         try:
             batches = self.batches()
             with stop_on_signals(self._on_signal):  # the saves included: a signal lets a save finish
@@ -397,6 +397,9 @@ class Trainer:
                 self._save_after_failure(error)
             raise
         finally:
+            # the loader's workers stop now, also when a traceback keeps the iterator: they ignore SIGTERM, so one
+            # left running would block the exit of the process (multiprocessing terminates, then joins)
+            getattr(batches, "_shutdown_workers", lambda: None)()  # what the iterator's __del__ calls
             bar.close()
             logger.close()
         self._flush()
