@@ -200,7 +200,7 @@ class Config(TrainConfig):
             raise OptionError("ch_mult", "ch_mult must hold at least one multiplier (one per resolution), got ()")
         if self.prediction == "auto":
             self.prediction = RECIPES[self.corruption].prediction
-        self.out_dir = self.out_dir.format(corruption=self.corruption)
+        self.out_dir = self.out_dir.replace("{corruption}", self.corruption)  # idempotent, other braces kept
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -273,3 +273,13 @@ def test_the_command_line_refuses_labels_for_an_unconditional_model(tmp_path, ca
     lc.DiffusionModel(tiny_unet(None), lc.DDPM(SHAPE), "v").save(tmp_path / "model.pt")
     assert commands.main(["sample", str(tmp_path / "model.pt"), "-o", str(tmp_path / "g.png"), "--guidance", "2"]) == 1
     assert "unconditional model: --labels and --guidance" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("declared", [None, 5])
+def test_a_dataset_with_more_classes_than_the_network_is_refused_before_training(tmp_path, declared):
+    images, _ = labelled_images()
+    labels = torch.arange(len(images)) % 4  # label 3 comes in a late batch, if ever
+    data = TensorImages(images, SHAPE, labels=labels, num_classes=declared)
+    with pytest.raises(ValueError, match=rf"{declared or 4} classes .*num_classes=3"):
+        Trainer(tiny_unet(3), lc.DDPM(SHAPE), data, TrainConfig(out_dir=str(tmp_path)))
+    assert Trainer(tiny_unet(declared or 4), lc.DDPM(SHAPE), data, TrainConfig(out_dir=str(tmp_path))).num_classes

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers.example import load_script
+from helpers.training import make_trainer
 from lincorrupt.train import TrainConfig
 from lincorrupt.train.cli import OptionError, given_options, parse_config
 
@@ -159,3 +160,21 @@ def test_a_value_of_the_wrong_type_is_refused_naming_the_field(cls, name, value)
     with pytest.raises(OptionError, match=rf"^{name} must be") as info:
         cls(**{name: value})
     assert info.value.name == name
+
+
+def train_config_cases():
+    for f, _ in numeric_fields(TrainConfig):
+        for value in BAD.get(f.name, []):
+            yield pytest.param(f.name, value, id=f"{f.name}={value}")
+
+
+@pytest.mark.parametrize("name, value", list(train_config_cases()))
+def test_a_config_changed_after_the_trainer_was_built_is_checked_again_by_fit(tmp_path, name, value):
+    with pytest.raises(OptionError) as at_construction:
+        TrainConfig(**{name: value})
+    trainer = make_trainer(tmp_path, 2)
+    setattr(trainer.cfg, name, value)
+    with pytest.raises(OptionError) as at_fit:
+        trainer.fit()
+    assert str(at_fit.value) == str(at_construction.value)
+    assert not (tmp_path / "checkpoint.pt").exists()

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -587,3 +588,233 @@ def test_a_stopped_peer_fails_init_within_the_timeout():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stdout
     assert out.startswith("failed after"), out
     assert int(out.split()[2].rstrip("s:")) < 30
+
+
+# ---------------------------------------------------------------- 9. no save, resume or datum loses or hides work
+SLOW_SAVE = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[2])
+    import lincorrupt.train.trainer as trainer_module
+    from helpers.training import make_trainer
+
+    save_checkpoint = trainer_module.save_checkpoint
+
+    def slow_save(state, path):  # says when it starts, then takes long enough for a signal to arrive
+        Path(path).with_name("saving").touch()
+        time.sleep(3)
+        return save_checkpoint(state, path)
+
+    trainer_module.save_checkpoint = slow_save
+    t = make_trainer(sys.argv[1], 2)
+    print(t.fit(), t.step, flush=True)
+""")
+
+
+@pytest.mark.slow  # a subprocess
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_final_save_lets_the_save_finish(tmp_path, signum):
+    """ckpt_every=0: the only save is the last one; the signal arrives while it writes."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, str(tmp_path), str(ROOT / "tests")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "saving").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.split() == ["interrupted", "2"]  # the steps are done; the caller is told to stop
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+
+
+def test_a_stale_resume_does_not_overwrite_the_newer_checkpoints_of_another_run(tmp_path):
+    """A resumes step 8; B resumes the same folder, trains to 24 and exits; then A's fit must not write."""
+    make_trainer(tmp_path, 8, ckpt_every=4).fit()
+    a = make_trainer(tmp_path, 16, ckpt_every=4)
+    a.resume(tmp_path / "checkpoint.pt")
+    b = make_trainer(tmp_path, 24, ckpt_every=4)
+    b.resume(tmp_path / "checkpoint.pt")
+    assert b.fit() == "done"
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt is at step 24, beyond step 8 .* resume again"):
+        a.fit()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert not (tmp_path / ".lock").exists()
+    again = make_trainer(tmp_path, 28)
+    again.resume(tmp_path / "checkpoint.pt")
+    assert again.step == 24 and again.fit() == "done"
+
+
+def test_a_resume_from_prev_past_a_damaged_checkpoint_still_trains(tmp_path):
+    """The newest file is damaged (its recorded step is newer): it is no newer run's work."""
+    make_trainer(tmp_path, 4, ckpt_every=2).fit()
+    flip_tensor_bytes(tmp_path / "checkpoint.pt")
+    t = make_trainer(tmp_path, 6)
+    t.resume(tmp_path)
+    assert t.step == 2 and t.fit() == "done"
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 6
+
+
+def test_resume_takes_a_run_folder_and_falls_back_to_prev(tmp_path):
+    make_trainer(tmp_path, 4, ckpt_every=2).fit()
+    t = make_trainer(tmp_path, 4)
+    t.resume(tmp_path)  # the run folder, as the docs write it
+    assert t.step == 4
+    (tmp_path / "checkpoint.pt").write_bytes((tmp_path / "checkpoint.pt").read_bytes()[:1000])  # torn
+    for path in (tmp_path, tmp_path / "checkpoint.pt"):
+        t = make_trainer(tmp_path, 4)
+        t.resume(path)
+        assert t.step == 2
+    (tmp_path / "checkpoint.pt").unlink()  # a kill between the two renames
+    t = make_trainer(tmp_path, 4)
+    t.resume(tmp_path)
+    assert t.step == 2
+
+
+class FloatImages(torch.utils.data.Dataset):
+    """torch.rand images: floats in [0, 1), not the uint8 in [0, 255] a Trainer reads."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.rand(SHAPE, generator=torch.Generator().manual_seed(i))
+
+
+def test_float_images_are_refused_naming_their_range(tmp_path):
+    with pytest.raises(ValueError, match=r"float32 .*values from 0\.0\d* to 0\.9\d*.*uint8"):
+        make_trainer(tmp_path, 2, dataset=FloatImages())
+    with pytest.raises(ValueError, match=r"float32 .*values from 0\.0\d* to 0\.9\d*.*uint8"):
+        lc.data.to_model_range(torch.rand(2, *SHAPE))
+    t = make_trainer(tmp_path, 2)
+    t.dataset = FloatImages()  # past the constructor's look at the data: refused at the first batch
+    with pytest.raises(ValueError, match=r"float32 .*values from 0\.0\d* to 0\.9\d*.*uint8"):
+        t.fit()
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def metric_records(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_run_resumed_after_a_kill_logs_each_step_once(tmp_path):
+    """Killed at step 6 with its checkpoint at step 4: the records of steps 5 and 6 are written again, once."""
+    evaluator = lambda trainer: {"score": float(trainer.step)}  # noqa: E731
+    first = make_trainer(tmp_path, 4, log_every=1, eval_every=2)
+    first.evaluator = evaluator
+    first.fit()
+    at_4 = (tmp_path / "checkpoint.pt").read_bytes()
+    further = make_trainer(tmp_path, 6, log_every=1, eval_every=2)
+    further.evaluator = evaluator
+    further.resume(tmp_path)
+    further.fit()
+    (tmp_path / "checkpoint.pt").write_bytes(at_4)  # as if SIGKILLed after logging step 6, before saving it
+    (tmp_path / "checkpoint.pt.prev").unlink()
+    resumed = make_trainer(tmp_path, 6, log_every=1, eval_every=2)
+    resumed.evaluator = evaluator
+    resumed.resume(tmp_path)
+    resumed.fit()
+    records = metric_records(tmp_path)
+    losses = [r for r in records if "loss" in r]
+    evaluations = [r for r in records if "score" in r]
+    assert [r["step"] for r in losses] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in evaluations] == [2, 4, 6]
+    assert [r["loss"] for r in losses] == pytest.approx(first.losses + resumed.losses, rel=1e-6)
+
+
+def test_each_loss_record_says_how_many_steps_it_averages(tmp_path):
+    """SIGTERM at step 3 (log_every 2): its record averages step 3; the first after the resume step 4 alone."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    run = make_trainer(tmp_path, 7, log_every=2)
+    loss_fn = run.loss
+
+    def loss_then_sigterm(*args, **kw):
+        if run.step == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return loss_fn(*args, **kw)
+
+    run.loss = loss_then_sigterm
+    assert run.fit() == "interrupted"
+    resumed = make_trainer(tmp_path, 7, log_every=2)
+    resumed.resume(tmp_path)
+    resumed.fit()
+    per_step = run.losses + resumed.losses
+    records = metric_records(tmp_path)
+    assert [(r["step"], r["loss_steps"]) for r in records] == [(2, 2), (3, 1), (4, 1), (6, 2), (7, 1)]
+    for r in records:
+        assert r["loss"] == pytest.approx(np.mean(per_step[r["step"] - r["loss_steps"]:r["step"]]), rel=1e-6)
+
+
+@pytest.mark.parametrize("ckpt_every", [0, 1])
+def test_a_diverging_run_names_a_checkpoint_only_where_one_exists(tmp_path, ckpt_every):
+    t = make_trainer(tmp_path, 20, lr=1e6, warmup_steps=0, log_every=1, ckpt_every=ckpt_every)
+    with pytest.raises(FloatingPointError) as info:
+        t.fit()
+    message = str(info.value)
+    if (tmp_path / "checkpoint.pt").exists():
+        step = load_checkpoint(tmp_path / "checkpoint.pt")["step"]
+        assert f"checkpoint.pt (step {step})" in message and "resume from it" in message
+    else:
+        assert "no checkpoint" in message and "last checkpoint" not in message and "resume" not in message
+
+
+def test_the_script_resumes_a_run_whose_folder_name_holds_braces(script, data_root, tmp_path):
+    out = tmp_path / "run{x}"
+    args = TINY + ["--data-root", str(data_root), "--num-workers", "0", "--out-dir", str(tmp_path / "run{{x}}")]
+    script.main(args + ["--steps", "1"])
+    assert load_checkpoint(out / "checkpoint.pt")["config"]["out_dir"] == str(out)
+    summary = script.main(args + ["--steps", "2", "--resume"])
+    assert summary["step"] == 2 and summary["out_dir"] == str(out)
+
+
+def test_a_non_finite_state_names_an_earlier_checkpoint_only_where_one_exists(tmp_path):
+    from lincorrupt.train.trainer import check_finite
+    state = {"model": {"w": torch.tensor([float("nan")])}, "ema": {}, "optimizer": {"state": {}}}
+    with pytest.raises(NonFiniteStateError, match="no earlier checkpoint exists at .*: start again") as info:
+        check_finite(state, 1, tmp_path / "checkpoint.pt")
+    assert "resume" not in str(info.value)
+    (tmp_path / "checkpoint.pt").write_bytes(b"an earlier step")
+    with pytest.raises(NonFiniteStateError, match="checkpoint.pt still holds an earlier, finite step: resume from it"):
+        check_finite(state, 1, tmp_path / "checkpoint.pt")
+
+
+class FailingImages(torch.utils.data.Dataset):
+    """Images whose item 6 cannot be loaded once ``broken`` (in the DataLoader worker)."""
+
+    broken = False
+
+    def __len__(self):
+        return 20
+
+    def __getitem__(self, i):
+        if i == 6 and self.broken:
+            raise OSError("image 6 cannot be read")
+        return torch.full(SHAPE, i, dtype=torch.uint8)
+
+
+@pytest.mark.slow  # DataLoader workers
+@pytest.mark.parametrize("where", ["in the loop", "in a worker"])
+def test_a_failed_run_stops_its_data_workers(tmp_path, where):
+    """The workers ignore SIGTERM (the process group's signal is for the loop), so one left running after a failed
+    fit would block the host's exit for ever (multiprocessing terminates with SIGTERM, then joins)."""
+    import multiprocessing
+    before = set(multiprocessing.active_children())
+    t = make_trainer(tmp_path, 6, num_workers=1, dataset=FailingImages() if where == "in a worker" else None)
+    loss_fn = t.loss
+
+    def fails_at_step_2(*args, **kw):
+        if t.step == 2:
+            raise OSError("image 6 cannot be read")
+        return loss_fn(*args, **kw)
+
+    if where == "in the loop":
+        t.loss = fails_at_step_2
+    else:
+        t.dataset.broken = True  # after the Trainer's first look at the data
+    with pytest.raises(OSError, match="image 6 cannot be read") as info:
+        t.fit()
+    assert info.traceback  # the traceback (and its frames) are still held here
+    assert set(multiprocessing.active_children()) <= before

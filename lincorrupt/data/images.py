@@ -101,9 +101,29 @@ def _decode(path: Path) -> torch.Tensor:
     return x[None] if x.ndim == 2 else rearrange(x, "h w c -> c h w")
 
 
+def check_uint8(x: torch.Tensor, where: str = "images") -> torch.Tensor:
+    """``x`` if it holds uint8 pixels in [0, 255], the convention of every dataset here (checking the dtype only:
+    no host sync).
+
+    Raises:
+        ValueError: another dtype (e.g. floats in [0, 1], which would map to near-black), naming it and the
+            range of values found.
+    """
+    if x.dtype != torch.uint8:
+        found = f"values from {float(x.min()):.4f} to {float(x.max()):.4f}" if x.numel() else "no values"
+        raise ValueError(f"{where} are {str(x.dtype).removeprefix('torch.')} with {found}; expected uint8 pixels in "
+                         f"[0, 255] (lincorrupt.data's datasets give them): convert images in [0, 1] with "
+                         f"(x * 255).round().to(torch.uint8)")
+    return x
+
+
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1] (the scale every corruption expects)."""
-    return x.float().div(127.5).sub(1.0)
+    """uint8 [0, 255] -> float [-1, 1] (the scale every corruption expects).
+
+    Raises:
+        ValueError: ``x`` is not uint8 (:func:`check_uint8`).
+    """
+    return check_uint8(x).float().div(127.5).sub(1.0)
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +136,7 @@ def first_images(dataset: Dataset, n: int) -> torch.Tensor:
     ``(image, label)`` pairs), stacked and mapped to [-1, 1] in float64: (n, C, H, W)."""
     items = [dataset[i] for i in range(min(n, len(dataset)))]
     images = torch.stack([item[0] if isinstance(item, tuple) else item for item in items])
-    return images.double().div(127.5).sub(1.0)  # to_model_range, in float64
+    return check_uint8(images, "the dataset's images").double().div(127.5).sub(1.0)  # to_model_range, in float64
 
 
 def _describe(shape) -> str:

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_latest", "find_checkpoint", "run_checkpoints",
-           "check_compatible", "require_keys", "remove_partial_saves", "state_checksum", "FORMAT"]
+           "recorded_step", "newer_checkpoint", "check_compatible", "require_keys", "remove_partial_saves",
+           "state_checksum", "FORMAT"]
 
 FORMAT = "lincorrupt-checkpoint-v1"
 
@@ -104,6 +105,31 @@ def _fsync_dir(folder: Path) -> None:
 def run_checkpoints(folder: str | os.PathLike) -> list[str]:
     """The names of the checkpoint files a run left in ``folder`` (``checkpoint.pt``, ``checkpoint.pt.prev``)."""
     return [name for name in ("checkpoint.pt", "checkpoint.pt.prev") if (Path(folder) / name).exists()]
+
+
+def recorded_step(path: str | os.PathLike) -> int | None:
+    """The step a checkpoint file records, read without loading its tensors (memory-mapped), or None when the
+    file cannot be read (torn, foreign). Its checksum is not verified: :func:`load_checkpoint` does that."""
+    try:
+        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("step")
+    except Exception:
+        return None
+    return step if isinstance(step, int) else None
+
+
+def newer_checkpoint(folder: str | os.PathLike, step: int) -> tuple[Path, int] | None:
+    """The first sound checkpoint file of ``folder`` (:func:`run_checkpoints`) whose step is beyond ``step``, with
+    that step, or None. A file recording a later step is verified in full: a damaged one is no newer work."""
+    for name in run_checkpoints(folder):
+        path = Path(folder) / name
+        recorded = recorded_step(path)
+        if recorded is not None and recorded > step:
+            try:
+                load_checkpoint(path)
+            except CheckpointError:
+                continue
+            return path, recorded
+    return None
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:

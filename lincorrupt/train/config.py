@@ -116,6 +116,15 @@ class TrainConfig:
     out_dir: str = option("run", "Folder of the checkpoints, metrics.jsonl and sample grids.")
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (at construction, and again in :meth:`Trainer.fit`, so that a field changed since is
+        checked too).
+
+        Raises:
+            OptionError: naming the field and what it must be.
+        """
         if isinstance(self.num_workers, int) and self.num_workers < -1:
             raise OptionError("num_workers", f"num_workers must be >= 0 (or -1: one per CPU, at most {MAX_WORKERS}), "
                               f"got {self.num_workers}")

@@ -30,6 +30,7 @@ def check_finite(state: dict[str, Any], step: int, path: str | Path = "") -> Non
     if bool(finite.all()):
         return
     bad = [k for k, ok in zip(tensors, finite.tolist()) if not ok]
+    kept = (f"so {path} still holds an earlier, finite step: resume from it" if path and Path(path).is_file() else
+            f"and no earlier checkpoint exists{f' at {path}' if path else ''}: start again")
     raise NonFiniteStateError(f"the training state at step {step} holds NaN or infinity (in {', '.join(bad[:3])}"
-                              f"{', ...' if len(bad) > 3 else ''}); not saved, so {path or 'the checkpoint'} still "
-                              f"holds an earlier, finite step: resume from it with a lower lr or more warm-up")
+                              f"{', ...' if len(bad) > 3 else ''}); not saved, {kept} with a lower lr or more warm-up")

@@ -1,4 +1,9 @@
-"""What a training run writes as it goes: ``metrics.jsonl``, mirrored to TensorBoard when installed."""
+"""What a training run writes as it goes: ``metrics.jsonl``, mirrored to TensorBoard when installed.
+
+Each step is logged once: a run that starts at step s (a resume after a kill, say) first removes the
+records of steps beyond s (:func:`drop_records_after`), which it is about to train, and so log, again.
+A loss record averages the ``loss_steps`` steps up to its ``step``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLog", "read_records", "unreadable_record"]
+__all__ = ["MetricsLog", "read_records", "unreadable_record", "drop_records_after"]
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -65,6 +70,31 @@ def unreadable_record(dataset) -> dict[str, int]:
     """``{"unreadable_images": n}`` for a dataset that skips and counts unreadable images, else ``{}``."""
     count = getattr(dataset, "unreadable_count", None)
     return {"unreadable_images": count()} if callable(count) else {}
+
+
+def drop_records_after(path: Path, step: int) -> int:
+    """Remove the records of ``path`` (a ``metrics.jsonl``) with a step beyond ``step``, and any line that is not a
+    record (a torn last line); the file is replaced atomically, and only when something goes. Returns how many
+    lines went."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+    if len(kept) == len(lines):
+        return 0
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line if line.endswith("\n") else line + "\n" for line in kept))
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a complete record line, or None (a torn or foreign line)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record.get("step") if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
 class MetricsLog:

@@ -19,10 +19,11 @@ One step (DDPM, Ho et al. 2020, Algorithm 1, with the recipe of its CIFAR-10 run
 Because every random draw of step s is a function of (seed, s) and the RNG states, model, EMA,
 optimiser, scheduler and grad scaler are checkpointed, a resumed run continues exactly as if
 never stopped. SIGTERM/SIGINT finish the current step (under DDP: the steps up to the next log
-step, where the ranks agree on stopping), save and return; DataLoader workers ignore both
-signals, so a signal sent to the whole process group (as batch schedulers do) stops the run the
-same way. Any other exception that escapes the loop first saves the state after the last
-completed step, when it is finite. A state with a NaN or infinity is never written.
+step, where the ranks agree on stopping), save and return; one that arrives during a save lets
+the save finish, then the run returns. DataLoader workers ignore both signals, so a signal sent to
+the whole process group (as batch schedulers do) stops the run the same way. Any other exception
+that escapes the loop first saves the state after the last completed step, when it is finite.
+A state with a NaN or infinity is never written.
 
 Arguments are validated on the first step only; after it a step reads nothing back to the host
 (no ``.item()``, no data-dependent check), except at log steps.
@@ -52,7 +53,9 @@ from lincorrupt.sampling import sample
 from lincorrupt.train.checkpoint import (
     CheckpointError,
     check_compatible,
-    load_checkpoint,
+    load_latest,
+    newer_checkpoint,
+    recorded_step,
     remove_partial_saves,
     require_keys,
     run_checkpoints,
@@ -65,7 +68,7 @@ from lincorrupt.train.ema import EMA, PowerEMA
 from lincorrupt.train.finite import NonFiniteStateError, check_finite
 from lincorrupt.train.labels import resolve_label_dropout
 from lincorrupt.train.lock import RunLock
-from lincorrupt.train.metrics_log import MetricsLog, unreadable_record
+from lincorrupt.train.metrics_log import MetricsLog, drop_records_after, unreadable_record
 from lincorrupt.train.optim import Warmup, keep_kernel_options, make_optimizer
 from lincorrupt.train.precision import TF32, Autocast, allow_tf32, autocast_dtype
 from lincorrupt.train.signals import ignore_stop_signals, stop_on_signals
@@ -217,8 +220,11 @@ class Trainer:
         return path
 
     def resume(self, path: str | Path) -> None:
-        """Restore from a checkpoint written by :meth:`save`."""
-        self.load_state_dict(load_checkpoint(path, map_location=self.device), str(path))
+        """Restore from a checkpoint written by :meth:`save`: ``path`` is the file or the run folder holding
+        ``checkpoint.pt``; where that file is missing or damaged, ``checkpoint.pt.prev``
+        (:func:`~lincorrupt.train.checkpoint.load_latest`)."""
+        path, state = load_latest(path, map_location=self.device)
+        self.load_state_dict(state, str(path))
 
     # ----------------------------------------------------------------- step
     def batches(self):
@@ -312,22 +318,29 @@ class Trainer:
 
     # ----------------------------------------------------------------- loop
     def fit(self) -> str:
-        """Train until ``config.steps``; returns ``"done"`` or ``"interrupted"`` (SIGTERM/SIGINT, checkpoint
-        saved; :attr:`stop_signal` names the signal).
+        """Train until ``config.steps``; returns ``"done"``, or ``"interrupted"`` when SIGTERM/SIGINT arrived
+        (checkpoint saved, also when the signal came during the last save; :attr:`stop_signal` names it).
 
-        Rank 0 holds the run folder's lock (:class:`lincorrupt.train.lock.RunLock`) meanwhile. Under
-        it, a run from step 0 that did not :meth:`resume` refuses a folder holding a checkpoint (another
-        run's, perhaps one that finished a moment ago), so that it overwrites nothing. An
-        exception that escapes the loop first saves the state after the last completed step, if
-        it is finite (under DDP, rank 0's state; the peers may be gone), then propagates.
+        The config is checked again first (a field changed since the Trainer was built). Rank 0 holds
+        the run folder's lock (:class:`lincorrupt.train.lock.RunLock`) meanwhile. Under it, a run from
+        step 0 that did not :meth:`resume` refuses a folder holding a checkpoint (another run's, perhaps
+        one that finished a moment ago), and any run refuses a folder whose checkpoint is beyond its
+        starting step (another process trained there since this one read it), so that it overwrites
+        nothing; the records of ``metrics.jsonl`` beyond the starting step are removed (they are
+        logged again). An exception that escapes the loop first saves the state after the last
+        completed step, if it is finite (under DDP, rank 0's state; the peers may be gone), then
+        propagates.
 
         Raises:
+            lincorrupt.train.cli.OptionError: a config field is out of its bounds.
             ValueError: ``self.step`` (a resumed checkpoint's) is beyond ``config.steps``.
             lincorrupt.train.lock.RunLockedError: another live process trains into ``out_dir``.
-            lincorrupt.train.CheckpointError: a fresh run's ``out_dir`` already holds a checkpoint.
+            lincorrupt.train.CheckpointError: a fresh run's ``out_dir`` already holds a checkpoint, or
+                ``out_dir`` holds a checkpoint beyond the starting step.
             NonFiniteStateError: the state became non-finite by a checkpoint step (not written).
         """
         cfg, main = self.cfg, self.dist.is_main
+        cfg.validate()
         if self.step > cfg.steps:
             raise ValueError(f"the checkpoint is at step {self.step}, beyond steps={cfg.steps}; "
                              f"pass steps >= {self.step} to continue training it")
@@ -337,6 +350,13 @@ class Trainer:
                     raise CheckpointError(f"{self.out_dir} already holds {' and '.join(existing)} of another run; a "
                                           f"fresh run would overwrite it: resume it (Trainer.resume before fit) or "
                                           f"train into another out_dir")
+                if newer := newer_checkpoint(self.out_dir, self.step):
+                    raise CheckpointError(f"{newer[0]} is at step {newer[1]}, beyond step {self.step} where this run "
+                                          f"starts: another run trained in {self.out_dir} since this one read its "
+                                          f"checkpoint; resume again (Trainer.resume before fit), or move "
+                                          f"{newer[0].name} away to go back to step {self.step} on purpose")
+                if self.step < cfg.steps:  # they are logged again
+                    drop_records_after(self.out_dir / "metrics.jsonl", self.step)
                 for tmp in remove_partial_saves(self.out_dir):
                     print(f"removed {tmp}, left by a save that was killed", file=sys.stderr)
             return self._fit(cfg, main)
@@ -344,14 +364,14 @@ class Trainer:
     def _fit(self, cfg: TrainConfig, main: bool) -> str:
         if self.step == cfg.steps:  # nothing to train: the files on disk (and .prev) stay as they are
             return "done"
-        self._fit_start = self.step
+        self._fit_start, self._stop, self.stop_signal = self.step, False, None
         self.model.train()
         logger = MetricsLog(self.out_dir, enabled=main)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (main and cfg.progress), dynamic_ncols=True)
-        status, tick, tick_step = "done", time.perf_counter(), self.step
+        status, tick, tick_step, batches = "done", time.perf_counter(), self.step, None
         try:
             batches = self.batches()
-            with stop_on_signals(self._on_signal):
+            with stop_on_signals(self._on_signal):  # the saves included: a signal lets a save finish
                 while self.step < cfg.steps:
                     # -- one optimisation step (module docstring, steps 1-4)
                     rng = self._rng_state()  # the state after the last step, restored if this step fails
@@ -369,9 +389,9 @@ class Trainer:
                         now = time.perf_counter()
                         ips = (step - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
                         loss = self._flush()
-                        logger.log({"step": step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
-                                    "grad_norm": float(self.last_grad_norm), "images_per_s": ips,
-                                    **unreadable_record(self.dataset)})
+                        logger.log({"step": step, "loss": loss, "loss_steps": step - tick_step,
+                                    "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(self.last_grad_norm),
+                                    "images_per_s": ips, **unreadable_record(self.dataset)})
                         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.1f}")
                         tick, tick_step = now, step
                     bar.update(1)
@@ -388,16 +408,20 @@ class Trainer:
                         break
                     if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step != cfg.steps:
                         self.save()
-            self.save()
+                self.save()
         except BaseException as error:
             self._keep_pending()  # the losses of the completed steps (no collective: the peers may be gone)
-            self._save_after_failure(error)
+            with stop_on_signals(self._on_signal):
+                self._save_after_failure(error)
             raise
         finally:
+            # the loader's workers stop now, also when a traceback keeps the iterator: they ignore SIGTERM, so one
+            # left running would block the exit of the process (multiprocessing terminates, then joins)
+            getattr(batches, "_shutdown_workers", lambda: None)()  # what the iterator's __del__ calls
             bar.close()
             logger.close()
         self._flush()
-        return status
+        return "interrupted" if self._stop else status  # a signal during the last save: the caller stops too
 
     def _save_after_failure(self, error: BaseException) -> None:
         """Save the state after the last completed step on the way out of a failed loop, when it is
@@ -448,9 +472,17 @@ class Trainer:
             return float("nan")
         loss = float(all_reduce_mean(stacked.mean()))
         if not math.isfinite(loss):
-            raise FloatingPointError(f"the training loss became {loss} by step {self.step}; the last checkpoint in "
-                                     f"{self.out_dir} predates it: resume from it with a lower lr or more warm-up")
+            raise FloatingPointError(f"the training loss became {loss} by step {self.step}; {self._restart_hint()}")
         return loss
+
+    def _restart_hint(self) -> str:
+        """Where a run that diverged can start again: the newest checkpoint in ``out_dir``, if there is one."""
+        for name in run_checkpoints(self.out_dir):
+            if (step := recorded_step(self.out_dir / name)) is not None:
+                return (f"{self.out_dir / name} (step {step}) predates it: resume from it with a lower lr or "
+                        f"more warm-up")
+        return (f"no checkpoint was written before it (ckpt_every={self.cfg.ckpt_every}): start again with a lower "
+                f"lr or more warm-up")
 
     def sampling_model(self) -> nn.Module:
         """The EMA network, under the training precision's autocast, for sampling."""
