@@ -161,7 +161,7 @@ class Config(TrainConfig):
                              "and DDPM, x for IHDM).", choices=["auto", "eps", "x", "v"])
     sampler: str = option("ancestral", "Sampler of the grids and the FID (ancestral: the papers' sampler).",
                           choices=sorted(lc.SAMPLERS))
-    out_dir: str = option("runs/{corruption}", "Output folder.")
+    out_dir: str = option("runs/{corruption}", "Output folder; {corruption} is replaced by the corruption's name.")
     device: str = option("", "Device; empty: cuda when available, else cpu.")
     threads: int = option(1, "torch CPU threads of each process (1: on a shared machine more threads ran several "
                           "times slower; 0: torch's default, one per core).", bounds=Interval(0))

@@ -762,8 +762,8 @@ def test_a_diverging_run_names_a_checkpoint_only_where_one_exists(tmp_path, ckpt
 
 
 def test_the_script_resumes_a_run_whose_folder_name_holds_braces(script, data_root, tmp_path):
-    out = tmp_path / "run{x}"
-    args = TINY + ["--data-root", str(data_root), "--num-workers", "0", "--out-dir", str(tmp_path / "run{{x}}")]
+    out = tmp_path / "run{x}"  # braces other than {corruption} are kept as they are, when started and resumed
+    args = TINY + ["--data-root", str(data_root), "--num-workers", "0", "--out-dir", str(out)]
     script.main(args + ["--steps", "1"])
     assert load_checkpoint(out / "checkpoint.pt")["config"]["out_dir"] == str(out)
     summary = script.main(args + ["--steps", "2", "--resume"])
