@@ -13,9 +13,10 @@ from .corruptions import DDPM, IHDM, BlurringDiffusion, SoftDiffusion
 from .likelihood import ELBO, bits_per_dim, elbo
 from .losses import diffusion_loss, elbo_weighting, snr_weighting, soft_score_weighting
 from .model import DiffusionModel, load
+from .oracle import GaussianData
 from .predictions import PREDICTIONS
 from .priors import EmpiricalPrior, GaussianPrior, Prior, StandardNormalPrior
-from .sampling import GRIDS, SAMPLERS, CUDAGraphModel, Denoiser, StepInfo, sample
+from .sampling import GRIDS, SAMPLERS, CUDAGraphModel, Denoiser, Step, StepHook, StepInfo, sample
 from .validation import set_validate_args, validate_args
 
 __version__ = "0.1.0"
@@ -26,8 +27,8 @@ __all__ = [
     "FastSampling", "DDPM", "IHDM", "BlurringDiffusion", "SoftDiffusion",
     "diffusion_loss", "elbo_weighting", "soft_score_weighting", "snr_weighting", "PREDICTIONS",
     "Prior", "StandardNormalPrior", "GaussianPrior", "EmpiricalPrior",
-    "sample", "Denoiser", "StepInfo", "SAMPLERS", "GRIDS", "CUDAGraphModel",
+    "sample", "Denoiser", "StepInfo", "Step", "StepHook", "SAMPLERS", "GRIDS", "CUDAGraphModel",
     "elbo", "bits_per_dim", "ELBO",
     "set_validate_args", "validate_args",
-    "DiffusionModel", "load",
+    "DiffusionModel", "load", "GaussianData",
 ]

@@ -19,37 +19,38 @@ from ..corruption import DiagonalizableCorruption
 from ..validation import check_labels, is_validating
 from .denoiser import Denoiser, StepInfo, clip_x_hat, dynamic_threshold
 from .graphs import CUDAGraphModel
-from .grids import GRIDS, data_grid, info_grid, logsnr_grid, mean_log_snr, uniform_grid
+from .grids import GRIDS, data_grid, grid_times, info_grid, logsnr_grid, mean_log_snr, uniform_grid
 from .guidance import guided
-from .samplers import SAMPLERS, ancestral, ddim, ddim_coefficients, dpmpp_2m, dpmpp_2s, dpmpp_3m, momentum, naive
+from .samplers import (
+    SAMPLERS,
+    Grid,
+    MultistepSampler,
+    Rule,
+    RuleSampler,
+    Sampler,
+    Step,
+    StepHook,
+    ancestral,
+    ddim,
+    dpmpp_2m,
+    dpmpp_2s,
+    dpmpp_3m,
+    momentum,
+    multistep_sampler,
+    naive,
+    rule_sampler,
+)
 
-__all__ = ["sample", "CUDAGraphModel", "Denoiser", "StepInfo", "clip_x_hat", "dynamic_threshold", "ancestral", "ddim",
-           "ddim_coefficients", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "momentum", "naive", "uniform_grid",
-           "logsnr_grid", "info_grid", "data_grid", "mean_log_snr", "guided", "SAMPLERS", "GRIDS"]
+__all__ = ["sample", "CUDAGraphModel", "Denoiser", "StepInfo", "Step", "StepHook", "Grid", "Rule", "Sampler",
+           "RuleSampler", "MultistepSampler", "rule_sampler", "multistep_sampler", "clip_x_hat", "dynamic_threshold",
+           "ancestral", "ddim", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "momentum", "naive", "uniform_grid",
+           "logsnr_grid", "info_grid", "data_grid", "grid_times", "mean_log_snr", "guided", "SAMPLERS", "GRIDS"]
 
-def _sampler(method: str) -> Callable[..., Tensor]:
+def _sampler(method: str) -> Sampler:
     """The sampler called ``method``."""
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampling method {method!r}; expected one of {sorted(SAMPLERS)}")
     return SAMPLERS[method]
-
-
-def _check_times(times: Tensor) -> Tensor:
-    """A grid for :func:`sample`: strictly decreasing from exactly 1, where the prior draws
-    ``u_1``, to exactly 0 (values checked while validation is on)."""
-    if not isinstance(times, Tensor) or times.ndim != 1 or times.numel() < 2 or not times.is_floating_point():
-        raise ValueError("a time grid must be a 1-D floating tensor of at least 2 decreasing times from 1 to 0")
-    if not is_validating():
-        return times
-    cpu = times.detach().cpu().double()
-    if not (cpu[-1] == 0 and bool((cpu[1:] < cpu[:-1]).all())):
-        raise ValueError(f"a time grid must decrease strictly from 1 to exactly 0, got "
-                         f"{cpu[:3].tolist()} ... {cpu[-3:].tolist()}")
-    if cpu[0] != 1:
-        raise ValueError(f"a time grid must start at t = 1, where the prior draws u_1, got {cpu[0].item():.6g}: "
-                         f"u_1 is not a draw of the marginal at an earlier time. To start from your own u_t, "
-                         f"call a sampler of lincorrupt.sampling with it (ancestral(denoiser, corruption, u_t, times))")
-    return times
 
 
 @torch.no_grad()
@@ -58,7 +59,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
            generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32,
            progress: bool = False, callback: Callable[[StepInfo], None] | None = None, clip: bool = False,
            threshold: float | None = None, threshold_max: float | None = None, labels=None, guidance: float = 1.0,
-           **options) -> Tensor:
+           hook: StepHook | None = None, **options) -> Tensor:
     """Draw ``num_samples`` images by running ``method`` over a time grid from 1 to 0.
 
     The result is the last denoised estimate ``x_hat``, which nothing bounds: a model's
@@ -97,6 +98,8 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
         guidance: classifier-free guidance scale s (:func:`~lincorrupt.sampling.guidance.guided`): the model's
             output becomes ``out(-1) + s (out(y) - out(-1))``, in one network call of 2N images; 1 (the
             default) is the conditional model alone, 0 the unconditional one.
+        hook: a :class:`~lincorrupt.sampling.StepHook` that replaces ``x_hat`` (any sampler) or the state (rule
+            samplers) at each step, e.g. for restoration.
         **options: sampler options, e.g. ``eta`` for "ddim".
     Returns:
         (N, *corruption.shape) samples in data space.
@@ -110,15 +113,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     if device is None:
         device = next((b.device for b in corruption.buffers()), torch.device("cpu"))
-    if isinstance(grid, Tensor):
-        times = grid
-    elif grid in GRIDS:
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive int, got {steps!r}")
-        times = GRIDS[grid](corruption, steps, device)
-    else:
-        raise ValueError(f"unknown grid {grid!r}; expected one of {sorted(GRIDS)} or a tensor of times")
-    times = _check_times(times).to(device=device, dtype=torch.promote_types(dtype, torch.float32))
+    times = grid_times(corruption, grid, steps, device, dtype)
     if labels is not None:
         model = guided(model, check_labels(labels, num_samples, getattr(model, "num_classes", None)).to(device),
                        guidance)
@@ -128,7 +123,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
     denoise = Denoiser(model, corruption, prediction, _x_transform(clip, threshold, threshold_max), callback)
     c_1 = corruption.coefficients(torch.ones(1, device=device, dtype=torch.promote_types(dtype, torch.float32)))
     u = corruption.prior.sample(c_1, corruption.shape, num_samples, generator=generator, device=device, dtype=dtype)
-    u_x = sampler(denoise, corruption, u, times, generator=generator, progress=progress, **options)
+    u_x = sampler(denoise, corruption, u, times, generator=generator, progress=progress, hook=hook, **options)
     x = corruption.basis.from_basis(u_x.to(dtype))
     if is_validating() and not bool(torch.isfinite(x).all()):
         hint = _NON_FINITE_HINTS.get(denoise.prediction.name, _NON_FINITE_HINT)

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..coefficients import T_EPS
 from ..corruption import DiagonalizableCorruption
+from ..validation import is_validating, validate_args
 
 __all__ = ["uniform_grid", "logsnr_grid", "info_grid", "data_grid", "mean_log_snr", "GRIDS", "LOGSNR_FLOOR"]
 
@@ -39,7 +40,7 @@ def mean_log_snr(corruption: DiagonalizableCorruption, t: Tensor) -> Tensor:
     Non-increasing in t for every valid corruption; for a scalar schedule (DDPM) it is the
     log-SNR itself, for blurring diffusion the noise log-SNR plus the mean log-attenuation.
     """
-    c = corruption.coefficients_unchecked(t)
+    c = corruption.coefficients(t)
     return c.logsnr.clamp(min=LOGSNR_FLOOR).expand(t.shape[0], *corruption.shape).flatten(1).mean(1)
 
 
@@ -93,13 +94,13 @@ def _equal_information_grid(corruption: DiagonalizableCorruption, steps: int, de
     ``I_i(t) = 1/2 softplus(log SNR_t[i] + log_var[i])`` (float64); see :func:`info_grid`."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    with torch.no_grad():
+    with torch.no_grad(), validate_args(False):  # times of our own making, in [0, 1]
         zero = torch.zeros(1, dtype=torch.float64, device=device)
-        t_end = 0.0 if bool(torch.isfinite(corruption.coefficients_unchecked(zero).logsnr).all()) else T_EPS
+        t_end = 0.0 if bool(torch.isfinite(corruption.coefficients(zero).logsnr).all()) else T_EPS
         fine = _fine_times(t_end, device)
         moves, last = [], None
         for chunk in fine.split(512):  # (len, coordinates) at a time
-            logsnr = corruption.coefficients_unchecked(chunk).logsnr + log_var
+            logsnr = corruption.coefficients(chunk).logsnr + log_var
             info = torch.nn.functional.softplus(logsnr).flatten(1) / 2
             if last is not None:
                 info = torch.cat([last, info])
@@ -163,6 +164,38 @@ def data_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -> 
                          f"grid='info'")
     log_var = corruption.data_var.to(device=device, dtype=torch.float64).log()
     return _equal_information_grid(corruption, steps, device, log_var, "data")
+
+
+def grid_times(corruption: DiagonalizableCorruption, grid: str | Tensor, steps: int | None = None, device=None,
+               dtype: torch.dtype = torch.float32) -> Tensor:
+    """The times of a sampling run, (steps + 1,): ``GRIDS[grid](corruption, steps)`` for a name, or the tensor
+    ``grid`` itself, checked to decrease strictly from exactly 1 (where the prior draws ``u_1``) to exactly 0
+    (values checked while validation is on), on ``device`` (default the corruption's) in ``dtype`` (at least
+    float32)."""
+    if device is None:
+        device = next((b.device for b in corruption.buffers()), torch.device("cpu"))
+    if isinstance(grid, Tensor):
+        times = grid
+    elif isinstance(grid, str) and grid in GRIDS:
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        times = GRIDS[grid](corruption, steps, device)
+    else:
+        raise ValueError(f"unknown grid {grid!r}; expected one of {sorted(GRIDS)} or a tensor of times")
+    if times.ndim != 1 or times.numel() < 2 or not times.is_floating_point():
+        raise ValueError("a time grid must be a 1-D floating tensor of at least 2 decreasing times from 1 to 0")
+    times = times.to(device=device, dtype=torch.promote_types(dtype, torch.float32))
+    if not is_validating():
+        return times
+    cpu = times.detach().cpu().double()
+    if not (cpu[-1] == 0 and bool((cpu[1:] < cpu[:-1]).all())):
+        raise ValueError(f"a time grid must decrease strictly from 1 to exactly 0, got "
+                         f"{cpu[:3].tolist()} ... {cpu[-3:].tolist()}")
+    if cpu[0] != 1:
+        raise ValueError(f"a time grid must start at t = 1, where the prior draws u_1, got {cpu[0].item():.6g}: "
+                         f"u_1 is not a draw of the marginal at an earlier time. To start from your own u_t, "
+                         f"call a sampler of lincorrupt.sampling with it (ancestral(denoiser, corruption, u_t, times))")
+    return times
 
 
 #: name -> ``grid(corruption, steps, device) -> times``, decreasing from 1 to 0: "uniform" in t,

@@ -3,6 +3,7 @@ output, from scipy's DCT and textbook Gaussian conditioning (independent of linc
 
 import numpy as np
 import scipy.fft
+import scipy.linalg
 import torch
 
 import lincorrupt as lc
@@ -61,27 +62,44 @@ class Truth:
         a, s = self.coefficients(1.0)
         return a * self.mu, np.diag(a) @ self.C @ np.diag(a) + np.diag(s**2)
 
-    def sampler_moments(self, steps, method):
-        """Exact mean and covariance of the sampler's output, propagated through its affine steps
-        u_s = M u_t + b + noise, with the textbook formulas (the posterior of Kingma et al. 2021, eq. 32-33;
-        Song et al. eq. 12)."""
+    def sampler_moments(self, steps, method, times=None, **options):
+        """Exact mean and covariance (data space) of a rule sampler's output from q(u_1), on the uniform grid
+        (or ``times``): every step is u_s = k_u u_t + k_x x_hat(u_t) + sqrt(var) n per coordinate, affine in u_t
+        plus independent noise, so mean and covariance propagate exactly. The rule's (k_u, k_x, var) come from
+        lincorrupt's rule of that sampler, fed the same corruption coefficients (each rule is checked against
+        its paper's step elsewhere); the denoiser and the propagation are numpy's."""
         mean, P = self.prior_moments()
-        times = np.linspace(1, 0, steps + 1)
+        times = np.linspace(1, 0, steps + 1) if times is None else np.asarray(times, dtype=np.float64)
+        rule = lc.SAMPLERS[method].rule
         for t, s_ in zip(times[:-1], times[1:]):
             a_t, s_t, G = self.gain(t)
             x_M, x_b = G, self.mu - G @ (a_t * self.mu)  # u_x_hat = x_M u_t + x_b
             if s_ == 0:
                 return self.vt.T @ (x_M @ mean + x_b), self.vt.T @ x_M @ P @ x_M.T @ self.vt
-            a_s, s_s = self.coefficients(s_)
-            if method == "ancestral":  # q(u_s | u_t, x_hat) by conditioning the joint Gaussian of (u_s, u_t)
-                alpha_ts = np.divide(a_t, a_s, out=np.zeros(D), where=a_s > 0)  # 0 where no signal is left
-                k = alpha_ts * s_s**2 / s_t**2  # Cov(u_s, u_t) / Var(u_t)
-                M = np.diag(k) + np.diag(a_s - k * a_t) @ x_M
-                b, noise = (a_s - k * a_t) * x_b, s_s**2 - k * alpha_ts * s_s**2
-            else:  # DDIM, eta = 0: u_s = a_s x_hat + s_s (u_t - a_t x_hat) / s_t
-                M = np.diag(a_s - s_s / s_t * a_t) @ x_M + np.diag(s_s / s_t)
-                b, noise = (a_s - s_s / s_t * a_t) * x_b, np.zeros(D)
-            mean, P = M @ mean + b, M @ P @ M.T + np.diag(noise)
+            c_t, c_s = (self.c.coefficients(torch.tensor([v], dtype=f64)) for v in (t, s_))
+            k_u, k_x, var = (np.zeros(D) if v is None else v.expand(1, *SHAPE).reshape(D).numpy()
+                             for v in rule(c_t, c_s, **options))
+            M = np.diag(k_u) + np.diag(k_x) @ x_M
+            mean, P = M @ mean + k_x * x_b, M @ P @ M.T + np.diag(var)
+
+    def probe_moments(self, method, times, **options):
+        """Exact mean and covariance (data space) of a deterministic sampler's output from q(u_1), with the
+        exact denoiser :meth:`model`: the sampler is affine in u_1, so running it on the prior mean and on the
+        mean plus each column of a square root of the prior covariance gives them, with no Monte Carlo error."""
+        mean0, cov0 = self.prior_moments()
+        u = torch.from_numpy(np.vstack([mean0, mean0 + np.linalg.cholesky(cov0).T])).reshape(D + 1, *SHAPE)
+        y = lc.SAMPLERS[method](lc.Denoiser(self.model, self.c, "x"), self.c, u, torch.as_tensor(times, dtype=f64),
+                                **options)
+        y = y.reshape(D + 1, D).numpy() @ self.vt
+        factor = (y[1:] - y[0]).T
+        return y[0], factor @ factor.T
+
+    def kl(self, mean, cov):
+        """KL(N(mean, cov) || N(m, Sigma)) in nats, data space, with scipy's Cholesky and log-determinants."""
+        inv = scipy.linalg.cho_solve(scipy.linalg.cho_factor(self.cov), np.eye(D))
+        diff = self.m - mean
+        return 0.5 * (np.trace(inv @ cov) + diff @ inv @ diff - D + np.linalg.slogdet(self.cov)[1]
+                      - np.linalg.slogdet(cov)[1])
 
 
 def make(name):
