@@ -49,12 +49,17 @@ def _sample(args) -> None:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load(args.run, map_location=device)
     generator = torch.Generator(device).manual_seed(args.seed)
-    x = model.sample(args.num_samples, steps=args.steps, method=args.method, grid=args.grid, generator=generator,
+    fitted = model.fitted_grid(args.method, args.steps) if args.grid is None else None
+    grid = fitted if fitted is not None else args.grid or "uniform"
+    if fitted is not None:
+        print(f"using the grid fitted for {args.method} with {args.steps} steps, stored with the model")
+    x = model.sample(args.num_samples, steps=args.steps, method=args.method, grid=grid, generator=generator,
                      progress=args.progress, **_conditioning(model, args))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(to_unit_range(x.float().cpu()), out, nrow=int(math.ceil(math.sqrt(args.num_samples))))
-    print(f"{args.num_samples} samples ({args.method}, {args.steps} steps, {args.grid} grid, step "
+    name = "fitted" if fitted is not None else grid
+    print(f"{args.num_samples} samples ({args.method}, {args.steps} steps, {name} grid, step "
           f"{model.info.get('step', '?')} of {model.info['path']}) -> {out}")
 
 
@@ -94,7 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-n", "--num-samples", type=_positive, default=64, help="images in the grid (default 64)")
     s.add_argument("-o", "--output", default="samples.png", help="PNG to write (default samples.png)")
     s.add_argument("--method", default="ancestral", choices=sorted(SAMPLERS), help="sampler (default ancestral)")
-    s.add_argument("--grid", default="uniform", choices=sorted(GRIDS), help="time grid (default uniform)")
+    s.add_argument("--grid", default=None, choices=sorted(GRIDS),
+                   help="time grid (default: the grid fitted for --method and --steps if the model holds one, "
+                        "else uniform)")
     s.add_argument("--steps", type=_positive, default=250, help="network evaluations (default 250)")
     s.add_argument("--seed", type=int, default=0, help="seed of the prior and the sampler's noise (default 0)")
     s.add_argument("--labels", type=_labels, default=None,

@@ -152,3 +152,37 @@ def test_bad_input_is_named():
         lc.fit_grid(c, data, 4, max_ratio=1.0)
     with pytest.raises(ValueError, match="t_last_min"):
         lc.fit_grid(c, data, 4, t_last_min=0.0)
+
+
+# ----------------------------------------------------------------------------- a model keeps its grids
+def _tiny_model():
+    from lincorrupt.nn import UNet
+    torch.manual_seed(0)
+    net = UNet(image_size=8, in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), groups=4)
+    return lc.DiffusionModel(net, lc.BlurringDiffusion((1, 8, 8), sigma_blur_max=2.0), prediction="v")
+
+
+def test_a_saved_and_reloaded_model_samples_with_its_fitted_grid(tmp_path, caplog, capsys):
+    import logging
+
+    from lincorrupt.commands import main
+    model = _tiny_model()
+    x = torch.randn(80, 1, 8, 8, generator=torch.Generator().manual_seed(2)).clamp(-1, 1)
+    times = model.fit_grid(x, 3, "ddim", warm_iter=3, max_iter=1)
+    assert model.fitted_grid("ddim", 3) is not None and model.fitted_grid("ddim", 4) is None
+    path = model.save(tmp_path / "model.pt")
+    loaded = lc.load(path)
+    assert list(loaded.grids) == [("ddim", 3)]
+    torch.testing.assert_close(loaded.grids["ddim", 3], times, rtol=0, atol=0)
+
+    def draw(**options):
+        return loaded.sample(2, steps=3, method="ddim", generator=torch.Generator().manual_seed(0), **options)
+
+    with caplog.at_level(logging.INFO, logger="lincorrupt.model"):
+        stored = draw()
+    assert "grid fitted for ddim with 3 steps" in caplog.text
+    torch.testing.assert_close(stored, draw(grid=times), rtol=0, atol=0)
+    assert not torch.equal(stored, draw(grid="uniform"))  # the default grid would have given other samples
+    assert main(["sample", str(path), "-n", "2", "-o", str(tmp_path / "a.png"), "--steps", "3", "--method", "ddim",
+                 "--device", "cpu"]) == 0
+    assert "using the grid fitted for ddim with 3 steps" in capsys.readouterr().out
