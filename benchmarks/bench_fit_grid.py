@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--part", choices=["all", "grids", "ancestral"], default="all",
                         help="grids: the registered and fitted grids only; ancestral: the 1,000 / 250-step targets "
                              "only (two processes can share the work; each writes its own file)")
+    parser.add_argument("--grids", nargs="+", default=["uniform", "logsnr", "info", "data"], choices=sorted(lc.GRIDS),
+                        help="the registered grids to score beside the fitted one")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                 (args.out / f"{name}-ancestral-{TARGETS[nfe]}.json").write_text(json.dumps(record, indent=1) + "\n")
                 continue
             kl = {}
-            for grid in ("uniform", "logsnr", "info", "data"):
+            for grid in args.grids:
                 kl[grid] = float(data.sample_kl(c, args.method, nfe, grid=grid))
                 times = lc.sampling.grid_times(c, grid, nfe, dtype=torch.float64, last=earliest_time(c))
                 kl[f"{grid}, last={earliest_time(c):g}"] = float(data.sample_kl(c, args.method, grid=times))
