@@ -15,7 +15,8 @@ the linear schedule, IHDM (sigma_B,max = 24 x 28/32 = 21, its Gaussian prior mom
     python benchmarks/bench_fit_grid.py --corruption blurring --nfe 20
     python benchmarks/bench_fit_grid.py --corruption noblur ddpm ihdm --nfe 20 10 --part grids
 
-Each corruption and NFE writes docs/assets/fit_grid/<corruption>-<nfe>.json (the command, the machine, the
+``--size 14`` average-pools the images to 14x14 (a quarter of the dimensions, about 64 times cheaper per KL).
+Each corruption and NFE writes docs/assets/fit_grid/<corruption>[-<size>px]-<nfe>.json (the command, the machine, the
 commit, every KL, the fitted times and the seconds taken), so a long run keeps what it finished.
 """
 
@@ -34,21 +35,22 @@ from lincorrupt.data import load_fashion_mnist
 from lincorrupt.sampling.grids import earliest_time
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "assets" / "fit_grid"
-SHAPE = (1, 28, 28)
 #: The targets: ancestral steps whose KL the fitted grid should reach at each NFE.
 TARGETS = {20: 1000, 10: 250}
 
 
 def corruption(name: str, data: lc.GaussianData) -> lc.DiagonalizableCorruption:
-    """The corruptions of the study at 28x28 (sigma_B,max scaled by 28 / 32 from the CIFAR-10 settings)."""
+    """The corruptions of the study at the data's size H (sigma_B,max scaled by H / 32 from the CIFAR-10
+    settings)."""
+    shape = data.shape
     if name == "ihdm":
-        c = lc.IHDM(SHAPE, sigma_blur_max=24.0 * 28 / 32)
+        c = lc.IHDM(shape, sigma_blur_max=24.0 * shape[-1] / 32)
         mu, C = data.in_basis(c)
-        c.prior = lc.GaussianPrior(mu.reshape(SHAPE), C.diagonal().reshape(SHAPE))
+        c.prior = lc.GaussianPrior(mu.reshape(shape), C.diagonal().reshape(shape))
         return c
-    return {"blurring": lambda: lc.BlurringDiffusion(SHAPE, sigma_blur_max=20.0 * 28 / 32),
-            "noblur": lambda: lc.BlurringDiffusion(SHAPE, sigma_blur_max=0.0),
-            "ddpm": lambda: lc.DDPM(SHAPE, schedule="linear")}[name]()
+    return {"blurring": lambda: lc.BlurringDiffusion(shape, sigma_blur_max=20.0 * shape[-1] / 32),
+            "noblur": lambda: lc.BlurringDiffusion(shape, sigma_blur_max=0.0),
+            "ddpm": lambda: lc.DDPM(shape, schedule="linear")}[name]()
 
 
 def ancestral_target(record: dict, c: lc.DiagonalizableCorruption, data: lc.GaussianData, nfe: int) -> None:
@@ -72,20 +74,25 @@ def main(argv: list[str] | None = None) -> None:
                              "only (two processes can share the work; each writes its own file)")
     parser.add_argument("--grids", nargs="+", default=["uniform", "logsnr", "info", "data"], choices=sorted(lc.GRIDS),
                         help="the registered grids to score beside the fitted one")
+    parser.add_argument("--size", type=int, default=28, choices=[28, 14, 7],
+                        help="image size: 28, or Fashion-MNIST average-pooled to 14x14 or 7x7 (D / 4, D / 16)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    x = load_fashion_mnist(train=True)[0].double() / 127.5 - 1
+    x = torch.nn.functional.avg_pool2d(load_fashion_mnist(train=True)[0].double() / 127.5 - 1, 28 // args.size)
     data = lc.GaussianData.fit(x)
     args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.size == 28 else f"-{args.size}px"
     for name in args.corruption:
         c = corruption(name, data).fit_data_statistics(x)  # for grid="data"
         for nfe in args.nfe:
             record = {"command": command("bench_fit_grid.py", argv), "machine": machine(1), "commit": commit(),
-                      "corruption": name, "nfe": nfe, "method": args.method, "data": "Fashion-MNIST train, 60,000"}
+                      "corruption": name, "nfe": nfe, "method": args.method,
+                      "data": f"Fashion-MNIST train, 60,000, {args.size}x{args.size}"}
             if args.part == "ancestral":
                 ancestral_target(record, c, data, nfe)
-                (args.out / f"{name}-ancestral-{TARGETS[nfe]}.json").write_text(json.dumps(record, indent=1) + "\n")
+                path = args.out / f"{name}{suffix}-ancestral-{TARGETS[nfe]}.json"
+                path.write_text(json.dumps(record, indent=1) + "\n")
                 continue
             kl = {}
             for grid in args.grids:
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)
             if args.part == "all" and nfe in TARGETS:
                 ancestral_target(record, c, data, nfe)
-            (args.out / f"{name}-{nfe}.json").write_text(json.dumps(record, indent=1) + "\n")
+            (args.out / f"{name}{suffix}-{nfe}.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
