@@ -171,7 +171,7 @@ def fit_grid(corruption: DiagonalizableCorruption, data: GaussianData | Tensor, 
         (steps + 1,) float64 times on the corruption's device, strictly decreasing from 1 to 0, with
         ``times[-2] >= t_last_min`` and neighbouring steps within ``max_ratio``: ``lc.sample(..., grid=times)``.
     Cost: each L-BFGS iteration evaluates the KL and its gradient a few times; one evaluation is O(N D^3)
-    (D + 1 probes through the sampler, a Cholesky factorisation per time), about 6 s at 28x28 with 20
+    (D + 1 probes through the sampler, a Cholesky factorisation per time), several seconds at 28x28 with 20
     evaluations on one CPU core.
     """
     data, t_min = _check(corruption, data, steps, method, t_last_min, max_ratio, options)
