@@ -10,6 +10,7 @@ from .basis import Basis, DCTBasis, IdentityBasis, MatrixBasis
 from .coefficients import Coefficients, Transition
 from .corruption import DiagonalizableCorruption, FastSampling, Gaussian, InvalidCorruptionError
 from .corruptions import DDPM, IHDM, BlurringDiffusion, SoftDiffusion
+from .grid_fit import fit_grid
 from .likelihood import ELBO, bits_per_dim, elbo
 from .losses import diffusion_loss
 from .model import DiffusionModel, load
@@ -31,5 +32,5 @@ __all__ = [
     "sample", "Denoiser", "StepInfo", "Step", "StepHook", "SAMPLERS", "GRIDS", "CUDAGraphModel",
     "elbo", "bits_per_dim", "ELBO",
     "set_validate_args", "validate_args",
-    "DiffusionModel", "load", "GaussianData",
+    "DiffusionModel", "load", "GaussianData", "fit_grid",
 ]

@@ -60,6 +60,11 @@ def _sample(args) -> None:
                                                                    ("steps", args.steps)) if v is not None}}
     conditioning = _conditioning(model, args)
     generator = torch.Generator(device).manual_seed(args.seed)
+    fitted = model.fitted_grid(settings["method"], settings["steps"]) if args.grid is None else None
+    if fitted is not None:
+        settings["grid"] = fitted
+        print(f"using the grid fitted for {settings['method']} with {settings['steps']} steps, stored with the model")
+    grid_name = "fitted" if fitted is not None else settings["grid"]
     batches = range(0, args.num_samples, args.batch_size)
     with tqdm(total=len(batches) * settings["steps"], desc=f"sampling {args.num_samples} images", unit="eval",
               disable=not args.progress) as bar:
@@ -69,7 +74,7 @@ def _sample(args) -> None:
                              **conditioning(start, count))
             out.add(_to_uint8(x))
     out.close()
-    print(f"{args.num_samples} samples ({settings['method']}, {settings['steps']} steps, {settings['grid']} grid, "
+    print(f"{args.num_samples} samples ({settings['method']}, {settings['steps']} steps, {grid_name} grid, "
           f"step {model.info.get('step', '?')} of {model.info['path']}) -> {out.path}")
 
 
@@ -221,7 +226,9 @@ def _parser() -> argparse.ArgumentParser:
                         "--batch-size give the same images)")
     s.add_argument("--method", default=None, choices=sorted(SAMPLERS),
                    help="sampler (default: the corruption's fast sampler, `fast_sampling`)")
-    s.add_argument("--grid", default=None, choices=sorted(GRIDS), help="time grid (default: the fast sampler's)")
+    s.add_argument("--grid", default=None, choices=sorted(GRIDS),
+                   help="time grid (default: the grid fitted for the sampler and --steps if the model holds one, "
+                        "else the fast sampler's)")
     s.add_argument("--steps", type=_positive, default=None,
                    help="network evaluations (default: the fast sampler's, 20)")
     s.add_argument("--seed", type=int, default=0, help="seed of the prior and the sampler's noise (default 0)")

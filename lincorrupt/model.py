@@ -15,6 +15,7 @@ its fitted prior, the prediction), so :func:`load` needs no code of the script t
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from .priors import Prior
 from .sampling import sample
 
 __all__ = ["DiffusionModel", "load", "from_checkpoint", "model_record", "ModelLoadError"]
+
+log = logging.getLogger(__name__)
 
 
 class ModelLoadError(ValueError):
@@ -52,6 +55,8 @@ class DiffusionModel(nn.Module):
     Attributes:
         info: plain data about how the model was made (a loaded checkpoint's step, training
             config and path); saved with it.
+        grids: fitted time grids ``{(method, steps): times}`` (float64, CPU) of :meth:`fit_grid`; saved with it,
+            and used by :meth:`sample` for that sampler and number of network evaluations.
     """
 
     def __init__(self, network: nn.Module, corruption: DiagonalizableCorruption, prediction: str):
@@ -63,6 +68,7 @@ class DiffusionModel(nn.Module):
         self.prediction = get_prediction(prediction).name
         self.network, self.corruption = network, corruption
         self.info: dict[str, Any] = {}
+        self.grids: dict[tuple[str, int], Tensor] = {}
 
     def forward(self, z_t: Tensor, t: Tensor, *y: Tensor) -> Tensor:
         """The network's output at ``(z_t, t)``, or ``(z_t, t, y)`` for a conditional network: z_t (B, *shape),
@@ -92,9 +98,14 @@ class DiffusionModel(nn.Module):
         ``method="ancestral", grid="uniform", steps=100``, on trained models. No progress bar unless
         ``progress=True``.
         The N images are one batch, held at once: for many, call it in batches of a few hundred with one
-        ``generator``.
+        ``generator``. Without ``grid`` (and ``last``), a grid fitted for this ``method`` and ``steps``
+        (:meth:`fit_grid`) is used, and logged at INFO level (:meth:`fitted_grid` says which one beforehand).
         """
         options = {"dtype": _dtype_of(self.network), **_fixed(options)}
+        fitted = None if "grid" in options or "last" in options else self.fitted_grid(**options)
+        if fitted is not None:
+            log.info("sampling with the grid fitted for %s with %d steps", *self._grid_key(**options))
+            options = {**options, "grid": fitted}
         with _eval(self.network):
             return sample(self.network, self.corruption, num_samples, prediction=self.prediction,
                           **{**self.sampling_defaults(), **options})
@@ -109,6 +120,25 @@ class DiffusionModel(nn.Module):
         if fast["grid"] == "data" and getattr(self.corruption, "data_var", None) is None:
             fast["grid"] = "logsnr"
         return fast
+
+    def fit_grid(self, data, steps: int, method: str = "dpm++2m", **options) -> Tensor:
+        """Fit the time grid of ``steps`` network evaluations for ``method`` to ``data``
+        (:func:`lincorrupt.fit_grid`: a :class:`~lincorrupt.GaussianData` or training images (N, *shape)), keep it
+        in :attr:`grids` (saved with the model) and return it; :meth:`sample` then uses it for that method and
+        ``steps``. Options as there (``t_last_min``, ``max_ratio``, ...)."""
+        from .grid_fit import fit_grid
+        times = fit_grid(self.corruption, data, steps, method, **options)
+        self.grids[(method, steps)] = times.detach().cpu()
+        return times
+
+    def fitted_grid(self, method: str | None = None, steps: int | None = None, **_) -> Tensor | None:
+        """The grid :meth:`sample` uses for ``method`` and ``steps`` (defaults those of :meth:`sampling_defaults`)
+        when given no ``grid``: the fitted one of :attr:`grids`, or None (then the named default grid)."""
+        return self.grids.get(self._grid_key(method, steps))
+
+    def _grid_key(self, method: str | None = None, steps: int | None = None, **_) -> tuple[str, int]:
+        defaults = self.sampling_defaults()
+        return (defaults["method"] if method is None else method, defaults["steps"] if steps is None else steps)
 
     def elbo(self, x: Tensor, **options) -> ELBO:
         """:func:`lincorrupt.elbo` of 8-bit images ``x`` (B, *shape) in [-1, 1], the network in eval mode."""
@@ -132,7 +162,8 @@ class DiffusionModel(nn.Module):
         """
         from lincorrupt.train.checkpoint import save_checkpoint
         return save_checkpoint({"diffusion_model": model_record(self.network, self.corruption, self.prediction),
-                                "model": _cpu(self.network.state_dict()), "info": self.info}, path)
+                                "model": _cpu(self.network.state_dict()), "info": self.info,
+                                "grids": grid_records(self.grids)}, path)
 
     def extra_repr(self) -> str:
         return f"prediction={self.prediction!r}"
@@ -169,6 +200,11 @@ def model_record(network: nn.Module, corruption: DiagonalizableCorruption, predi
     state = _cpu(corruption.state_dict())
     return {"network": module_spec(network), "corruption": module_spec(corruption, state),
             "corruption_state": state, "prediction": get_prediction(prediction).name}
+
+
+def grid_records(grids: dict[tuple[str, int], Tensor]) -> list[dict[str, Any]]:
+    """Fitted grids as a checkpoint stores them: ``[{"method", "steps", "times"}]``."""
+    return [{"method": m, "steps": n, "times": t.detach().cpu()} for (m, n), t in grids.items()]
 
 
 def model_entry(network: nn.Module, corruption: DiagonalizableCorruption, prediction: str) -> dict[str, Any]:
@@ -234,6 +270,8 @@ def from_checkpoint(state: dict[str, Any], path: str | os.PathLike = "", ema: bo
         network = _network(network_spec, weights, found)
         model = DiffusionModel(network, corruption, prediction)
         model.info = {**_entries(state, "info", dict, found, default={}), "path": str(found)}
+        model.grids = {(g["method"], g["steps"]): g["times"]
+                       for g in _entries(state, "grids", list, found, default=[])}
     except ModelLoadError:
         raise
     except (SpecError, RuntimeError, TypeError, ValueError, KeyError, AttributeError, IndexError) as e:

@@ -20,7 +20,7 @@ from ..predictions import resolve_prediction
 from ..validation import check_labels, is_validating
 from .denoiser import Denoiser, StepInfo, clip_x_hat, dynamic_threshold
 from .graphs import CUDAGraphModel
-from .grids import GRIDS, data_grid, grid_times, info_grid, logsnr_grid, mean_log_snr, uniform_grid
+from .grids import GRIDS, data_grid, earliest_time, grid_times, info_grid, logsnr_grid, mean_log_snr, uniform_grid
 from .guidance import guided
 from .samplers import (
     SAMPLERS,
@@ -45,7 +45,8 @@ from .samplers import (
 __all__ = ["sample", "CUDAGraphModel", "Denoiser", "StepInfo", "Step", "StepHook", "Grid", "Rule", "Sampler",
            "RuleSampler", "MultistepSampler", "rule_sampler", "multistep_sampler", "clip_x_hat", "dynamic_threshold",
            "ancestral", "ddim", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "momentum", "naive", "uniform_grid",
-           "logsnr_grid", "info_grid", "data_grid", "grid_times", "mean_log_snr", "guided", "SAMPLERS", "GRIDS"]
+           "logsnr_grid", "info_grid", "data_grid", "grid_times", "earliest_time", "mean_log_snr", "guided", "SAMPLERS",
+           "GRIDS"]
 
 def _sampler(method: str) -> Sampler:
     """The sampler called ``method``."""
@@ -60,7 +61,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
            generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32,
            progress: bool = False, callback: Callable[[StepInfo], None] | None = None, clip: bool = False,
            threshold: float | None = None, threshold_max: float | None = None, labels=None, guidance: float = 1.0,
-           hook: StepHook | None = None, **options) -> Tensor:
+           hook: StepHook | None = None, last: float | None = None, **options) -> Tensor:
     """Draw ``num_samples`` images by running ``method`` over a time grid from 1 to 0.
 
     The result is the last denoised estimate ``x_hat``, which nothing bounds: a model's
@@ -83,7 +84,12 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
         grid: a key of :data:`GRIDS` ("uniform" in t, "logsnr" in log-SNR, "info" in
             per-coordinate information, "data" in the information of the data's own variance per
             coordinate, after ``corruption.fit_data_statistics(x)``), or a decreasing tensor of
-            times from 1 to 0.
+            times from 1 to 0 (e.g. one of :func:`lincorrupt.fit_grid`).
+        last: for a named grid, the time of the last network evaluation, whose ``x_hat`` is the result, e.g.
+            ``lincorrupt.sampling.earliest_time(corruption)``: the grid's evaluations then run by its own rule from
+            1 down to ``last``. None (default): the grid as registered, whose last evaluation is one of its steps
+            above 0 (``t = 1 / steps`` on "uniform"); with few steps that estimate's blur or noise is the largest
+            single error of the sample (see :mod:`lincorrupt.sampling.grids`).
         generator: random generator for the prior and the sampler's noise.
         device, dtype: where and in which precision to sample; device defaults to the
             corruption's. The model is called in ``dtype``; the sampler computes in ``dtype`` or float32,
@@ -121,7 +127,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     if device is None:
         device = next((b.device for b in corruption.buffers()), torch.device("cpu"))
-    times = grid_times(corruption, grid, steps, device, dtype)
+    times = grid_times(corruption, grid, steps, device, dtype, last)
     if labels is not None:
         model = guided(model, check_labels(labels, num_samples, getattr(model, "num_classes", None)).to(device),
                        guidance)

@@ -4,8 +4,18 @@
 largest per-coordinate information change of unit-variance data and "data" that of the data's own
 per-coordinate variance, so that few steps land where the schedule does not move. Where the
 log-SNR is infinite at t = 0 the grids end at :data:`~lincorrupt.coefficients.T_EPS` and then put
-their last point at 0 (the sampler returns the denoised estimate of the point before it, so the
-last time is never evaluated).
+their last point at 0.
+
+The last evaluation. A sampler evaluates the model at ``times[:-1]`` and returns the denoised estimate
+``x_hat`` of its last evaluation, at ``times[-2]``; the final 0 is never evaluated. So every grid of N
+steps as registered ends with an evaluation one of its own steps above 0: "uniform" at ``t = 1 / N``,
+"logsnr" one log-SNR step above its end, "info" and "data" one information step above it. That is the
+papers' convention (Ho et al.'s last step denoises ``x_1`` at ``t = 1 / T``), harmless with hundreds of
+steps; with tens of steps the estimate at ``times[-2]`` is still blurred or noisy and its error bounds
+the sample's quality. ``grid_times(..., last=t)`` (``lc.sample(..., last=t)``) lays the grid's N
+evaluations out by its own rule from 1 down to ``t`` instead, so that the last one is at ``t``;
+:func:`earliest_time` is the smallest such time the schedule allows. The default (``last=None``)
+keeps every registered grid as it was.
 """
 
 from __future__ import annotations
@@ -20,12 +30,15 @@ from ..coefficients import T_EPS
 from ..corruption import DiagonalizableCorruption
 from ..validation import is_validating, validate_args
 
-__all__ = ["uniform_grid", "logsnr_grid", "info_grid", "data_grid", "mean_log_snr", "GRIDS", "LOGSNR_FLOOR"]
+__all__ = ["uniform_grid", "logsnr_grid", "info_grid", "data_grid", "mean_log_snr", "grid_times", "earliest_time",
+           "GRIDS", "LOGSNR_FLOOR", "T_LAST"]
 
 
-def uniform_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -> Tensor:
-    """``steps + 1`` times equally spaced from 1 to 0, float64."""
-    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64, device=device)
+def uniform_grid(corruption: DiagonalizableCorruption, steps: int, device=None, end: float | None = None) -> Tensor:
+    """``steps + 1`` times equally spaced from 1 to ``end`` (default 0), then 0 as the last point; float64."""
+    times = torch.linspace(1.0, end or 0.0, steps + 1, dtype=torch.float64, device=device)
+    times[-1] = 0.0
+    return times
 
 
 #: Log-SNR below which a coordinate carries no information (SNR 2e-9); :func:`mean_log_snr`
@@ -44,18 +57,21 @@ def mean_log_snr(corruption: DiagonalizableCorruption, t: Tensor) -> Tensor:
     return c.logsnr.clamp(min=LOGSNR_FLOOR).expand(t.shape[0], *corruption.shape).flatten(1).mean(1)
 
 
-def logsnr_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -> Tensor:
+def logsnr_grid(corruption: DiagonalizableCorruption, steps: int, device=None, end: float | None = None) -> Tensor:
     """``steps + 1`` times from 1 to 0, equally spaced in :func:`mean_log_snr` (float64).
 
     The points are equally spaced in log-SNR from ``t = 1`` to ``t = 0`` (to ``t = T_EPS`` if the
     log-SNR is infinite at 0, and the last point is then moved to 0: the sampler returns the
-    denoised estimate of the previous point, so the last time is never evaluated). Times are
-    found by bisection to float64 precision, so the grid follows the schedule exactly.
+    denoised estimate of the previous point, so the last time is never evaluated). With ``end`` the
+    spacing ends at ``t = end`` instead (the last point is still 0). Times are found by bisection to
+    float64 precision, so the grid follows the schedule exactly.
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     ends = torch.tensor([1.0, 0.0], dtype=torch.float64, device=device)
     with torch.no_grad():
+        if end is not None:
+            ends[1] = end
         level = mean_log_snr(corruption, ends)
         if not math.isfinite(float(level[1])):
             ends[1] = T_EPS
@@ -89,14 +105,16 @@ def _fine_times(t_end: float, device=None) -> Tensor:
 
 
 def _equal_information_grid(corruption: DiagonalizableCorruption, steps: int, device, log_var: Tensor | float,
-                            name: str) -> Tensor:
+                            name: str, end: float | None = None) -> Tensor:
     """``steps + 1`` times from 1 to 0 equally spaced in ``ell(t) = integral max_i |dI_i/dt| dt`` with
-    ``I_i(t) = 1/2 softplus(log SNR_t[i] + log_var[i])`` (float64); see :func:`info_grid`."""
+    ``I_i(t) = 1/2 softplus(log SNR_t[i] + log_var[i])`` (float64), ``ell`` summed from ``end`` (default 0, or
+    ``T_EPS`` where the log-SNR is infinite at 0); see :func:`info_grid`."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     with torch.no_grad(), validate_args(False):  # times of our own making, in [0, 1]
         zero = torch.zeros(1, dtype=torch.float64, device=device)
         t_end = 0.0 if bool(torch.isfinite(corruption.coefficients(zero).logsnr).all()) else T_EPS
+        t_end = t_end if end is None else end
         fine = _fine_times(t_end, device)
         moves, last = [], None
         for chunk in fine.split(512):  # (len, coordinates) at a time
@@ -119,7 +137,7 @@ def _equal_information_grid(corruption: DiagonalizableCorruption, steps: int, de
     return times
 
 
-def info_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -> Tensor:
+def info_grid(corruption: DiagonalizableCorruption, steps: int, device=None, end: float | None = None) -> Tensor:
     """``steps + 1`` times from 1 to 0 on which no coordinate gains more information than in another interval (float64).
 
     A unit-variance Gaussian datum seen through coordinate i at time t carries
@@ -133,12 +151,12 @@ def info_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -> 
     information stops moving once a coordinate is destroyed, so IHDM's high frequencies, whose
     log-SNR keeps falling to -10^4, get steps only while they still hold signal. ``ell`` is summed
     on a fine grid (:func:`_fine_times`) and inverted by linear interpolation; it ends at
-    ``T_EPS`` where the log-SNR is infinite at 0, as :func:`logsnr_grid` does. Deterministic.
+    ``T_EPS`` where the log-SNR is infinite at 0, as :func:`logsnr_grid` does, or at ``end``. Deterministic.
     """
-    return _equal_information_grid(corruption, steps, device, 0.0, "information")
+    return _equal_information_grid(corruption, steps, device, 0.0, "information", end)
 
 
-def data_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -> Tensor:
+def data_grid(corruption: DiagonalizableCorruption, steps: int, device=None, end: float | None = None) -> Tensor:
     """:func:`info_grid` for the data at hand: equal steps in the largest change of any coordinate's
     information ``I_i(t) = 1/2 log(1 + SNR_t[i] Var_i)`` (float64).
 
@@ -163,23 +181,59 @@ def data_grid(corruption: DiagonalizableCorruption, steps: int, device=None) -> 
                          f"batch of training data x of shape (N, {', '.join(map(str, corruption.shape))}), or use "
                          f"grid='info'")
     log_var = corruption.data_var.to(device=device, dtype=torch.float64).log()
-    return _equal_information_grid(corruption, steps, device, log_var, "data")
+    return _equal_information_grid(corruption, steps, device, log_var, "data", end)
+
+
+#: The last evaluation :func:`earliest_time` allows where every coordinate's log-SNR is finite at t = 0: the
+#: coefficients there are those of t = 0 to about 1e-3 in log-SNR (a grid's last point, 0, is never evaluated).
+T_LAST = 1e-5
+
+
+def earliest_time(corruption: DiagonalizableCorruption) -> float:
+    """The earliest time a sampler's last evaluation can have on this corruption's schedule: :data:`T_LAST` where
+    every coordinate's log-SNR is finite at t = 0, else :data:`~lincorrupt.coefficients.T_EPS` (a noise-free
+    start such as the discrete DDPM schedule, whose first step is at ``1 / T``; closer to 0 the log-SNR grows
+    without bound and an evaluation there asks the model for a regime it never learnt)."""
+    with torch.no_grad(), validate_args(False):
+        zero = torch.zeros(1, dtype=torch.float64, device=next((b.device for b in corruption.buffers()), None))
+        return T_LAST if bool(torch.isfinite(corruption.coefficients(zero).logsnr).all()) else T_EPS
+
+
+def _ending_at(corruption: DiagonalizableCorruption, name: str, steps: int, last: float, device) -> Tensor:
+    """The grid ``name`` whose ``steps`` evaluations run from 1 down to ``last`` by its own rule: its ``steps - 1``
+    intervals from 1 to ``last``, then 0."""
+    if not (isinstance(last, float | int) and not isinstance(last, bool) and 0 < last < 1):
+        raise ValueError(f"last is the time of the last evaluation, a number in (0, 1), got {last!r}")
+    if steps < 2:
+        raise ValueError(f"last={last} needs steps >= 2: with one step the only evaluation is at t = 1")
+    head = GRIDS[name](corruption, steps - 1, device, end=float(last))[:-1]
+    return torch.cat([head, head.new_tensor([float(last), 0.0])])
 
 
 def grid_times(corruption: DiagonalizableCorruption, grid: str | Tensor, steps: int | None = None, device=None,
-               dtype: torch.dtype = torch.float32) -> Tensor:
+               dtype: torch.dtype = torch.float32, last: float | None = None) -> Tensor:
     """The times of a sampling run, (steps + 1,): ``GRIDS[grid](corruption, steps)`` for a name, or the tensor
     ``grid`` itself, checked to decrease strictly from exactly 1 (where the prior draws ``u_1``) to exactly 0
     (values checked while validation is on), on ``device`` (default the corruption's) in ``dtype`` (at least
-    float32)."""
+    float32).
+
+    ``last`` (named grids only): the time of the last evaluation, in (0, 1), e.g. :func:`earliest_time`; the
+    grid's ``steps`` evaluations then follow its own rule from 1 down to ``last`` (its ``steps - 1`` intervals
+    from 1 to ``last``), then 0. None (the default) keeps the grid as registered, whose last evaluation is one
+    of its steps above 0 (see the module's docstring). A tensor grid carries its own last evaluation,
+    ``times[-2]``."""
     if device is None:
         device = next((b.device for b in corruption.buffers()), torch.device("cpu"))
     if isinstance(grid, Tensor):
+        if last is not None:
+            raise ValueError(f"last={last} applies to a named grid; a tensor grid's last evaluation is its own "
+                             f"times[-2]")
         times = grid
     elif isinstance(grid, str) and grid in GRIDS:
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"steps must be a positive int, got {steps!r}")
-        times = GRIDS[grid](corruption, steps, device)
+        times = GRIDS[grid](corruption, steps, device) if last is None else _ending_at(corruption, grid, steps,
+                                                                                         last, device)
     else:
         raise ValueError(f"unknown grid {grid!r}; expected one of {sorted(GRIDS)} or a tensor of times")
     if times.ndim != 1 or times.numel() < 2 or not times.is_floating_point():
@@ -198,7 +252,8 @@ def grid_times(corruption: DiagonalizableCorruption, grid: str | Tensor, steps: 
     return times
 
 
-#: name -> ``grid(corruption, steps, device) -> times``, decreasing from 1 to 0: "uniform" in t,
+#: name -> ``grid(corruption, steps, device, end=None) -> times``, decreasing from 1 to 0 (``end``: where the
+#: spacing ends, the last point still 0; see :func:`grid_times`'s ``last``): "uniform" in t,
 #: "logsnr" equally spaced in the mean log-SNR (:func:`logsnr_grid`), "info" in the largest
 #: per-coordinate information change of unit-variance data (:func:`info_grid`), "data" the same
 #: for the data's own variance per coordinate (:func:`data_grid`; needs ``fit_data_statistics``).
