@@ -54,7 +54,6 @@ import torch  # noqa: E402
 
 import lincorrupt as lc  # noqa: E402
 from lincorrupt.coefficients import Coefficients, posterior_coefficients  # noqa: E402
-from lincorrupt.sampling.samplers import SAMPLER_ORDERS  # noqa: E402
 
 f64 = torch.float64
 T = 1000
@@ -491,8 +490,8 @@ def smallest_nfe(kl_at, target: float, points: tuple[int, ...] = (10, 20, 50), c
 
 def real_size_run(args) -> None:
     """Every sampler x grid at the data's own size, exact denoiser of the full-covariance Gaussian."""
-    for method, order in SAMPLER_ORDERS.items():
-        if order is None and method not in STOCHASTIC:
+    for method, sampler in lc.SAMPLERS.items():
+        if sampler.stochastic and method not in STOCHASTIC:
             raise SystemExit(f"sampler {method!r} is stochastic and has no exact step rule in "
                              f"bench_momentum.STOCHASTIC")
     start = time.perf_counter()

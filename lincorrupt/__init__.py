@@ -15,7 +15,7 @@ from .losses import diffusion_loss, elbo_weighting, snr_weighting, soft_score_we
 from .model import DiffusionModel, load
 from .predictions import PREDICTIONS
 from .priors import EmpiricalPrior, GaussianPrior, Prior, StandardNormalPrior
-from .sampling import GRIDS, SAMPLERS, CUDAGraphModel, Denoiser, StepInfo, sample
+from .sampling import GRIDS, SAMPLERS, CUDAGraphModel, Denoiser, Step, StepHook, StepInfo, sample
 from .validation import set_validate_args, validate_args
 
 __version__ = "0.1.0"
@@ -26,7 +26,7 @@ __all__ = [
     "FastSampling", "DDPM", "IHDM", "BlurringDiffusion", "SoftDiffusion",
     "diffusion_loss", "elbo_weighting", "soft_score_weighting", "snr_weighting", "PREDICTIONS",
     "Prior", "StandardNormalPrior", "GaussianPrior", "EmpiricalPrior",
-    "sample", "Denoiser", "StepInfo", "SAMPLERS", "GRIDS", "CUDAGraphModel",
+    "sample", "Denoiser", "StepInfo", "Step", "StepHook", "SAMPLERS", "GRIDS", "CUDAGraphModel",
     "elbo", "bits_per_dim", "ELBO",
     "set_validate_args", "validate_args",
     "DiffusionModel", "load",

@@ -142,18 +142,16 @@ class DiagonalizableCorruption(Configurable):
         return alpha.log(), sigma.log()
 
     def coefficients(self, t: Tensor | float, batch_size: int | None = None) -> Coefficients:
-        """Validated :class:`Coefficients` at times ``t`` (B,), shaped (B, ...) for broadcasting.
+        """:class:`Coefficients` ``(log alpha_t, log sigma_t)`` at times ``t`` (B,), shaped (B, ...) for broadcasting.
 
-        Computed in ``t``'s dtype (at least float32); pass float64 times for float64 precision.
+        ``t`` is checked by :meth:`check_time` (its range while validation is on). Computed in ``t``'s
+        dtype (at least float32); pass float64 times for float64 precision.
         """
-        return self.coefficients_unchecked(self.check_time(t, "t", batch_size))
+        return self._coefficients(self.check_time(t, "t", batch_size))
 
-    def coefficients_unchecked(self, t: Tensor) -> Coefficients:
-        """:meth:`coefficients` without the check of the times: ``t`` (B,) must already have
-        passed :meth:`check_time` (samplers, losses and grids check their times once, then call this).
-
-        Only the schedule's output shape is checked (no value check, so no host sync).
-        """
+    def _coefficients(self, t: Tensor) -> Coefficients:
+        """:meth:`coefficients` at (B,) times that already passed :meth:`check_time` (the library's
+        samplers, losses and grids check their times once). Checks only the hook's output shape."""
         log_alpha, log_sigma = self._log_alpha_sigma(t)
         target = (t.shape[0], *self.shape)
         for name, value in (("alpha", log_alpha), ("sigma", log_sigma)):
@@ -177,19 +175,18 @@ class DiagonalizableCorruption(Configurable):
         ``d/dt SNR = SNR * d/dt log SNR``; the continuous-time ELBO weight (VDM eq. 17) is
         ``-1/2 d/dt SNR_t``.
         """
-        return self.d_log_snr_dt_unchecked(self.check_time(t, "t"))
+        return self._d_log_snr_dt(self.check_time(t, "t"))
 
-    def d_log_snr_dt_unchecked(self, t: Tensor) -> Tensor:
-        """:meth:`d_log_snr_dt` without the check of the times ``t`` (B,), which must already have passed
-        :meth:`check_time` (for losses and the ELBO, which check them once)."""
-        _, tangent = torch.func.jvp(lambda t: self.coefficients_unchecked(t).logsnr, (t,), (torch.ones_like(t),))
+    def _d_log_snr_dt(self, t: Tensor) -> Tensor:
+        """:meth:`d_log_snr_dt` at (B,) times that already passed :meth:`check_time`."""
+        _, tangent = torch.func.jvp(lambda t: self._coefficients(t).logsnr, (t,), (torch.ones_like(t),))
         return tangent
 
     # ----------------------------------------------------------------- the process
     def transition(self, s: Tensor | float, t: Tensor | float) -> Transition:
         """``q(u_t | u_s)`` for ``0 <= s < t <= 1``: ``alpha_{t|s}``, ``sigma^2_{t|s}`` per coordinate."""
         s, t = self._check_pair(s, t)
-        return transition(self.coefficients_unchecked(s), self.coefficients_unchecked(t))
+        return transition(self._coefficients(s), self._coefficients(t))
 
     def diffuse(self, x: Tensor, t: Tensor | float, noise: Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -208,7 +205,7 @@ class DiagonalizableCorruption(Configurable):
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         else:
             self.check_like(noise, x, "noise")
-        c = self.coefficients_unchecked(self.check_time(t, "t", x.shape[0], x.device))
+        c = self._coefficients(self.check_time(t, "t", x.shape[0], x.device))
         u_t = c.alpha * self.basis.to_basis(x) + c.sigma * self.basis.to_basis(noise)
         return self.basis.from_basis(u_t).to(x.dtype), noise
 
@@ -225,7 +222,7 @@ class DiagonalizableCorruption(Configurable):
         self.check_data(x)
         self.check_like(z_t, x, "z_t")
         s, t = self._check_pair(s, t, x.shape[0], x.device)
-        c_t, c_x, var = posterior_coefficients(self.coefficients_unchecked(s), self.coefficients_unchecked(t))
+        c_t, c_x, var = posterior_coefficients(self._coefficients(s), self._coefficients(t))
         mean = c_t * self.basis.to_basis(z_t) + c_x * self.basis.to_basis(x)
         return Gaussian(mean.to(x.dtype), var.expand(mean.shape).to(x.dtype))
 
@@ -244,7 +241,7 @@ class DiagonalizableCorruption(Configurable):
         src, dst = get_prediction(source), get_prediction(target)
         self.check_data(z_t, "z_t")
         self.check_like(output, z_t, "output")
-        c = self.coefficients_unchecked(self.check_time(t, "t", z_t.shape[0], z_t.device))
+        c = self._coefficients(self.check_time(t, "t", z_t.shape[0], z_t.device))
         u_t, out = self.basis.to_basis(z_t), self.basis.to_basis(output)
         u_x, u_eps = src.to_x(c, u_t, out), src.to_eps(c, u_t, out)
         return self.basis.from_basis(dst.target(c, u_x, u_eps)).to(z_t.dtype)
@@ -275,71 +272,43 @@ class DiagonalizableCorruption(Configurable):
     def check_validity(self, num_times: int = 1001) -> None:
         """Raise :class:`InvalidCorruptionError` unless ``q`` is a Markov diffusion.
 
-        The process is Markov iff ``sigma^2_{t|s} >= 0`` for all ``s < t``, i.e. iff every
-        coordinate's SNR is non-increasing in t. Checked on ``num_times`` equally spaced
-        times in float64, together with finiteness of ``alpha`` and ``sigma`` and
-        ``sigma_t > 0`` for ``t > 0``. The schedule is evaluated once per time, in chunks of
-        at most 64 times and ``VALIDITY_CHUNK_ELEMENTS`` coordinates, and checked at the shape it returns
-        (e.g. (N, 1, H, W)), never expanded over channels; each test is a cheap reduction,
-        and only a failing one locates its coordinate.
+        The process is Markov iff ``sigma^2_{t|s} >= 0`` for all ``s < t``, i.e. iff every coordinate's
+        SNR is non-increasing in t. On ``num_times`` equally spaced float64 times this checks that
+        ``alpha_t`` and ``sigma_t`` are finite, ``sigma_t > 0`` for ``t > 0``, ``alpha_t > 0`` for ``t < 1``
+        and that no log-SNR rises by more than ``1e-9 (1 + |log SNR|)`` from one time to the next.
+        The schedule is evaluated at the shape it returns (e.g. (N, 1, H, W), never expanded over
+        channels), in chunks of at most 64 times and ``VALIDITY_CHUNK_ELEMENTS`` coordinates; each
+        chunk repeats the last time of the one before, so the comparison crosses chunk boundaries.
         """
         times = torch.linspace(0, 1, num_times, dtype=torch.float64, device=self._device())
-        last_t = last_half_logsnr = None
-        for t in times.split(max(1, min(64, VALIDITY_CHUNK_ELEMENTS // math.prod(self.shape)))):
-            c = self.coefficients_unchecked(t)
-            self._check_finite(t, c)
-            half_logsnr = c.log_alpha - c.log_sigma  # log SNR / 2: halving is exact, so it orders alike
-            if last_half_logsnr is not None:
-                self._check_non_increasing(torch.cat([last_t, t[:1]]),
-                                           *torch.broadcast_tensors(last_half_logsnr, half_logsnr[:1]))
-            self._check_non_increasing(t, half_logsnr[:-1], half_logsnr[1:])
-            last_t, last_half_logsnr = t[-1:], half_logsnr[-1:]
-
-    def _check_finite(self, t: Tensor, c: Coefficients) -> None:
-        """Refuse non-finite ``alpha_t``, ``sigma_t`` (exp is never negative, and NaN is not
-        finite), ``sigma_t = 0`` at ``t > 0`` and ``alpha_t = 0`` at ``t < 1`` (where the
-        log-SNR is -inf, transitions and posteriors are ``expm1(-inf + inf)``, NaN). ``exp`` is
-        monotone and ``amax`` / ``amin`` propagate NaN, so one reduction per coefficient and
-        test decides; the coordinate is located only on failure."""
-        for name, log_value in (("alpha", c.log_alpha), ("sigma", c.log_sigma)):
-            largest = log_value.amax()
-            if not bool(torch.isfinite(largest.exp())):
-                value = log_value.exp()
-                bad = ~torch.isfinite(value) | (log_value == largest)
-                self._refuse(f"{name}_t is not a finite non-negative number", t, bad, value)
-        t_view = t.view(-1, *[1] * len(self.shape))
-        zeros = (("sigma_t = 0 at t > 0 (only t = 0 may be noise-free)", c.log_sigma, t_view > 0),
-                 ("alpha_t = 0 at t < 1 (only t = 1 may have lost all signal)", c.log_alpha, t_view < 1))
-        for what, log_value, inside in zeros:
-            if bool(log_value.amin() == -torch.inf):
-                zero = (log_value == -torch.inf) & inside
-                if zero.any():
-                    self._refuse(what, t, zero, log_value.exp())
-
-    def _check_non_increasing(self, t: Tensor, before: Tensor, after: Tensor) -> None:
-        """Refuse where the log-SNR ``2 * before`` at ``t[k]`` rises to ``2 * after`` at ``t[k + 1]``
-        by more than ``1e-9 (1 + |log SNR|)``; ``before``, ``after`` are (K, ...), K = len(t) - 1.
-
-        Adding the non-negative tolerance can only lower the verdict, so where no coordinate
-        rises at all (one comparison) the tolerant test is skipped.
-        """
-        if not bool((after > before).any()):
-            return
-        before, after = 2 * before, 2 * after
-        rising = after > before + 1e-9 * (1 + before.abs().nan_to_num(0, 0, 0))
-        if rising.any():
-            k, *coord = (int(i) for i in rising.nonzero()[0])
-            raise InvalidCorruptionError(
-                f"{type(self).__name__}: SNR increases in basis coordinate {tuple(coord)} between "
-                f"t={t[k].item():.6g} and t={t[k + 1].item():.6g} (log-SNR {before[k][tuple(coord)].item():.6g} -> "
-                f"{after[k][tuple(coord)].item():.6g}); then sigma^2_(t|s) < 0 and q(z_t | x) is not a "
-                f"Markov diffusion. The SNR of every coordinate must be non-increasing in t.")
-
-    def _refuse(self, what: str, t: Tensor, bad: Tensor, value: Tensor) -> None:
-        k, *coord = (int(i) for i in bad.nonzero()[0])
-        v = value.expand(bad.shape)[(k, *coord)].item()
-        raise InvalidCorruptionError(f"{type(self).__name__}: {what}; at t={t[k].item():.6g}, basis "
-                                     f"coordinate {tuple(coord)} the value is {v}")
+        chunk = max(1, min(64, VALIDITY_CHUNK_ELEMENTS // math.prod(self.shape)))
+        for start in range(0, num_times, chunk):
+            t = times[max(start - 1, 0):start + chunk]
+            c = self._coefficients(t)
+            inside = t.view(-1, *[1] * len(self.shape))
+            logsnr = c.logsnr
+            faults = (("alpha_t is not a finite non-negative number", ~torch.isfinite(c.alpha), c.alpha),
+                      ("sigma_t is not a finite non-negative number", ~torch.isfinite(c.sigma), c.sigma),
+                      ("sigma_t = 0 at t > 0 (only t = 0 may be noise-free)",
+                       (c.log_sigma == -torch.inf) & (inside > 0), c.sigma),
+                      ("alpha_t = 0 at t < 1 (only t = 1 may have lost all signal)",
+                       (c.log_alpha == -torch.inf) & (inside < 1), c.alpha))
+            for what, bad, value in faults:
+                if bool(bad.any()):
+                    k, *coord = (int(i) for i in bad.nonzero()[0])
+                    raise InvalidCorruptionError(f"{type(self).__name__}: {what}; at t={t[k].item():.6g}, basis "
+                                                 f"coordinate {tuple(coord)} the value is "
+                                                 f"{value.expand(bad.shape)[(k, *coord)].item()}")
+            before, after = logsnr[:-1], logsnr[1:]
+            rising = after > before + 1e-9 * (1 + before.abs().nan_to_num(0, 0, 0))
+            if bool(rising.any()):
+                k, *coord = (int(i) for i in rising.nonzero()[0])
+                before, after = (v.expand(rising.shape)[(k, *coord)].item() for v in (before, after))
+                raise InvalidCorruptionError(
+                    f"{type(self).__name__}: SNR increases in basis coordinate {tuple(coord)} between "
+                    f"t={t[k].item():.6g} and t={t[k + 1].item():.6g} (log-SNR {before:.6g} -> {after:.6g}); "
+                    f"then sigma^2_(t|s) < 0 and q(z_t | x) is not a Markov diffusion. The SNR of every "
+                    f"coordinate must be non-increasing in t.")
 
     # ----------------------------------------------------------------- input checks
     def _device(self) -> torch.device:

@@ -29,7 +29,7 @@ from torch import Tensor
 from .coefficients import T_EPS
 from .corruption import DiagonalizableCorruption
 from .predictions import get_prediction
-from .validation import check_model_output, check_nonempty, is_validating
+from .validation import check_model_output, check_nonempty, is_validating, validate_args
 
 __all__ = ["ELBO", "elbo", "bits_per_dim", "prior_term", "diffusion_term", "reconstruction_term",
            "low_discrepancy_times", "default_t_min", "NUM_PIXEL_VALUES"]
@@ -94,16 +94,19 @@ def diffusion_term(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
     pred = get_prediction(prediction)
     t = corruption.check_time(t, "t", x.shape[0], x.device)
     z_t, noise = corruption.diffuse(x, t, noise=noise)
-    c = corruption.coefficients_unchecked(t)
+    with validate_args(False):  # t is checked
+        c = corruption.coefficients(t)
     basis = corruption.basis
     out = basis.to_basis(check_model_output(model(z_t, t.to(x.dtype)), z_t))
     error2 = (out - pred.target(c, basis.to_basis(x), basis.to_basis(noise))) ** 2
     log_x_scale2 = 2 * pred.log_x_scale(c)  # an error e in the output is an error (dx/dout) e in x
     if steps is None:  # -1/2 SNR' = -1/2 (d log SNR / dt) SNR
-        minus_dlogsnr = (-0.5 * corruption.d_log_snr_dt_unchecked(t)).clamp(min=0)
+        with validate_args(False):
+            minus_dlogsnr = (-0.5 * corruption.d_log_snr_dt(t)).clamp(min=0)
         log_weight = math.log(1 - t_min) + torch.log(minus_dlogsnr) + c.logsnr + log_x_scale2
     else:  # T/2 (SNR_s - SNR_t) = T/2 SNR_s (1 - exp(logsnr_t - logsnr_s))
-        c_s = corruption.coefficients_unchecked((t - (1 - t_min) / steps).clamp(min=0))
+        with validate_args(False):  # t checked, so t - dt clamped to 0 lies in [0, 1]
+            c_s = corruption.coefficients((t - (1 - t_min) / steps).clamp(min=0))
         drop = (-torch.expm1(c.logsnr - c_s.logsnr)).clamp(min=0)
         log_weight = math.log(steps / 2) + c_s.logsnr + log_x_scale2 + torch.log(drop)
     # in log space: IHDM's high frequencies have SNR ratios beyond exp(709) times errors below exp(-709)
@@ -144,7 +147,8 @@ def reconstruction_term(corruption: DiagonalizableCorruption, x: Tensor, noise: 
         raise ValueError("the likelihood needs 8-bit images scaled to [-1, 1] (values k / 127.5 - 1, k = 0..255)")
     t = torch.full((x.shape[0],), float(t_min), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
     z, _ = corruption.diffuse(x, t, noise=noise)
-    c = corruption.coefficients_unchecked(t)
+    with validate_args(False):  # t checked by diffuse
+        c = corruption.coefficients(t)
     basis = corruption.basis
     y = basis.from_basis(basis.to_basis(z) * torch.exp(-c.log_alpha))  # z / alpha, data space
     var = _pixel_variance(corruption, torch.exp(2 * (c.log_sigma - c.log_alpha))[:1], x)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .corruption import DiagonalizableCorruption
 from .predictions import Prediction, get_prediction
-from .validation import check_labels, check_model_output, check_nonempty
+from .validation import check_labels, check_model_output, check_nonempty, validate_args
 
 __all__ = ["diffusion_loss", "elbo_weighting", "soft_score_weighting", "snr_weighting"]
 
@@ -28,8 +28,9 @@ def elbo_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: 
     in nats (without the prior and reconstruction terms).
     """
     t = corruption.check_time(t, "t")
-    c = corruption.coefficients_unchecked(t)
-    return -0.5 * corruption.d_log_snr_dt_unchecked(t) * torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
+    with validate_args(False):  # t is checked
+        c, d_log_snr_dt = corruption.coefficients(t), corruption.d_log_snr_dt(t)
+    return -0.5 * d_log_snr_dt * torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
 
 
 def soft_score_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: Prediction) -> Tensor:
@@ -39,8 +40,7 @@ def soft_score_weighting(corruption: DiagonalizableCorruption, t: Tensor, predic
     ``alpha_t^2``, and on the error of ``prediction`` ``alpha_t^2 (d x / d out)^2``. Returns a
     tensor broadcastable to (B, *shape).
     """
-    t = corruption.check_time(t, "t")
-    c = corruption.coefficients_unchecked(t)
+    c = corruption.coefficients(t)
     return torch.exp(2 * (c.log_alpha + prediction.log_x_scale(c)))
 
 
@@ -52,8 +52,7 @@ def snr_weighting(corruption: DiagonalizableCorruption, t: Tensor, prediction: P
     ``eps_hat = (u_t - alpha_t x_hat) / sigma_t`` (no division by alpha_t). Shapes as in
     :func:`soft_score_weighting`.
     """
-    t = corruption.check_time(t, "t")
-    c = corruption.coefficients_unchecked(t)
+    c = corruption.coefficients(t)
     return torch.exp(c.logsnr + 2 * prediction.log_x_scale(c))
 
 
@@ -105,7 +104,8 @@ def diffusion_loss(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagon
     else:
         corruption.check_like(noise, x, "noise")
     t = corruption.check_time(t, "t", x.shape[0], x.device)
-    c = corruption.coefficients_unchecked(t)
+    with validate_args(False):  # t is checked
+        c = corruption.coefficients(t)
     basis = corruption.basis
     u_x, u_eps = basis.to_basis(x), basis.to_basis(noise)
     z_t = basis.from_basis(c.alpha * u_x + c.sigma * u_eps).to(x.dtype)  # the diffuse step, sharing u_x, u_eps

@@ -67,14 +67,16 @@ def self_convergence_ratio(name, method, steps):
     return np.linalg.norm(outputs[0] - outputs[1]) / np.linalg.norm(outputs[1] - outputs[2])
 
 
-def test_every_sampler_declares_its_order():
-    from lincorrupt.sampling.samplers import SAMPLER_ORDERS
-    assert set(SAMPLER_ORDERS) == set(lc.SAMPLERS), "declare each sampler's order beside SAMPLERS"
+def test_every_sampler_declares_its_order_and_whether_it_is_stochastic():
+    for name, sampler in lc.SAMPLERS.items():
+        assert isinstance(sampler, lc.sampling.Sampler), name
+        assert isinstance(sampler.stochastic, bool), name
+        assert (sampler.order is None) == sampler.stochastic, name  # an order is declared for deterministic ones
+        assert sampler.order is None or (isinstance(sampler.order, int) and sampler.order >= 1), name
 
 
 def deterministic_samplers():
-    from lincorrupt.sampling.samplers import SAMPLER_ORDERS
-    return [(m, p) for m, p in SAMPLER_ORDERS.items() if p is not None]
+    return [(m, s.order) for m, s in lc.SAMPLERS.items() if not s.stochastic]
 
 
 @pytest.mark.parametrize("name", ["ddpm", "blurring"])
@@ -154,7 +156,7 @@ def test_dpmpp_3m_starts_as_dpmpp_2m_then_uses_three_outputs():
     from lincorrupt.sampling.samplers import _at, _first_order, _grid_coefficients, _ratio
     coef, lam = _grid_coefficients(c, times)
     u = [c.basis.to_basis(z) for z in ours]
-    x2, x3 = (lc.Denoiser(x_model, c, "x")(u[k], times[k:k + 1], _at(coef, k))[0] for k in (2, 3))
+    x2, x3 = (lc.Denoiser(x_model, c, "x").x_hat(u[k], times[k:k + 1], _at(coef, k)) for k in (2, 3))
     h, h_last = lam[4:5] - lam[3:4], lam[3:4] - lam[2:3]
     expected = _first_order(u[3], x3 + _ratio(h, 2 * h_last) * (x3 - x2), _at(coef, 3), _at(coef, 4), h)
     torch.testing.assert_close(ours[4], c.basis.from_basis(expected), rtol=1e-10, atol=1e-10)

@@ -112,8 +112,8 @@ def test_sampling_is_reproducible_with_a_generator():
 @pytest.mark.parametrize("method", sorted(lc.SAMPLERS))
 @pytest.mark.parametrize("prediction", ["x", "eps"])
 def test_a_sampler_converts_the_model_output_only_to_the_forms_it_uses(method, prediction, monkeypatch):
-    """Only DDIM steps with the noise prediction; the others use x_hat alone, so an x-model's
-    output is never converted to eps. Each sampler still evaluates the model once per interval."""
+    """Every sampler steps with x_hat alone (DDIM with the noise that x_hat implies), so a model's output is
+    never converted to eps. Each sampler evaluates the model once per interval."""
     calls = {"to_x": 0, "to_eps": 0, "model": 0}
     kind = type(lc.PREDICTIONS[prediction])
 
@@ -135,14 +135,16 @@ def test_a_sampler_converts_the_model_output_only_to_the_forms_it_uses(method, p
     c, steps = lc.DDPM((2, 3, 4), schedule="cosine"), 6
     lc.sample(model, c, 2, steps=steps, prediction=prediction, method=method)
     assert calls["model"] == steps and calls["to_x"] == steps
-    assert calls["to_eps"] == (steps if method == "ddim" else 0)
+    assert calls["to_eps"] == 0
 
 
 # ---------------------------------------------------------------- DDIM numerics at extreme SNR ratios
 def _mp_ddim(log_alpha_s, log_sigma_s, log_alpha_t, log_sigma_t, eta):
-    """DDIM's sqrt(sigma_s^2 - eta^2 sigma2_{t->s}) and eta sqrt(sigma2_{t->s}) from the textbook forms
+    """DDIM's step u_s = alpha_s x + c_eps eps + std n with eps = (u_t - alpha_t x) / sigma_t, as
+    (k_u, k_x, var) = (c_eps / sigma_t, alpha_s - alpha_t c_eps / sigma_t, std^2), from the textbook forms
     (Kingma et al. 2021, eq. 32-33: sigma2_{t|s} = sigma_t^2 - alpha_{t|s}^2 sigma_s^2, sigma2_{t->s} = (1/sigma_s^2 +
-    alpha_{t|s}^2 / sigma2_{t|s})^-1), at 80 digits, where their cancellation does not matter."""
+    alpha_{t|s}^2 / sigma2_{t|s})^-1; c_eps = sqrt(sigma_s^2 - eta^2 sigma2_{t->s}), std = eta sqrt(sigma2_{t->s})),
+    at 80 digits, where their cancellation does not matter."""
     import mpmath
     mpmath.mp.dps = 80
     a_s, s_s, a_t, s_t = (mpmath.exp(mpmath.mpf(v)) for v in (log_alpha_s, log_sigma_s, log_alpha_t, log_sigma_t))
@@ -150,24 +152,26 @@ def _mp_ddim(log_alpha_s, log_sigma_s, log_alpha_t, log_sigma_t, eta):
     var_ts = s_t**2 - a_ts**2 * s_s**2
     post_var = 1 / (1 / s_s**2 + a_ts**2 / var_ts)
     eta = mpmath.mpf(eta)
-    return mpmath.sqrt(s_s**2 - eta**2 * post_var), eta * mpmath.sqrt(post_var)
+    c_eps = mpmath.sqrt(s_s**2 - eta**2 * post_var)
+    return c_eps / s_t, a_s - a_t * c_eps / s_t, eta**2 * post_var
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, f64])
 @pytest.mark.parametrize("eta", [0.0, 0.3, 0.999, 1.0])
-def test_ddim_coefficients_are_exact_at_extreme_snr_ratios(dtype, eta):
-    """SNR_t / SNR_s from 1 - 1e-7 down to e^-60: the noise weight sigma_s sqrt(1 - eta^2 r) must keep
-    its relative precision where sigma_s^2 - eta^2 sigma2_{t->s} cancels (eta = 1: it is sigma_s e^(dlogsnr/2)).
-    The reference takes the inputs as stored; the tolerance allows for the rounding of log-SNR differences
-    in the dtype (relative eps / |dlogsnr|), which no formula in (log alpha, log sigma) avoids."""
-    from lincorrupt.sampling import ddim_coefficients
+def test_ddim_rule_is_exact_at_extreme_snr_ratios(dtype, eta):
+    """SNR_t / SNR_s from 1 - 1e-7 down to e^-60: DDIM's rule (k_u, k_x, var) must keep its relative precision
+    where sigma_s^2 - eta^2 sigma2_{t->s} cancels (eta = 1: k_u = (sigma_s / sigma_t) e^(dlogsnr/2)) and where
+    k_x = alpha_s - alpha_t k_u cancels (small steps). The reference takes the inputs as stored; the tolerance
+    allows for the rounding of log-SNR differences in the dtype (relative eps / |dlogsnr|), which no formula in
+    (log alpha, log sigma) avoids."""
     eps = torch.finfo(dtype).eps
     for dlogsnr in [-1e-7, -1e-3, -0.5, -5.0, -20.0, -30.0, -60.0][dtype == torch.float32:]:
         c_s = lc.Coefficients(*torch.tensor([[-0.1], [-1.2]], dtype=dtype))
         c_t = lc.Coefficients(*torch.tensor([[-0.1 + dlogsnr / 4], [-1.2 - dlogsnr / 4]], dtype=dtype))
-        c_eps, std = ddim_coefficients(c_s, c_t, eta)
+        k_u, k_x, var = lc.SAMPLERS["ddim"].rule(c_t, c_s, eta)
+        assert (var is None) == (eta == 0)
         exact = _mp_ddim(*(v.double().item() for v in (*c_s, *c_t)), eta)
-        for got, want in zip((c_eps, std), exact):
+        for got, want in zip((k_u, k_x, var if var is not None else torch.zeros(())), exact):
             np.testing.assert_allclose(got.double().item(), float(want), rtol=100 * eps * (1 + 1 / abs(dlogsnr)),
                                        atol=0, err_msg=f"dlogsnr={dlogsnr}")
 

@@ -24,6 +24,7 @@ from torch import Tensor
 from ..basis import Basis, DCTBasis
 from ..corruption import DiagonalizableCorruption
 from ..sampling.denoiser import Denoiser
+from ..validation import validate_args
 
 __all__ = ["radial_bands", "power_spectrum", "spectrum_ratio", "GaussianFit", "wiener_x_hat", "band_error_ratio",
            "denoising_band_errors"]
@@ -228,7 +229,8 @@ def wiener_x_hat(fit: GaussianFit, corruption: DiagonalizableCorruption, z_t: Te
     t = t if isinstance(t, Tensor) else torch.tensor(float(t), dtype=f64, device=z_t.device)  # a float: exactly
     t = corruption.check_time(t, "t", b, z_t.device).to(f64)
     mu, cov = GaussianFit(fit.mean.to(z_t.device, f64), fit.cov.to(z_t.device, f64)).in_basis(basis)
-    c = corruption.coefficients_unchecked(t)
+    with validate_args(False):  # t is checked
+        c = corruption.coefficients(t)
     a = c.alpha.expand(b, *corruption.shape).reshape(b, d)
     s2 = (2 * c.log_sigma).exp().expand(b, *corruption.shape).reshape(b, d)
     u_t = basis.to_basis(z_t.to(f64)).reshape(b, d)

@@ -21,13 +21,32 @@ from .denoiser import Denoiser, StepInfo, clip_x_hat, dynamic_threshold
 from .graphs import CUDAGraphModel
 from .grids import GRIDS, data_grid, info_grid, logsnr_grid, mean_log_snr, uniform_grid
 from .guidance import guided
-from .samplers import SAMPLERS, ancestral, ddim, ddim_coefficients, dpmpp_2m, dpmpp_2s, dpmpp_3m, momentum, naive
+from .samplers import (
+    SAMPLERS,
+    Grid,
+    MultistepSampler,
+    Rule,
+    RuleSampler,
+    Sampler,
+    Step,
+    StepHook,
+    ancestral,
+    ddim,
+    dpmpp_2m,
+    dpmpp_2s,
+    dpmpp_3m,
+    momentum,
+    multistep_sampler,
+    naive,
+    rule_sampler,
+)
 
-__all__ = ["sample", "CUDAGraphModel", "Denoiser", "StepInfo", "clip_x_hat", "dynamic_threshold", "ancestral", "ddim",
-           "ddim_coefficients", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "momentum", "naive", "uniform_grid",
+__all__ = ["sample", "CUDAGraphModel", "Denoiser", "StepInfo", "Step", "StepHook", "Grid", "Rule", "Sampler",
+           "RuleSampler", "MultistepSampler", "rule_sampler", "multistep_sampler", "clip_x_hat", "dynamic_threshold",
+           "ancestral", "ddim", "dpmpp_2m", "dpmpp_2s", "dpmpp_3m", "momentum", "naive", "uniform_grid",
            "logsnr_grid", "info_grid", "data_grid", "mean_log_snr", "guided", "SAMPLERS", "GRIDS"]
 
-def _sampler(method: str) -> Callable[..., Tensor]:
+def _sampler(method: str) -> Sampler:
     """The sampler called ``method``."""
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampling method {method!r}; expected one of {sorted(SAMPLERS)}")
@@ -58,7 +77,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
            generator: torch.Generator | None = None, device=None, dtype: torch.dtype = torch.float32,
            progress: bool = False, callback: Callable[[StepInfo], None] | None = None, clip: bool = False,
            threshold: float | None = None, threshold_max: float | None = None, labels=None, guidance: float = 1.0,
-           **options) -> Tensor:
+           hook: StepHook | None = None, **options) -> Tensor:
     """Draw ``num_samples`` images by running ``method`` over a time grid from 1 to 0.
 
     The result is the last denoised estimate ``x_hat``, which nothing bounds: a model's
@@ -97,6 +116,8 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
         guidance: classifier-free guidance scale s (:func:`~lincorrupt.sampling.guidance.guided`): the model's
             output becomes ``out(-1) + s (out(y) - out(-1))``, in one network call of 2N images; 1 (the
             default) is the conditional model alone, 0 the unconditional one.
+        hook: a :class:`~lincorrupt.sampling.StepHook` that replaces ``x_hat`` (any sampler) or the state (rule
+            samplers) at each step, e.g. for restoration.
         **options: sampler options, e.g. ``eta`` for "ddim".
     Returns:
         (N, *corruption.shape) samples in data space.
@@ -128,7 +149,7 @@ def sample(model: Callable[[Tensor, Tensor], Tensor], corruption: Diagonalizable
     denoise = Denoiser(model, corruption, prediction, _x_transform(clip, threshold, threshold_max), callback)
     c_1 = corruption.coefficients(torch.ones(1, device=device, dtype=torch.promote_types(dtype, torch.float32)))
     u = corruption.prior.sample(c_1, corruption.shape, num_samples, generator=generator, device=device, dtype=dtype)
-    u_x = sampler(denoise, corruption, u, times, generator=generator, progress=progress, **options)
+    u_x = sampler(denoise, corruption, u, times, generator=generator, progress=progress, hook=hook, **options)
     x = corruption.basis.from_basis(u_x.to(dtype))
     if is_validating() and not bool(torch.isfinite(x).all()):
         hint = _NON_FINITE_HINTS.get(denoise.prediction.name, _NON_FINITE_HINT)

@@ -81,9 +81,11 @@ class Denoiser:
         self.model, self.corruption, self.prediction = model, corruption, get_prediction(prediction)
         self.x_transform, self.callback, self.evaluations = x_transform, callback, 0
 
-    def _evaluate(self, u_t: Tensor, t: Tensor, c: Coefficients) -> tuple[Tensor, Tensor, bool]:
-        """``(model output, u_x_hat, transformed)`` at ``u_t`` (B, *shape), time ``t`` (1,), in basis
-        coordinates; applies ``x_transform`` and calls ``callback``."""
+    def _evaluate(self, u_t: Tensor, t: Tensor, c: Coefficients,
+                  replace: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor, bool]:
+        """``(model output, u_x_hat, changed)`` at ``u_t`` (B, *shape), time ``t`` (1,), in basis
+        coordinates; applies ``x_transform``, then ``replace`` (basis coordinates), then calls ``callback``
+        with the ``x_hat`` that results. ``changed``: whether ``u_x_hat`` differs from the model's own."""
         basis = self.corruption.basis
         z_t = basis.from_basis(u_t)
         t_batch = t.expand(u_t.shape[0]).to(u_t.dtype)
@@ -93,14 +95,20 @@ class Denoiser:
         if self.x_transform is not None:
             x_hat = self.x_transform(basis.from_basis(u_x))
             u_x = basis.to_basis(x_hat)
+        if replace is not None:
+            replaced = replace(u_x)
+            if replaced is not u_x:
+                u_x, x_hat = replaced, None
         if self.callback is not None:
             self.callback(StepInfo(self.evaluations, t_batch, z_t, basis.from_basis(u_x) if x_hat is None else x_hat))
         self.evaluations += 1
-        return out, u_x, x_hat is not None
+        return out, u_x, self.x_transform is not None or replace is not None
 
-    def x_hat(self, u_t: Tensor, t: Tensor, c: Coefficients) -> Tensor:
-        """``u_x_hat`` at ``u_t`` (B, *shape), time ``t`` (1,) with coefficients ``c``."""
-        return self._evaluate(u_t, t, c)[1]
+    def x_hat(self, u_t: Tensor, t: Tensor, c: Coefficients,
+              replace: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """``u_x_hat`` at ``u_t`` (B, *shape), time ``t`` (1,) with coefficients ``c``; ``replace`` maps
+        the (bounded) ``u_x_hat`` to the one returned (a sampler's :class:`~lincorrupt.sampling.StepHook`)."""
+        return self._evaluate(u_t, t, c, replace)[1]
 
     def __call__(self, u_t: Tensor, t: Tensor, c: Coefficients) -> tuple[Tensor, Tensor]:
         """``(u_x_hat, u_eps_hat)`` at ``u_t`` (B, *shape), time ``t`` (1,) with coefficients ``c``."""

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..coefficients import T_EPS
 from ..corruption import DiagonalizableCorruption
+from ..validation import validate_args
 
 __all__ = ["uniform_grid", "logsnr_grid", "info_grid", "data_grid", "mean_log_snr", "GRIDS", "LOGSNR_FLOOR"]
 
@@ -39,7 +40,7 @@ def mean_log_snr(corruption: DiagonalizableCorruption, t: Tensor) -> Tensor:
     Non-increasing in t for every valid corruption; for a scalar schedule (DDPM) it is the
     log-SNR itself, for blurring diffusion the noise log-SNR plus the mean log-attenuation.
     """
-    c = corruption.coefficients_unchecked(t)
+    c = corruption.coefficients(t)
     return c.logsnr.clamp(min=LOGSNR_FLOOR).expand(t.shape[0], *corruption.shape).flatten(1).mean(1)
 
 
@@ -93,13 +94,13 @@ def _equal_information_grid(corruption: DiagonalizableCorruption, steps: int, de
     ``I_i(t) = 1/2 softplus(log SNR_t[i] + log_var[i])`` (float64); see :func:`info_grid`."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    with torch.no_grad():
+    with torch.no_grad(), validate_args(False):  # times of our own making, in [0, 1]
         zero = torch.zeros(1, dtype=torch.float64, device=device)
-        t_end = 0.0 if bool(torch.isfinite(corruption.coefficients_unchecked(zero).logsnr).all()) else T_EPS
+        t_end = 0.0 if bool(torch.isfinite(corruption.coefficients(zero).logsnr).all()) else T_EPS
         fine = _fine_times(t_end, device)
         moves, last = [], None
         for chunk in fine.split(512):  # (len, coordinates) at a time
-            logsnr = corruption.coefficients_unchecked(chunk).logsnr + log_var
+            logsnr = corruption.coefficients(chunk).logsnr + log_var
             info = torch.nn.functional.softplus(logsnr).flatten(1) / 2
             if last is not None:
                 info = torch.cat([last, info])
