@@ -6,6 +6,7 @@ DDPM, inverse heat dissipation, blurring diffusion and Soft Diffusion are instan
 :class:`DiagonalizableCorruption`; one posterior, loss and set of samplers serve them all.
 """
 
+from . import operators
 from .basis import Basis, DCTBasis, IdentityBasis, MatrixBasis
 from .coefficients import Coefficients, Transition
 from .corruption import DiagonalizableCorruption, FastSampling, Gaussian, InvalidCorruptionError
@@ -15,6 +16,7 @@ from .losses import diffusion_loss, elbo_weighting, snr_weighting, soft_score_we
 from .model import DiffusionModel, load
 from .predictions import PREDICTIONS
 from .priors import EmpiricalPrior, GaussianPrior, Prior, StandardNormalPrior
+from .restoration import restore
 from .sampling import GRIDS, SAMPLERS, CUDAGraphModel, Denoiser, Step, StepHook, StepInfo, sample
 from .validation import set_validate_args, validate_args
 
@@ -30,4 +32,5 @@ __all__ = [
     "elbo", "bits_per_dim", "ELBO",
     "set_validate_args", "validate_args",
     "DiffusionModel", "load",
+    "restore", "operators",
 ]
