@@ -1,0 +1,240 @@
+"""Restoration study: which prior and which method restore Fashion-MNIST best, against linear baselines.
+
+    .venv/bin/python benchmarks/bench_inverse.py --out out/inverse            # the study (resumes what is there)
+    .venv/bin/python benchmarks/bench_inverse.py --tiny --out /tmp/inv        # seconds: tests the code
+    .venv/bin/python benchmarks/bench_inverse.py --export-priors out/priors  # ship the study's priors (float16 EMA)
+
+Priors: the shipped ones (:mod:`lincorrupt.weights`: blurring diffusion and the same schedule without blur,
+trained by ``benchmarks/bench_quality.py``'s recipe). Tasks on the test images in [-1, 1]: deblurring
+(Gaussian, sigma 2 px), 2x and 4x super-resolution (average pooling), inpainting of the centre 14x14 box,
+inpainting of 70 % random pixels; each with measurement noise 0.05 and without (then y is quantised to 8 bits,
+as a stored image is, and every method, the Wiener baseline included, takes the quantisation noise
+2 / 255 / sqrt(12) as its sigma_y). Methods: "pigdm", "ddnm" and "dps" (``lc.restore``, ancestral sampler,
+uniform grid) at each NFE of ``--nfe``, DPS also at ``--dps-nfe``; baselines: the pseudo-inverse and the
+Wiener (linear MMSE) restoration of the training data's Gaussian fit in the prior's basis.
+
+Metrics per cell: PSNR of one restoration and of the mean of ``--mean-of`` restorations (images in [0, 1]),
+measurement consistency ``|A x - y| / (sigma_y sqrt(m))``, FID and KID of single restorations against the
+test images in the shipped Fashion-MNIST classifier's features (not Inception), and label accuracy (the
+classifier's label of the restoration against the true label).
+
+Resumable: each cell (prior, task, noise, method, NFE) is one line of ``<out>/cells.jsonl``, written when it
+is done; a rerun skips the cells that are there. ``<out>/results.md`` is the table of all cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import lincorrupt as lc
+from lincorrupt import operators as ops
+from lincorrupt.data import load_fashion_mnist, to_model_range
+from lincorrupt.metrics import extract_features, frechet_distance, kid, load_feature_net
+from lincorrupt.restoration import check_measurement, wiener
+
+SHAPE = (1, 28, 28)
+QUANTISATION_STD = 2 / 255 / math.sqrt(12)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What sets the study's size."""
+
+    test_images: int       # images restored per cell
+    fit_images: int        # training images for the Wiener baseline's Gaussian fit
+    mean_of: int           # restorations averaged for the "mean of k" PSNR
+    nfe: tuple[int, ...]   # network evaluations of every method
+    dps_nfe: tuple[int, ...]  # and of DPS besides
+    batch: int             # restorations per call
+
+
+FULL = Budget(test_images=1000, fit_images=10000, mean_of=8, nfe=(20, 50, 100), dps_nfe=(1000,), batch=250)
+TINY = Budget(test_images=6, fit_images=64, mean_of=2, nfe=(2,), dps_nfe=(3,), batch=6)
+
+
+def box_mask(size: int = 14) -> torch.Tensor:
+    """True where observed: all but the centre ``size`` x ``size`` box."""
+    mask = torch.ones(SHAPE, dtype=torch.bool)
+    start = (SHAPE[1] - size) // 2
+    mask[:, start:start + size, start:start + size] = False
+    return mask
+
+
+def random_mask(missing: float = 0.7, seed: int = 0) -> torch.Tensor:
+    """True where observed: a fixed draw keeping ``1 - missing`` of the pixels."""
+    return torch.rand(SHAPE, generator=torch.Generator().manual_seed(seed)) >= missing
+
+
+#: The tasks: name -> the operator.
+TASKS = {
+    "deblur2": lambda: ops.Blur(SHAPE, 2.0),
+    "sr2": lambda: ops.Downsample(SHAPE, 2),
+    "sr4": lambda: ops.Downsample(SHAPE, 4),
+    "box14": lambda: ops.Mask(box_mask()),
+    "random70": lambda: ops.Mask(random_mask()),
+}
+#: The measurement noise levels: 0.05, and 0 with y quantised to 8 bits.
+NOISES = (0.05, 0.0)
+
+
+def measure(op: ops.Operator, x: torch.Tensor, noise: float, seed: int) -> tuple[torch.Tensor, float]:
+    """``y`` and the sigma_y the methods assume: noisy y, or y quantised to 8 bits (sigma_y its rounding's std)."""
+    if noise > 0:
+        return op.measure(x, noise, generator=torch.Generator().manual_seed(seed)), noise
+    y = op(x)
+    observed = op(torch.ones_like(x)) != 0  # a mask's unobserved zeros stay 0, as the operator defines them
+    return torch.where(observed, torch.round((y + 1) * 127.5) / 127.5 - 1, 0.0), QUANTISATION_STD
+
+
+def psnr(x: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per image, for images in [-1, 1] compared in [0, 1] (peak 1)."""
+    mse = ((x.clamp(-1, 1) - truth) / 2).square().flatten(1).mean(1)
+    return -10 * torch.log10(mse)
+
+
+def consistency(op: ops.Operator, x: torch.Tensor, y: torch.Tensor, sigma_y: float) -> torch.Tensor:
+    """``|A x - y| / (sigma_y sqrt(m))`` per image: about 1 for a restoration consistent with y's noise."""
+    return (op(x) - y).flatten(1).norm(dim=1) / (sigma_y * math.sqrt(op.num_measurements))
+
+
+# ----------------------------------------------------------------------------- priors
+def tiny_priors() -> dict[str, lc.DiffusionModel]:
+    """Untrained tiny UNets on the study's two corruptions (for --tiny: tests the code, not the science)."""
+    from lincorrupt.nn import UNet
+    fit = to_model_range(load_fashion_mnist(train=True)[0][:64])
+    priors = {}
+    for name, blur in (("blurring", 17.5), ("ddpm", 0.0)):
+        torch.manual_seed(0)
+        net = UNet(image_size=28, in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                   dropout=0.0, groups=4)
+        c = lc.BlurringDiffusion(SHAPE, sigma_blur_max=blur).fit_data_statistics(fit)
+        priors[name] = lc.DiffusionModel(net, c, "v").eval()
+    return priors
+
+
+def shipped_priors() -> dict[str, lc.DiffusionModel]:
+    from lincorrupt.weights import prior
+    return {"blurring": lc.load(prior("fashion-mnist-blurring")).eval(),
+            "ddpm": lc.load(prior("fashion-mnist-ddpm")).eval()}
+
+
+def export_priors(folder: Path) -> None:
+    """The quality study's headline models (seed 0, 1,500 steps) as the shipped float16 EMA weights."""
+    weights = Path(lc.__file__).with_name("weights")
+    for name, run in (("fashion-mnist-blurring", "blur17.5-v-s0"), ("fashion-mnist-ddpm", "noblur-v-s0")):
+        model = lc.load(folder / run / "step1500.pt")
+        config = {k: v for k, v in model.info.get("config", {}).items() if k != "out_dir"}
+        model.info = {"step": model.info.get("step"), "config": config,
+                      "made_by": f"benchmarks/bench_quality.py, run {run}; float16 EMA weights"}
+        model.network.half()
+        path = model.save(weights / f"{name}.pt")
+        print(f"{folder / run} -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+
+# ----------------------------------------------------------------------------- the cells
+def restorations(model, op, y, sigma_y, method: str, nfe: int, k: int, seed: int, batch: int) -> torch.Tensor:
+    """``k`` restorations of every row of ``y``: (k, N, *SHAPE); one generator seeded per draw."""
+    out = []
+    for draw in range(k):
+        g = torch.Generator().manual_seed(seed + draw)
+        out.append(torch.cat([model.restore(y[i:i + batch], op, noise_std=sigma_y, method=method, steps=nfe,
+                                            generator=g) for i in range(0, len(y), batch)]))
+    return torch.stack(out)
+
+
+def baseline(name: str, model, op, y, sigma_y, mean: torch.Tensor) -> torch.Tensor:
+    if name == "pinv":
+        return op.pinv(y)[None]
+    c = model.corruption
+    return wiener(y.double(), op, mean.double(), c.data_var, c.basis, sigma_y).float()[None]
+
+
+def score(x: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor, op, y, sigma_y, net, truth_feats) -> dict:
+    """Metrics of restorations ``x`` (k, N, *SHAPE) of ``truth`` (N, *SHAPE)."""
+    one = x[0]
+    feats = extract_features(net, one.clamp(-1, 1))
+    with torch.no_grad():
+        predicted = net(one.clamp(-1, 1)).argmax(1)
+    kid_mean, _ = kid(truth_feats, feats, subsets=20, subset_size=min(len(one), 500))
+    return {"psnr": psnr(one, truth).mean().item(), "psnr_mean": psnr(x.mean(0), truth).mean().item(),
+            "consistency": consistency(op, one, y, sigma_y).mean().item(),
+            "fid": frechet_distance(truth_feats, feats), "kid": kid_mean,
+            "accuracy": (predicted == labels).double().mean().item()}
+
+
+def cells(budget: Budget, priors) -> list[tuple[str, str, float, str, int]]:
+    out = []
+    for prior in priors:
+        for task in TASKS:
+            for noise in NOISES:
+                out += [(prior, task, noise, b, 0) for b in ("pinv", "wiener")]
+                out += [(prior, task, noise, m, n) for m in ("pigdm", "ddnm", "dps") for n in budget.nfe]
+                out += [(prior, task, noise, "dps", n) for n in budget.dps_nfe]
+    return out
+
+
+def run(out: Path, budget: Budget, priors: dict[str, lc.DiffusionModel]) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "cells.jsonl"
+    done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    keys = {(r["prior"], r["task"], r["noise"], r["method"], r["nfe"]) for r in done}
+    images, labels = load_fashion_mnist(train=False)
+    truth, labels = to_model_range(images[:budget.test_images]), labels[:budget.test_images]
+    mean = to_model_range(load_fashion_mnist(train=True)[0][:budget.fit_images]).mean(0)
+    net = load_feature_net("fashion-mnist")
+    truth_feats = extract_features(net, truth)
+    for key in cells(budget, priors):
+        if key in keys:
+            continue
+        prior, task, noise, method, nfe = key
+        model, op = priors[prior], TASKS[task]()
+        y, sigma_y = measure(op, truth, noise, seed=1)
+        check_measurement(model.corruption, y, op, sigma_y)
+        start = time.perf_counter()
+        if nfe == 0:
+            x = baseline(method, model, op, y, sigma_y, mean)
+        else:
+            k = budget.mean_of if method != "dps" or nfe <= max(budget.nfe) else 1
+            x = restorations(model, op, y, sigma_y, method, nfe, k, seed=100, batch=budget.batch)
+        row = {"prior": prior, "task": task, "noise": noise, "method": method, "nfe": nfe, "draws": len(x),
+               "images": len(truth), **score(x, truth, labels, op, y, sigma_y, net, truth_feats),
+               "seconds": round(time.perf_counter() - start, 1)}
+        with log.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        done.append(row)
+        print(json.dumps(row), flush=True)
+    (out / "results.md").write_text(table(done))
+    return done
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| prior | task | noise | method | NFE | PSNR (1) | PSNR (mean of k) | k | consistency | FID | KID | "
+            "accuracy |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    return head + "".join(
+        f"| {r['prior']} | {r['task']} | {r['noise'] or '8-bit'} | {r['method']} | {r['nfe'] or '-'} | "
+        f"{r['psnr']:.2f} | {r['psnr_mean']:.2f} | {r['draws']} | {r['consistency']:.2f} | {r['fid']:.2f} | "
+        f"{r['kid']:.4f} | {r['accuracy']:.3f} |\n" for r in rows)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path("out/inverse"), help="where cells.jsonl and results.md go")
+    p.add_argument("--tiny", action="store_true", help="tiny random priors, a few images: tests the code")
+    p.add_argument("--export-priors", type=Path, default=None, metavar="PRIORS",
+                   help="write the shipped float16 priors from bench_quality.py's --out folder, then stop")
+    args = p.parse_args(argv)
+    torch.set_grad_enabled(False)
+    if args.export_priors is not None:
+        return export_priors(args.export_priors)
+    run(args.out, TINY if args.tiny else FULL, tiny_priors() if args.tiny else shipped_priors())
+
+
+if __name__ == "__main__":
+    main()

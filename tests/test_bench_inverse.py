@@ -1,0 +1,44 @@
+"""benchmarks/bench_inverse.py --tiny: every cell of the study runs on tiny random priors, and a rerun resumes."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_inverse", ROOT / "benchmarks" / "bench_inverse.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist (CI installs it)")
+def test_tiny_study_runs_every_cell_and_resumes(bench, tmp_path):
+    bench.main(["--tiny", "--out", str(tmp_path)])
+    rows = [json.loads(line) for line in (tmp_path / "cells.jsonl").read_text().splitlines()]
+    expected = bench.cells(bench.TINY, ["blurring", "ddpm"])
+    assert [(r["prior"], r["task"], r["noise"], r["method"], r["nfe"]) for r in rows] == expected
+    assert all(r["images"] == bench.TINY.test_images for r in rows)
+    for r in rows:  # the pseudo-inverse of an exact (8-bit) measurement is consistent with it up to rounding
+        if r["method"] == "pinv" and r["noise"] == 0 and r["task"] != "deblur2":
+            assert r["consistency"] < 1e-3, r
+    bench.main(["--tiny", "--out", str(tmp_path)])  # resumes: nothing left to do
+    assert len((tmp_path / "cells.jsonl").read_text().splitlines()) == len(rows)
+    assert (tmp_path / "results.md").read_text().count("\n") == len(rows) + 2
+
+
+def test_quantised_measurement_keeps_unobserved_zeros(bench):
+    op = bench.TASKS["box14"]()
+    y, sigma_y = bench.measure(op, torch.zeros(2, *bench.SHAPE), 0.0, seed=0)
+    assert sigma_y == pytest.approx(2 / 255 / 12**0.5)
+    assert bool((y[:, ~op.mask] == 0).all())
+    torch.testing.assert_close(y[:, op.mask], torch.full_like(y[:, op.mask], 128 / 127.5 - 1))  # 0 -> level 128
