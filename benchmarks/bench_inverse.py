@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_inverse.py --out out/inverse            # the study (resumes what is there)
     .venv/bin/python benchmarks/bench_inverse.py --tiny --out /tmp/inv        # seconds: tests the code
     .venv/bin/python benchmarks/bench_inverse.py --export-priors out/priors  # ship the study's priors (float16 EMA)
+    .venv/bin/python benchmarks/bench_inverse.py --images 50 --mean-of 2 --nfe 20 --dps-nfe 100 --out out/inv50
 
 Priors: the shipped ones (:mod:`lincorrupt.weights`: blurring diffusion and the same schedule without blur,
 trained by ``benchmarks/bench_quality.py``'s recipe). Tasks on the test images in [-1, 1]: deblurring
@@ -28,7 +29,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -227,13 +228,21 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("out/inverse"), help="where cells.jsonl and results.md go")
     p.add_argument("--tiny", action="store_true", help="tiny random priors, a few images: tests the code")
+    p.add_argument("--images", type=int, default=None, help="test images per cell (default 1,000)")
+    p.add_argument("--mean-of", type=int, default=None, help="restorations averaged per image (default 8)")
+    p.add_argument("--nfe", type=int, nargs="+", default=None, help="NFE of every method (default 20 50 100)")
+    p.add_argument("--dps-nfe", type=int, nargs="*", default=None, help="DPS's further NFE (default 1000)")
     p.add_argument("--export-priors", type=Path, default=None, metavar="PRIORS",
                    help="write the shipped float16 priors from bench_quality.py's --out folder, then stop")
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     if args.export_priors is not None:
         return export_priors(args.export_priors)
-    run(args.out, TINY if args.tiny else FULL, tiny_priors() if args.tiny else shipped_priors())
+    budget = TINY if args.tiny else FULL
+    changes = {"test_images": args.images, "mean_of": args.mean_of, "nfe": args.nfe and tuple(args.nfe),
+               "dps_nfe": None if args.dps_nfe is None else tuple(args.dps_nfe)}
+    budget = replace(budget, **{k: v for k, v in changes.items() if v is not None})
+    run(args.out, budget, tiny_priors() if args.tiny else shipped_priors())
 
 
 if __name__ == "__main__":
