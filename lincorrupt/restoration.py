@@ -129,20 +129,23 @@ def ddnm_x_hat(u_x: Tensor, c_t: Coefficients, c_s: Coefficients, y: Tensor, ope
     """DDNM's ``x_hat - A^+ (A x_hat - y)`` (Wang et al. 2023, eq. 13), per basis coordinate scaled by DDNM+'s
     ``lambda_t`` (eq. 19) when ``noise_std > 0``: ``u_x - lambda_t V^T A^+ (A x_hat - y)`` with
 
-        lambda_t = min(1, sigma_{t->s} / (c_x noise_std))
+        lambda_t = min(1, h sigma_{t->s} / (c_x noise_std))
 
     where ``c_x`` and ``sigma_{t->s}^2`` are the weight of ``x_hat`` in the ancestral step to ``s`` and its
-    variance (:func:`~lincorrupt.coefficients.posterior_coefficients`): the measurement's noise carried into
-    ``u_s`` never exceeds the noise that step adds. (DDNM+ also lowers the step's fresh noise by the same
-    amount, and restarts ("time travel"); neither is done here.) With ``noise_std = 0``, ``lambda_t = 1`` and
-    ``A x = y`` holds exactly for the returned ``x``.
+    variance (:func:`~lincorrupt.coefficients.posterior_coefficients`), and ``h`` the operator's singular value
+    of the coordinate where it is diagonal in ``basis`` (1 elsewhere, exact for a mask): the measurement's noise,
+    amplified by ``A^+`` to ``noise_std / h``, carried into ``u_s`` never exceeds the noise that step adds.
+    (DDNM+ also lowers the step's fresh noise by the same amount, and restarts ("time travel"); neither is
+    done here.) With ``noise_std = 0``, ``lambda_t = 1`` and ``A x = y`` holds exactly for the returned ``x``.
     """
     x = basis.from_basis(u_x)
     correction = basis.to_basis(operator.pinv(operator(x) - y.to(x.dtype)))
     if noise_std == 0:
         return u_x - correction
     _, c_x, var = posterior_coefficients(c_s, c_t)
-    scale = (var.sqrt() / (c_x * noise_std)).clamp(max=1.0).nan_to_num(1.0)
+    h = operator.singular_values_in(basis)
+    h = 1.0 if h is None else h.to(device=u_x.device)
+    scale = (h * var.sqrt() / (c_x * noise_std)).clamp(max=1.0).nan_to_num(1.0)
     return u_x - scale.to(u_x.dtype) * correction
 
 

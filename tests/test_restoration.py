@@ -6,12 +6,16 @@ measurement ``y = A x + noise_std n``. Everything is jointly Gaussian, so ``E[x 
 textbook Gaussian conditioning of dense matrices. The model is the exact denoiser ``E[x | z_t]``, dense too.
 """
 
+import runpy
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.fft
 import torch
 
 import lincorrupt as lc
+import lincorrupt.weights
 from lincorrupt import operators as ops
 from lincorrupt import restoration
 
@@ -307,3 +311,46 @@ def test_model_restore_and_command_line(tmp_path, capsys):
     assert main(["restore", str(tmp_path / "m.pt"), "--task", "sr", "--input", str(tmp_path / "clean.png"),
                  "--device", "cpu", "-o", str(out)]) == 1
     assert "clean.png is 8x8 but this task's measurement is 4x4" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- shipped priors, the how-to
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", sorted(lc.weights.PRIORS))
+def test_shipped_priors_load(name):
+    path = lc.weights.prior(name)
+    assert path.stat().st_size <= 2_000_000
+    model = lc.load(path)
+    assert model.corruption.shape == (1, 28, 28) and model.corruption.data_var is not None
+    assert next(model.network.parameters()).dtype == torch.float32  # float16 on disk, float32 loaded
+    assert all(p.dtype == torch.float16 for p in torch.load(path, weights_only=False)["model"].values()
+               if p.is_floating_point())
+    with pytest.raises(ValueError, match="no shipped prior 'cifar10'"):
+        lc.weights.prior("cifar10")
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist (CI installs it)")
+def test_how_to_code_runs(capsys):
+    runpy.run_path(str(ROOT / "docs" / "tutorial_code" / "restore.py"))
+    assert capsys.readouterr().out.startswith("PSNR  blurred")
+
+
+def test_ddnm_plus_scales_each_coordinate_by_its_singular_value():
+    """DDNM+ (Wang et al. 2023, eq. 19), written out for a blur diagonal in the DCT basis: lambda = min(1,
+    h sigma_{t->s} / (c_x sigma_y)) with the ancestral step's c_x = alpha_s (1 - SNR_t / SNR_s) and
+    sigma_{t->s}^2 = (1 - SNR_t / SNR_s) sigma_s^2 (Kingma et al. 2021, eq. 32-33)."""
+    c, op = CORRUPTIONS["blurring"](), OPERATORS["blur"]()
+    rng = np.random.default_rng(0)
+    u_x = torch.from_numpy(rng.standard_normal((2, *SHAPE)))
+    y = torch.from_numpy(rng.standard_normal((2, *SHAPE)))
+    t, s, noise_std = 0.5, 0.45, 0.05
+    c_t, c_s = (c.coefficients(torch.tensor([v], dtype=f64)) for v in (t, s))
+    got = restoration.ddnm_x_hat(u_x, c_t, c_s, y, op, noise_std, c.basis)
+    (a_t, s_t), (a_s, s_s) = (c.alpha_sigma(torch.tensor([v], dtype=f64)) for v in (t, s))
+    drop = 1 - (a_t / s_t) ** 2 / (a_s / s_s) ** 2
+    h = torch.exp(-torch.from_numpy(np.add.outer((np.pi * np.arange(4) / 4) ** 2, (np.pi * np.arange(6) / 6) ** 2)) / 2)
+    u_y = c.basis.to_basis(y)
+    lam = torch.clamp(h * torch.sqrt(drop * s_s**2) / (a_s * drop * noise_std), max=1.0)
+    torch.testing.assert_close(got, u_x - lam * (h * u_x - u_y) / h)
