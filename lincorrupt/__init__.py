@@ -6,7 +6,7 @@ DDPM, inverse heat dissipation, blurring diffusion and Soft Diffusion are instan
 :class:`DiagonalizableCorruption`; one posterior, loss and set of samplers serve them all.
 """
 
-from . import operators
+from . import operators  # noqa: F401  (lc.operators: the measurement operators of lc.restore)
 from .basis import Basis, DCTBasis, IdentityBasis, MatrixBasis
 from .coefficients import Coefficients, Transition
 from .corruption import DiagonalizableCorruption, FastSampling, Gaussian, InvalidCorruptionError
@@ -32,5 +32,5 @@ __all__ = [
     "elbo", "bits_per_dim", "ELBO",
     "set_validate_args", "validate_args",
     "DiffusionModel", "load",
-    "restore", "operators",
+    "restore",
 ]
