@@ -171,10 +171,11 @@ def score(x: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor, op, y, sig
 
 
 def cells(budget: Budget, priors) -> list[tuple[str, str, float, str, int]]:
+    """Every (prior, task, noise, method, NFE) of the study; noisy measurements first, both priors side by side."""
     out = []
-    for prior in priors:
+    for noise in NOISES:
         for task in TASKS:
-            for noise in NOISES:
+            for prior in priors:
                 out += [(prior, task, noise, b, 0) for b in ("pinv", "wiener")]
                 out += [(prior, task, noise, m, n) for m in ("pigdm", "ddnm", "dps") for n in budget.nfe]
                 out += [(prior, task, noise, "dps", n) for n in budget.dps_nfe]
