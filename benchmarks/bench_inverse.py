@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_inverse.py --tiny --out /tmp/inv        # seconds: tests the code
     .venv/bin/python benchmarks/bench_inverse.py --export-priors out/priors  # ship the study's priors (float16 EMA)
     .venv/bin/python benchmarks/bench_inverse.py --images 50 --mean-of 2 --nfe 20 --dps-nfe 100 --out out/inv50
+    .venv/bin/python benchmarks/bench_inverse.py --figure docs/assets/restore/restorations.png
 
 Priors: the shipped ones (:mod:`lincorrupt.weights`: blurring diffusion and the same schedule without blur,
 trained by ``benchmarks/bench_quality.py``'s recipe). Tasks on the test images in [-1, 1]: deblurring
@@ -225,6 +226,25 @@ def table(rows: list[dict]) -> str:
         f"{r['kid']:.4f} | {r['accuracy']:.3f} |\n" for r in rows)
 
 
+def figure(path: Path, model: lc.DiffusionModel, nfe: int = 20, n: int = 4) -> None:
+    """A grid per task (noise 0.05): columns truth, measurement (its pseudo-inverse), Wiener, pigdm, ddnm, dps;
+    one row per test image."""
+    from torchvision.utils import save_image
+    truth = to_model_range(load_fashion_mnist(train=False)[0][:n])
+    mean = to_model_range(load_fashion_mnist(train=True)[0][:FULL.fit_images]).mean(0)
+    rows = []
+    for task in ("deblur2", "sr4", "box14", "random70"):
+        op = TASKS[task]()
+        y, sigma_y = measure(op, truth, 0.05, seed=1)
+        columns = [truth, op.pinv(y), baseline("wiener", model, op, y, sigma_y, mean)[0]]
+        columns += [restorations(model, op, y, sigma_y, method, nfe, 1, seed=100, batch=n)[0]
+                    for method in ("pigdm", "ddnm", "dps")]
+        rows += [c[i] for i in range(n) for c in columns]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image((torch.stack(rows).clamp(-1, 1) + 1) / 2, path, nrow=6, pad_value=1.0)
+    print(f"-> {path}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("out/inverse"), help="where cells.jsonl and results.md go")
@@ -233,12 +253,16 @@ def main(argv=None) -> None:
     p.add_argument("--mean-of", type=int, default=None, help="restorations averaged per image (default 8)")
     p.add_argument("--nfe", type=int, nargs="+", default=None, help="NFE of every method (default 20 50 100)")
     p.add_argument("--dps-nfe", type=int, nargs="*", default=None, help="DPS's further NFE (default 1000)")
+    p.add_argument("--figure", type=Path, default=None, metavar="PNG",
+                   help="draw the picture grid of the blurring prior's restorations (noise 0.05), then stop")
     p.add_argument("--export-priors", type=Path, default=None, metavar="PRIORS",
                    help="write the shipped float16 priors from bench_quality.py's --out folder, then stop")
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     if args.export_priors is not None:
         return export_priors(args.export_priors)
+    if args.figure is not None:
+        return figure(args.figure, (tiny_priors() if args.tiny else shipped_priors())["blurring"])
     budget = TINY if args.tiny else FULL
     changes = {"test_images": args.images, "mean_of": args.mean_of, "nfe": args.nfe and tuple(args.nfe),
                "dps_nfe": None if args.dps_nfe is None else tuple(args.dps_nfe)}
