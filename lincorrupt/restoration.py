@@ -34,6 +34,7 @@ from .coefficients import Coefficients, posterior_coefficients
 from .corruption import DiagonalizableCorruption
 from .operators import Operator
 from .sampling import Step, StepHook, sample
+from .validation import check_finite
 
 __all__ = ["restore", "METHODS", "Restoration", "PiGDM", "DDNM", "DPS", "denoiser_variance", "kalman_update",
            "pigdm_x_hat", "ddnm_x_hat", "dps_state", "conjugate_gradient", "wiener", "check_measurement"]
@@ -193,7 +194,8 @@ def _data_var(corruption: DiagonalizableCorruption, method: str) -> Tensor:
 
 def check_measurement(corruption: DiagonalizableCorruption, y: Tensor, operator: Operator, noise_std: float) -> None:
     """``ValueError``/``TypeError`` unless ``operator`` is built for the corruption's image shape, ``y`` is a
-    (B, *operator.y_shape) floating tensor and ``noise_std`` a finite number >= 0."""
+    (B, *operator.y_shape) floating tensor (finite, while validation is on) and ``noise_std`` a finite number
+    >= 0."""
     if not isinstance(operator, Operator):
         raise TypeError(f"operator must be a lincorrupt.operators.Operator, got {type(operator).__name__}")
     if tuple(operator.shape) != tuple(corruption.shape):
@@ -205,6 +207,7 @@ def check_measurement(corruption: DiagonalizableCorruption, y: Tensor, operator:
                          f"{type(operator).__name__}, got {got}")
     if not y.is_floating_point():
         raise TypeError(f"y must be floating point, got dtype {y.dtype}")
+    check_finite(y, "y")
     if not isinstance(noise_std, (int, float)) or not math.isfinite(noise_std) or noise_std < 0:
         raise ValueError(f"noise_std is the measurement noise's standard deviation, a finite number >= 0, "
                          f"got {noise_std!r}")

@@ -265,6 +265,8 @@ def test_bad_input_named():
         lc.restore(world.model, c, y, ops.Downsample(SHAPE, 2), prediction="x")
     with pytest.raises(ValueError, match=r"built for images of shape \(3, 8, 8\).*has shape \(3, 4, 6\)"):
         lc.restore(world.model, c, torch.zeros(2, 3, 8, 8), ops.Blur((3, 8, 8), 1.0), prediction="x")
+    with pytest.raises(ValueError, match="y .*NaN"):
+        lc.restore(world.model, c, torch.full_like(y, float("nan")), op, prediction="x")
     with pytest.raises(ValueError, match="noise_std.*>= 0, got -0.1"):
         lc.restore(world.model, c, y, op, -0.1, prediction="x")
     with pytest.raises(ValueError, match="unknown restoration method 'ddrm'"):
