@@ -12,8 +12,9 @@ trained by ``benchmarks/bench_quality.py``'s recipe). Tasks on the test images i
 inpainting of 70 % random pixels; each with measurement noise 0.05 and without (then y is quantised to 8 bits,
 as a stored image is, and every method, the Wiener baseline included, takes the quantisation noise
 2 / 255 / sqrt(12) as its sigma_y). Methods: "pigdm", "ddnm" and "dps" (``lc.restore``, ancestral sampler,
-uniform grid) at each NFE of ``--nfe``, DPS also at ``--dps-nfe``; baselines: the pseudo-inverse and the
-Wiener (linear MMSE) restoration of the training data's Gaussian fit in the prior's basis.
+uniform grid) at each NFE of ``--nfe``, DPS also at ``--dps-nfe``; baselines: the pseudo-inverse, the
+Wiener (linear MMSE) restoration of the training data's Gaussian fit ("wiener", full covariance), and the same
+with the covariance diagonal in the prior's basis ("wiener-diag", the Gaussian that "pigdm" assumes).
 
 Metrics per cell: PSNR of one restoration and of the mean of ``--mean-of`` restorations (images in [0, 1]),
 measurement consistency ``|A x - y| / (sigma_y sqrt(m))``, FID and KID of single restorations against the
@@ -151,11 +152,33 @@ def restorations(model, op, y, sigma_y, method: str, nfe: int, k: int, seed: int
     return torch.stack(out)
 
 
-def baseline(name: str, model, op, y, sigma_y, mean: torch.Tensor) -> torch.Tensor:
+class GaussianFit:
+    """Mean and full covariance (float64) of training images, flattened: the linear baselines' data model."""
+
+    def __init__(self, x: torch.Tensor):
+        flat = x.double().flatten(1)
+        self.mean, self.cov = flat.mean(0), torch.cov(flat.T)
+
+    def wiener(self, op: ops.Operator, y: torch.Tensor, sigma_y: float) -> torch.Tensor:
+        """The linear MMSE restoration ``m + S A^T (A S A^T + sigma_y^2 I)^+ (y - A m)`` with the full covariance S
+        (a mask's unobserved zeros carry no noise: its noise covariance is sigma_y^2 diag(mask))."""
+        a = op.matrix()
+        noise = sigma_y**2 * torch.diag(op(torch.ones(1, *SHAPE, dtype=torch.float64)).flatten() != 0).double()
+        gain = self.cov @ a.T @ torch.linalg.pinv(a @ self.cov @ a.T + noise, hermitian=True)
+        residual = y.double().flatten(1) - self.mean @ a.T
+        return (self.mean + residual @ gain.T).reshape(-1, *SHAPE).float()
+
+
+def baseline(name: str, model, op, y, sigma_y, fit: GaussianFit) -> torch.Tensor:
+    """(1, N, *SHAPE): "pinv" the pseudo-inverse; "wiener" the linear MMSE restoration of the training data's
+    Gaussian fit with its full covariance; "wiener-diag" the same with the covariance diagonal in the prior's
+    basis (``corruption.data_var``: the Gaussian the "pigdm" method assumes)."""
     if name == "pinv":
         return op.pinv(y)[None]
+    if name == "wiener":
+        return fit.wiener(op, y, sigma_y)[None]
     c = model.corruption
-    return wiener(y.double(), op, mean.double(), c.data_var, c.basis, sigma_y).float()[None]
+    return wiener(y.double(), op, fit.mean.reshape(SHAPE), c.data_var, c.basis, sigma_y).float()[None]
 
 
 def score(x: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor, op, y, sigma_y, net, truth_feats) -> dict:
@@ -177,7 +200,7 @@ def cells(budget: Budget, priors) -> list[tuple[str, str, float, str, int]]:
     for noise in NOISES:
         for task in TASKS:
             for prior in priors:
-                out += [(prior, task, noise, b, 0) for b in ("pinv", "wiener")]
+                out += [(prior, task, noise, b, 0) for b in ("pinv", "wiener", "wiener-diag")]
                 out += [(prior, task, noise, m, n) for m in ("pigdm", "ddnm", "dps") for n in budget.nfe]
                 out += [(prior, task, noise, "dps", n) for n in budget.dps_nfe]
     return out
@@ -190,7 +213,7 @@ def run(out: Path, budget: Budget, priors: dict[str, lc.DiffusionModel]) -> list
     keys = {(r["prior"], r["task"], r["noise"], r["method"], r["nfe"]) for r in done}
     images, labels = load_fashion_mnist(train=False)
     truth, labels = to_model_range(images[:budget.test_images]), labels[:budget.test_images]
-    mean = to_model_range(load_fashion_mnist(train=True)[0][:budget.fit_images]).mean(0)
+    fit = GaussianFit(to_model_range(load_fashion_mnist(train=True)[0][:budget.fit_images]))
     net = load_feature_net("fashion-mnist")
     truth_feats = extract_features(net, truth)
     for key in cells(budget, priors):
@@ -202,7 +225,7 @@ def run(out: Path, budget: Budget, priors: dict[str, lc.DiffusionModel]) -> list
         check_measurement(model.corruption, y, op, sigma_y)
         start = time.perf_counter()
         if nfe == 0:
-            x = baseline(method, model, op, y, sigma_y, mean)
+            x = baseline(method, model, op, y, sigma_y, fit)
         else:
             k = budget.mean_of if method != "dps" or nfe <= max(budget.nfe) else 1
             x = restorations(model, op, y, sigma_y, method, nfe, k, seed=100, batch=budget.batch)
@@ -214,6 +237,7 @@ def run(out: Path, budget: Budget, priors: dict[str, lc.DiffusionModel]) -> list
         done.append(row)
         print(json.dumps(row), flush=True)
     (out / "results.md").write_text(table(done))
+    (out / "summary.md").write_text(summary(done))
     return done
 
 
@@ -231,18 +255,39 @@ def figure(path: Path, model: lc.DiffusionModel, nfe: int = 20, n: int = 4) -> N
     one row per test image."""
     from torchvision.utils import save_image
     truth = to_model_range(load_fashion_mnist(train=False)[0][:n])
-    mean = to_model_range(load_fashion_mnist(train=True)[0][:FULL.fit_images]).mean(0)
+    fit = GaussianFit(to_model_range(load_fashion_mnist(train=True)[0][:FULL.fit_images]))
     rows = []
     for task in ("deblur2", "sr4", "box14", "random70"):
         op = TASKS[task]()
         y, sigma_y = measure(op, truth, 0.05, seed=1)
-        columns = [truth, op.pinv(y), baseline("wiener", model, op, y, sigma_y, mean)[0]]
+        columns = [truth, op.pinv(y), baseline("wiener", model, op, y, sigma_y, fit)[0]]
         columns += [restorations(model, op, y, sigma_y, method, nfe, 1, seed=100, batch=n)[0]
                     for method in ("pigdm", "ddnm", "dps")]
         rows += [c[i] for i in range(n) for c in columns]
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image((torch.stack(rows).clamp(-1, 1) + 1) / 2, path, nrow=6, pad_value=1.0)
     print(f"-> {path}")
+
+
+def summary(rows: list[dict]) -> str:
+    """Per noise level, one row per (task, prior): "PSNR of one restoration / PSNR of the mean / FID" per method."""
+    methods = sorted({(r["method"], r["nfe"]) for r in rows}, key=lambda m: (METHOD_ORDER.index(m[0]), m[1]))
+    by_key = {(r["noise"], r["task"], r["prior"], r["method"], r["nfe"]): r for r in rows}
+    out = []
+    for noise in NOISES:
+        out.append(f"\nnoise_std {noise}" if noise else "\nnoiseless, y quantised to 8 bits")
+        out.append("| task | prior | " + " | ".join(f"{m} {n}" if n else m for m, n in methods) + " |")
+        out.append("|---|---|" + "---|" * len(methods))
+        for task in TASKS:
+            for prior in dict.fromkeys(r["prior"] for r in rows):
+                cells = [by_key.get((noise, task, prior, m, n)) for m, n in methods]
+                if any(cells):
+                    out.append(f"| {task} | {prior} | " + " | ".join(
+                        f"{c['psnr']:.1f} / {c['psnr_mean']:.1f} / {c['fid']:.1f}" if c else "" for c in cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+METHOD_ORDER = ["pinv", "wiener", "wiener-diag", "pigdm", "ddnm", "dps"]
 
 
 def main(argv=None) -> None:
