@@ -303,7 +303,11 @@ def main(argv=None) -> None:
     p.add_argument("--export-priors", type=Path, default=None, metavar="PRIORS",
                    help="write the shipped float16 priors from bench_quality.py's --out folder, then stop")
     args = p.parse_args(argv)
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # DPS turns gradients on inside its steps
+        study(args)
+
+
+def study(args) -> None:
     if args.export_priors is not None:
         return export_priors(args.export_priors)
     if args.figure is not None:

@@ -24,6 +24,7 @@ def bench():
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist (CI installs it)")
 def test_tiny_study_runs_every_cell_and_resumes(bench, tmp_path):
     bench.main(["--tiny", "--out", str(tmp_path)])
+    assert torch.is_grad_enabled(), "the study must not switch gradients off for its caller"
     rows = [json.loads(line) for line in (tmp_path / "cells.jsonl").read_text().splitlines()]
     expected = bench.cells(bench.TINY, ["blurring", "ddpm"])
     assert [(r["prior"], r["task"], r["noise"], r["method"], r["nfe"]) for r in rows] == expected
