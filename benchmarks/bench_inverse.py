@@ -275,7 +275,7 @@ def summary(rows: list[dict]) -> str:
     by_key = {(r["noise"], r["task"], r["prior"], r["method"], r["nfe"]): r for r in rows}
     out = []
     for noise in NOISES:
-        out.append(f"\nnoise_std {noise}" if noise else "\nnoiseless, y quantised to 8 bits")
+        out.append(f"\nnoise_std {noise}\n" if noise else "\nnoiseless, y quantised to 8 bits\n")
         out.append("| task | prior | " + " | ".join(f"{m} {n}" if n else m for m, n in methods) + " |")
         out.append("|---|---|" + "---|" * len(methods))
         for task in TASKS:
