@@ -6,6 +6,7 @@ DDPM, inverse heat dissipation, blurring diffusion and Soft Diffusion are instan
 :class:`DiagonalizableCorruption`; one posterior, loss and set of samplers serve them all.
 """
 
+from . import operators  # noqa: F401  (lc.operators: the measurement operators of lc.restore)
 from .basis import Basis, DCTBasis, IdentityBasis, MatrixBasis
 from .coefficients import Coefficients, Transition
 from .corruption import DiagonalizableCorruption, FastSampling, Gaussian, InvalidCorruptionError
@@ -17,6 +18,7 @@ from .model import DiffusionModel, load
 from .oracle import GaussianData
 from .predictions import PREDICTIONS
 from .priors import EmpiricalPrior, GaussianPrior, Prior, StandardNormalPrior
+from .restoration import restore
 from .sampling import GRIDS, SAMPLERS, CUDAGraphModel, Denoiser, Step, StepHook, StepInfo, sample
 from .validation import set_validate_args, validate_args
 from .weightings import elbo_weighting, snr_weighting, soft_score_weighting
@@ -33,4 +35,5 @@ __all__ = [
     "elbo", "bits_per_dim", "ELBO",
     "set_validate_args", "validate_args",
     "DiffusionModel", "load", "GaussianData", "fit_grid",
+    "restore",
 ]

@@ -4,6 +4,7 @@
     lincorrupt sample runs/blurring -n 64 -o grid.png                  # the corruption's fast sampler, 20 steps
     lincorrupt sample runs/blurring -n 50000 -o samples/ --method ancestral --steps 100   # one PNG per image
     lincorrupt sample runs/conditional -n 100 --labels 3 --guidance 2   # a class-conditional model: class 3
+    lincorrupt restore runs/blurring --task deblur --sigma 2 --input blurred.png -o restored.png
 
 RUN_OR_CKPT is a run folder (its ``checkpoint.pt``), a Trainer checkpoint or a file of
 :meth:`lincorrupt.DiffusionModel.save`; :func:`lincorrupt.load` reads it (EMA weights).
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import torch
 
+from . import operators
 from .model import DiffusionModel, ModelLoadError, load
+from .restoration import METHODS
 from .sampling import GRIDS, SAMPLERS
 
 __all__ = ["main", "describe"]
@@ -195,6 +198,69 @@ def _conditioning(model: DiffusionModel, args) -> Callable[[int, int], dict]:
                                  "guidance": args.guidance}
 
 
+#: ``lincorrupt restore``'s default measurement noise: 8-bit quantisation of images in [-1, 1], a step of
+#: 2 / 255 rounded, whose error is uniform with standard deviation 2 / 255 / sqrt(12).
+QUANTISATION_STD = 2 / 255 / math.sqrt(12)
+
+
+def _box_mask(shape: tuple[int, ...], args) -> operators.Mask:
+    """Inpainting of ``--box TOP LEFT HEIGHT WIDTH`` (default: the centre half of each side)."""
+    _, h, w = shape
+    top, left, height, width = args.box or (h // 4, w // 4, h // 2, w // 2)
+    if not (0 <= top < top + height <= h and 0 <= left < left + width <= w):
+        raise ValueError(f"--box {top} {left} {height} {width} does not fit in a {h}x{w} image")
+    mask = torch.ones(shape, dtype=torch.bool)
+    mask[:, top:top + height, left:left + width] = False
+    return operators.Mask(mask)
+
+
+#: ``--task`` of ``lincorrupt restore``: the operator, built from the model's image shape and the flags.
+TASKS = {
+    "deblur": lambda shape, args: operators.Blur(shape, args.sigma),
+    "sr": lambda shape, args: operators.Downsample(shape, args.factor),
+    "inpaint": _box_mask,
+    "grey": lambda shape, args: operators.Grey(shape),
+}
+
+
+def _read_image(path: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """An image file as a (1, *shape) tensor in [-1, 1] (grey for one channel, RGB for three)."""
+    import numpy as np
+    from PIL import Image
+
+    from .data.images import to_model_range
+    with Image.open(path) as img:
+        img = img.convert("L" if shape[0] == 1 else "RGB")
+        if (img.height, img.width) != tuple(shape[1:]):
+            raise ValueError(f"{path} is {img.height}x{img.width} but this task's measurement is "
+                             f"{shape[1]}x{shape[2]} ({'x'.join(map(str, shape))})")
+        array = np.asarray(img, dtype=np.uint8).reshape(img.height, img.width, -1)
+    return to_model_range(torch.from_numpy(array.copy()).permute(2, 0, 1)[None])
+
+
+def _restore(args) -> None:
+    from torchvision.utils import save_image
+
+    from .data.images import to_unit_range
+    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    _check_device(device)
+    model = load(args.run, map_location=device)
+    operator = TASKS[args.task](model.corruption.shape, args).to(device)
+    if args.degrade:
+        y = operator(_read_image(args.input, model.corruption.shape).to(device))
+    else:
+        y = _read_image(args.input, operator.y_shape).to(device)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    x = model.restore(y.expand(args.num_samples, *y.shape[1:]), operator, noise_std=args.noise_std,
+                      method=args.method, steps=args.steps, sampler=args.sampler, generator=generator,
+                      progress=args.progress)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_image(to_unit_range(torch.cat([operator.pinv(y), x]).float().cpu()), out, nrow=args.num_samples + 1)
+    print(f"{args.num_samples} restoration(s) ({args.task}, {args.method}, {args.steps} steps, noise_std "
+          f"{args.noise_std:.4g}) of {args.input} -> {out} (first: the pseudo-inverse of the measurement)")
+
+
 def _labels(text: str) -> list[int]:
     try:
         return [int(k) for k in text.split(",")]
@@ -241,7 +307,33 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="a progress bar on stderr (default on; --no-progress turns it off)")
     s.set_defaults(run_command=_sample)
-    for command in (info, s):
+    r = commands.add_parser("restore", help="restore a degraded image with a trained model as the prior")
+    r.add_argument("run", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint file")
+    r.add_argument("--task", required=True, choices=sorted(TASKS),
+                   help="deblur (Gaussian blur), sr (average-pooling super-resolution), inpaint (a box), grey "
+                        "(colourise the mean of the channels)")
+    r.add_argument("--input", required=True, help="the measurement as an image file: blurred, small, with the box "
+                                                  "to fill, or grey (or the clean image with --degrade)")
+    r.add_argument("-o", "--output", default="restored.png",
+                   help="PNG to write: the pseudo-inverse of the measurement, then the restorations")
+    r.add_argument("--degrade", action="store_true", help="--input is a clean image: measure it first (a demo)")
+    r.add_argument("--sigma", type=float, default=2.0, help="deblur: the blur's standard deviation in pixels")
+    r.add_argument("--factor", type=_positive, default=2, help="sr: the downsampling factor (default 2)")
+    r.add_argument("--box", type=int, nargs=4, metavar=("TOP", "LEFT", "HEIGHT", "WIDTH"), default=None,
+                   help="inpaint: the box to fill, in pixels (default: the centre half)")
+    r.add_argument("--noise-std", type=float, default=QUANTISATION_STD,
+                   help="measurement noise's standard deviation for images in [-1, 1] (default: 8-bit "
+                        "quantisation, 2/255/sqrt(12) = 0.0023)")
+    r.add_argument("--method", default="pigdm", choices=sorted(METHODS), help="restoration method (default pigdm)")
+    r.add_argument("--sampler", default="ancestral", choices=sorted(SAMPLERS), help="sampler (default ancestral)")
+    r.add_argument("--steps", type=_positive, default=100, help="network evaluations (default 100)")
+    r.add_argument("-n", "--num-samples", type=_positive, default=1, help="restorations to draw (default 1)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the prior and the sampler's noise (default 0)")
+    r.add_argument("--device", type=_device, default=None, help="device (default: cuda when available, else cpu)")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="a progress bar on stderr (default on; --no-progress turns it off)")
+    r.set_defaults(run_command=_restore)
+    for command in (info, s, r):
         command.add_argument("--threads", type=_at_least_0, default=1, help="torch CPU threads (default 1: on a "
                              "shared machine more threads ran several times slower; 0: torch's default, one per core)")
     return p

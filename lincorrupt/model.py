@@ -29,6 +29,7 @@ from .likelihood import ELBO, bits_per_dim, elbo
 from .losses import diffusion_loss
 from .predictions import get_prediction
 from .priors import Prior
+from .restoration import restore
 from .sampling import sample
 
 __all__ = ["DiffusionModel", "load", "from_checkpoint", "model_record", "ModelLoadError"]
@@ -139,6 +140,13 @@ class DiffusionModel(nn.Module):
     def _grid_key(self, method: str | None = None, steps: int | None = None, **_) -> tuple[str, int]:
         defaults = self.sampling_defaults()
         return (defaults["method"] if method is None else method, defaults["steps"] if steps is None else steps)
+
+    def restore(self, y: Tensor, operator, **options) -> Tensor:
+        """:func:`lincorrupt.restore`: (B, *shape) restorations of measurements ``y = A x + noise`` (B, *y_shape)
+        by the :class:`~lincorrupt.operators.Operator` A, the network in eval mode meanwhile. Options as there
+        (``noise_std``, ``method``, ``steps``, ``sampler``, ``generator``, ...), but not ``prediction``."""
+        with _eval(self.network):
+            return restore(self.network, self.corruption, y, operator, prediction=self.prediction, **_fixed(options))
 
     def elbo(self, x: Tensor, **options) -> ELBO:
         """:func:`lincorrupt.elbo` of 8-bit images ``x`` (B, *shape) in [-1, 1], the network in eval mode."""
