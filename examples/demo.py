@@ -39,6 +39,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import lincorrupt as lc  # noqa: E402
+from lincorrupt.commands import positive_int  # noqa: E402
 from lincorrupt.data import DEBIAN_DIR, TensorImages, load_fashion_mnist, load_images, to_model_range  # noqa: E402
 from lincorrupt.data.images import to_unit_range  # noqa: E402
 from lincorrupt.nn import UNet  # noqa: E402
@@ -161,17 +162,6 @@ class DemoError(Exception):
     """Arguments that contradict the run in --out (reported in one line, before any work)."""
 
 
-def positive(text: str) -> int:
-    """An argument that must be a positive integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def target_steps(run: Path, steps: int | None, resume: bool) -> int:
     """The step to train to: ``--steps``, or without it DEFAULT_STEPS, or a resumed run's own step beyond that
     (``make demo`` a second time only makes the pictures again).
@@ -206,15 +196,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default="out/demo")
     p.add_argument("--data", default=None, help="Fashion-MNIST folder (default: Debian's package, else a download "
                                                 "into OUT/data)")
-    p.add_argument("--steps", type=positive, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
                    help=f"training steps (default {DEFAULT_STEPS}, ~3-12 min on 2 cores; with --resume: {DEFAULT_STEPS}"
                         f" or the run's own step if beyond)")
-    p.add_argument("--sample-steps", type=positive, default=100,
+    p.add_argument("--sample-steps", type=positive_int, default=100,
                    help="ancestral sampler steps for samples.png (default 100: the Results page found ancestral "
                         "sampling with 50 to 100 steps best for a trained blurring model)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT/run up to --steps (without it, "
                                                          "an OUT/run that holds a run is refused)")
-    p.add_argument("--threads", type=positive, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch CPU threads; the network is tiny, and on a shared 2-core machine 2 threads "
                         "measured 4-6x slower than 1 (OpenMP threads wait for each other)")
     args = p.parse_args(argv)

@@ -28,7 +28,7 @@ from .model import DiffusionModel, ModelLoadError, load
 from .restoration import METHODS
 from .sampling import GRIDS, SAMPLERS
 
-__all__ = ["main", "describe"]
+__all__ = ["main", "describe", "positive_int"]
 
 
 def describe(model: DiffusionModel) -> dict:
@@ -281,13 +281,13 @@ def _parser() -> argparse.ArgumentParser:
                                         "blurring diffusion dpm++3m on the data grid); for the best quality the "
                                         "Results page measured --method ancestral --grid uniform --steps 100.")
     s.add_argument("run", metavar="RUN_OR_CKPT", help="a run folder or a checkpoint file")
-    s.add_argument("-n", "--num-samples", type=_positive, default=64, help="number of images (default 64)")
+    s.add_argument("-n", "--num-samples", type=positive_int, default=64, help="number of images (default 64)")
     s.add_argument("-o", "--output", default="samples.png",
                    help="an image file (.png, .jpg, ...) for one grid of all images, at most 8192 pixels a side "
                         "(default samples.png); or a folder written with a trailing / (e.g. samples/) for one PNG "
                         "per image, 000000.png, 000001.png, ..., each batch written as it is done (many images, "
                         "FID tools)")
-    s.add_argument("--batch-size", type=_positive, default=256,
+    s.add_argument("--batch-size", type=positive_int, default=256,
                    help="images sampled at once (default 256; memory grows with it; the same --seed and "
                         "--batch-size give the same images)")
     s.add_argument("--method", default=None, choices=sorted(SAMPLERS),
@@ -295,7 +295,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--grid", default=None, choices=sorted(GRIDS),
                    help="time grid (default: the grid fitted for the sampler and --steps if the model holds one, "
                         "else the fast sampler's)")
-    s.add_argument("--steps", type=_positive, default=None,
+    s.add_argument("--steps", type=positive_int, default=None,
                    help="network evaluations (default: the fast sampler's, 20)")
     s.add_argument("--seed", type=int, default=0, help="seed of the prior and the sampler's noise (default 0)")
     s.add_argument("--labels", type=_labels, default=None,
@@ -318,7 +318,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="PNG to write: the pseudo-inverse of the measurement, then the restorations")
     r.add_argument("--degrade", action="store_true", help="--input is a clean image: measure it first (a demo)")
     r.add_argument("--sigma", type=float, default=2.0, help="deblur: the blur's standard deviation in pixels")
-    r.add_argument("--factor", type=_positive, default=2, help="sr: the downsampling factor (default 2)")
+    r.add_argument("--factor", type=positive_int, default=2, help="sr: the downsampling factor (default 2)")
     r.add_argument("--box", type=int, nargs=4, metavar=("TOP", "LEFT", "HEIGHT", "WIDTH"), default=None,
                    help="inpaint: the box to fill, in pixels (default: the centre half)")
     r.add_argument("--noise-std", type=float, default=QUANTISATION_STD,
@@ -326,8 +326,8 @@ def _parser() -> argparse.ArgumentParser:
                         "quantisation, 2/255/sqrt(12) = 0.0023)")
     r.add_argument("--method", default="pigdm", choices=sorted(METHODS), help="restoration method (default pigdm)")
     r.add_argument("--sampler", default="ancestral", choices=sorted(SAMPLERS), help="sampler (default ancestral)")
-    r.add_argument("--steps", type=_positive, default=100, help="network evaluations (default 100)")
-    r.add_argument("-n", "--num-samples", type=_positive, default=1, help="restorations to draw (default 1)")
+    r.add_argument("--steps", type=positive_int, default=100, help="network evaluations (default 100)")
+    r.add_argument("-n", "--num-samples", type=positive_int, default=1, help="restorations to draw (default 1)")
     r.add_argument("--seed", type=int, default=0, help="seed of the prior and the sampler's noise (default 0)")
     r.add_argument("--device", type=_device, default=None, help="device (default: cuda when available, else cpu)")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -339,22 +339,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _at_least_0(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
-    return value
-
-
-def _positive(text: str) -> int:
-    """An argument that must be a positive integer."""
+def _integer(text: str, least: int, what: str) -> int:
+    """``text`` as an int of at least ``least``, else an ``ArgumentTypeError`` saying ``what`` was expected."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argument that must be a positive integer (argparse ``type=``)."""
+    return _integer(text, 1, "a positive integer")
+
+
+def _at_least_0(text: str) -> int:
+    return _integer(text, 0, "0 or a positive integer")
 
 
 def _finite_float(text: str) -> float:

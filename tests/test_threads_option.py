@@ -40,7 +40,7 @@ def test_importing_the_library_leaves_torchs_threads_alone():
 
 def test_a_negative_thread_count_is_refused_by_the_parser():
     _, _, stderr = _threads_after("from lincorrupt.commands import main\nmain(['info', '--threads', '-1', 'x'])")
-    assert "--threads: must be 0 or a positive integer, got -1" in stderr
+    assert "--threads: expected 0 or a positive integer, got -1" in stderr
 
 
 @pytest.mark.parametrize("argv, expected", [([], 1), (["--threads", "3"], 3), (["--threads", "0"], None)])
