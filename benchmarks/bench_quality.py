@@ -7,15 +7,21 @@
     .venv/bin/python benchmarks/bench_quality.py --tiny --out /tmp/q --results /tmp/q   # seconds: tests the code
     python benchmarks/bench_quality.py --device cuda --resume        # the GPU mode: 10x the images per step
     .venv/bin/python benchmarks/bench_quality.py --samples 5000 --out out/quality5k   # 5,000 samples per evaluation
+    .venv/bin/python benchmarks/bench_quality.py --resume --last-only --runs blur17.5-v-isotropic-s0  # weighting study
 
 Every model gets the same UNet (0.69M parameters), Adam at lr 1e-3 with 200 warm-up steps, batch 32,
 EMA decay 0.999 with k-diffusion's warm-up (power 2/3), no horizontal flips (Fashion-MNIST's shoes
-all face one way), and the same budget; only the corruption and the prediction differ:
+all face one way), and the same budget; only the corruption and the prediction (and the loss weighting) differ:
 
 - ``blur{w}-v``: BlurringDiffusion with sigma_B,max = w in {17.5, 10, 5, 2} (17.5 is the paper's 20 on
   32x32 scaled to 28x28), min_scale 0.001, log-SNR in [-10, 10], v-prediction;
 - ``noblur-v``: the paper's ablation, the same cosine schedule with ``sigma_blur_max=0``;
 - ``blur17.5-eps`` and ``noblur-eps``: the paper's own recipe, eps-prediction with the unweighted loss.
+- the weighting study: the headline pair trained with a loss weighting of :mod:`lincorrupt.weightings` in
+  each coordinate's own log-SNR (``blur17.5-v-isotropic``, ``-min-snr5`` with gamma 5, ``-sigmoid0`` with
+  b = 0; ``"isotropic"`` without blur is the unweighted loss, so its no-blur model is ``noblur-v``), seed 0,
+  the headline length; ``--last-only`` evaluates each run only after its last budget, and the report's first
+  table is the blur / no-blur FID ratio per weighting.
 
 The two headline models (blur17.5-v, noblur-v) train three times the base budget, evaluated at each
 third, with two training seeds each; every other model trains the base budget once (seed 0). The base
@@ -52,7 +58,23 @@ from pathlib import Path
 import numpy as np
 import reports
 import torch
-from fashion_study import FULL, GPU, HEADLINE, MODELS, SHAPE, TINY, Budget, Reference, Run, config, draw, load, quality
+from fashion_study import (
+    FULL,
+    GPU,
+    HEADLINE,
+    MODELS,
+    NFE_SWEEP,
+    SHAPE,
+    TINY,
+    WEIGHTED,
+    Budget,
+    Reference,
+    Run,
+    config,
+    draw,
+    load,
+    quality,
+)
 
 from lincorrupt.data import TensorImages, load_fashion_mnist, to_model_range
 from lincorrupt.metrics import extract_features, load_feature_net, spectral
@@ -68,7 +90,11 @@ RUNS: tuple[Run, ...] = (
     Run("blur17.5-v", 0, 3), Run("noblur-v", 0, 3),
     Run("blur17.5-eps"), Run("noblur-eps"), Run("blur10-v"), Run("blur5-v"), Run("blur2-v"),
     Run("soft-x"), Run("blur17.5-v", 1, 3), Run("noblur-v", 1, 3),
+    # the weighting study (--last-only): the headline pair with each loss weighting, seed 0, the headline length
+    *(Run(model, 0, 3) for pair in WEIGHTED.values() for model in pair if model not in HEADLINE),
 )
+#: The models the sampler sweep (``--phase nfe``) covers: the headline pair and its weighted versions.
+SWEPT: tuple[str, ...] = tuple(dict.fromkeys(m for pair in WEIGHTED.values() for m in pair))
 
 
 # ----------------------------------------------------------------------------------- training
@@ -168,12 +194,13 @@ def sweep(run: Run, budget: Budget, out: Path, device: torch.device) -> dict | N
     return result
 
 
-def work(run: Run, budget: Budget, out: Path, device: torch.device, phase: str) -> None:
+def work(run: Run, budget: Budget, out: Path, device: torch.device, phase: str, last_only: bool = False) -> None:
     """Everything ``run`` still needs: training (unless ``phase == 'eval'``), then (unless ``phase ==
-    'train'``) the evaluation of every kept checkpoint. ``eval`` may run beside a training of the same run;
-    ``nfe`` only runs the sampler sweep of a headline model."""
+    'train'``) the evaluation of every kept checkpoint (``last_only``: of the one after its last budget).
+    ``eval`` may run beside a training of the same run; ``nfe`` only runs the sampler sweep of a model of
+    :data:`SWEPT`."""
     if phase == "nfe":
-        if run.model in HEADLINE and run.seed == 0:
+        if run.model in SWEPT and run.seed == 0:
             sweep(run, budget, out, device)
         return
     if phase != "eval":
@@ -181,7 +208,7 @@ def work(run: Run, budget: Budget, out: Path, device: torch.device, phase: str) 
     if phase == "train":
         return
     ref = None
-    for k in range(1, run.budgets + 1):
+    for k in [run.budgets] if last_only else range(1, run.budgets + 1):
         if (out / run.name / f"step{k * budget.steps}.pt").exists():
             ref = ref or Reference.build(budget)
             evaluate(run, k * budget.steps, budget, out, ref, device, raw_too=k == 1)
@@ -207,17 +234,17 @@ def collect(out: Path, budget: Budget) -> dict[str, list[dict]]:
 
 
 def nfe_table(out: Path) -> str:
-    """The sampler sweep of the headline models: FID (KID x 1e3, recall) per (sampler, grid, NFE)."""
+    """The sampler sweep of the models of :data:`SWEPT`: FID (KID x 1e3, recall) per (sampler, grid, NFE)."""
     found = {}
     for run in RUNS:
-        if run.model in HEADLINE and run.seed == 0:
+        if run.model in SWEPT and run.seed == 0:
             sweeps = sorted((json.loads(p.read_text()) for p in (out / run.name).glob("nfe*.json")),
                             key=lambda r: r["step"])
             if sweeps:
                 found[run.model] = sweeps[-1]
     if not found:
         return ""
-    models = [m for m in HEADLINE if m in found]
+    models = [m for m in SWEPT if m in found]
     rows = ["| sampler / grid / NFE | " + " | ".join(f"{m} @ {found[m]['step']}: FID, KID x 1e3, recall"
                                                     for m in models) + " |", "|---|" + "---|" * len(models)]
     for name in found[models[0]]["samplers"]:
@@ -270,6 +297,31 @@ def trend_table(evals: dict[str, list[dict]]) -> str:
     return "\n".join(rows)
 
 
+def weighting_table(evals: dict[str, list[dict]], out: Path) -> str:
+    """The weighting study: per loss weighting of :data:`WEIGHTED`, the blur and no-blur models' FID (KID x 1e3)
+    at the last step both were evaluated at (seed 0), their ratio, and the ratio with each sampler of the sweep
+    (``--phase nfe``) where both were swept at that step."""
+    rows = []
+    for label, pair in WEIGHTED.items():
+        found = [{e["step"]: e for e in evals.get(f"{m}-s0", [])} for m in pair]
+        common = sorted(set(found[0]) & set(found[1]))
+        if not common:
+            continue
+        step = common[-1]
+        blur, plain = (f[step]["ema"] for f in found)
+        swept = [json.loads(p.read_text()) if p.exists() else {"samplers": {}}
+                 for p in (out / f"{m}-s0" / f"nfe{step}.json" for m in pair)]
+        others = [f"{name} {q['fid'] / swept[1]['samplers'][name]['fid']:.2f}"
+                  for name, q in swept[0]["samplers"].items() if name in swept[1]["samplers"]]
+        rows.append(f"| {label} | {pair[0]} / {pair[1]} | {step} | {blur['fid']:.2f} ({blur['kid_x1e3']:.1f}) | "
+                    f"{plain['fid']:.2f} ({plain['kid_x1e3']:.1f}) | {blur['fid'] / plain['fid']:.2f} | "
+                    f"{', '.join(others)} |")
+    if not rows:
+        return ""
+    return "\n".join(["| weighting | models (blur / no-blur) | step | blur FID (KID x 1e3) | no-blur FID (KID x 1e3) | "
+                      "ratio | ratio with other samplers |", "|---|---|---|---|---|---|---|", *rows])
+
+
 def first_table(evals: dict[str, list[dict]]) -> str:
     """Every evaluation scored twice on the same draws (``--samples`` above the default): all of them, and the
     first (default count) of them: how much the smaller count biases FID and KID."""
@@ -299,7 +351,8 @@ def band_table(evals: dict[str, list[dict]], key: str, budget: Budget) -> str:
     rows = []
     for run in RUNS:
         mine = evals.get(run.name, [])
-        chosen = [e for e in mine if e["step"] == budget.steps] + ([mine[-1]] if len(mine) > 1 else [])
+        last = [mine[-1]] if mine and mine[-1]["step"] != budget.steps else []
+        chosen = [e for e in mine if e["step"] == budget.steps] + last
         if run.seed:
             continue
         for r in chosen:
@@ -361,7 +414,7 @@ def report(budget: Budget, out: Path, results: Path, command: str, wall: float, 
     done = {run.name: [e["step"] for e in evals.get(run.name, [])] for run in RUNS}
     reports.refuse_losing(results / "results.json", done)
     ref = Reference.build(budget)
-    base, first, nfe = floor(budget, ref), first_table(evals), nfe_table(out)
+    base, first, nfe, weighted = floor(budget, ref), first_table(evals), nfe_table(out), weighting_table(evals, out)
     results.mkdir(parents=True, exist_ok=True)
     figures(evals, budget, out, results)
     machine = reports.machine(budget.jobs, device)
@@ -373,14 +426,15 @@ def report(budget: Budget, out: Path, results: Path, command: str, wall: float, 
     text = (f"Base budget: {budget.steps} steps of batch {budget.batch_size}; "
             f"sampler {'/'.join(map(str, budget.sampler))}; {budget.samples} samples against "
             f"{budget.test_images} test images, Fashion-MNIST classifier features.\n\n"
-            f"Every model at the base budget (seed 0)\n\n{base_table(evals, budget, base)}\n\n"
+            + (f"Blur / no-blur FID per loss weighting (seed 0)\n\n{weighted}\n\n" if weighted else "")
+            + f"Every model at the base budget (seed 0)\n\n{base_table(evals, budget, base)}\n\n"
             f"The headline models over training\n\n{trend_table(evals)}\n\n"
             + (f"The same draws scored in full and by their first few\n\n{first}\n\n" if first else "")
             + f"DCT power of the samples relative to the test images, per radial band\n\n"
             f"{band_table(evals, 'spectrum', budget)}\n\n"
             f"Denoising error per band relative to the Wiener estimator of the data's Gaussian fit (> 1: worse than "
             f"linear)\n\n{band_table(evals, 'wiener', budget)}\n\n"
-            + (f"The headline models with other samplers ({budget.nfe_samples} samples each)\n\n{nfe}\n\n"
+            + (f"The swept models with other samplers ({budget.nfe_samples} samples each)\n\n{nfe}\n\n"
                if nfe else "")
             + f"Evaluations done: {json.dumps(done)}\n\nCommand: `{command}`; machine: {machine}\n")
     reports.write(results, "results", summary, text)
@@ -405,6 +459,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--samples", type=int, default=None,
                    help="samples per evaluation (default: 1,000 on the CPU, 5,000 in the GPU mode); with more than "
                         "the default an evaluation also scores its first (default count) samples")
+    p.add_argument("--last-only", action="store_true",
+                   help="evaluate each run only after its last budget (the weighting study's runs and baselines)")
+    p.add_argument("--sweep", default=None, help="the samplers of --phase nfe, as comma-separated method/grid/NFE "
+                   "(default: the study's sweep, " + ",".join("/".join(map(str, s)) for s in NFE_SWEEP) + ")")
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # a worker process: one run
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -414,6 +472,12 @@ def main(argv: list[str] | None = None) -> dict | None:
             p.error(f"--samples must be at least 2 (FID needs a covariance), got {args.samples}")
         budget = replace(budget, samples=args.samples,
                          first=budget.samples if args.samples > budget.samples else None)
+    if args.sweep:
+        try:
+            budget = replace(budget, nfe_sweep=tuple((m, g, int(n)) for m, g, n in
+                                                     (s.split("/") for s in args.sweep.split(","))))
+        except ValueError:
+            p.error(f"--sweep takes comma-separated method/grid/NFE (e.g. ancestral/uniform/100), got {args.sweep!r}")
     out, results = Path(args.out), Path(args.results)
     runs = {r.name: r for r in RUNS}
     names = args.runs.split(",") if args.runs else list(runs)
@@ -421,11 +485,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     if unknown:
         p.error(f"unknown runs {unknown}; expected some of {list(runs)}")
     if args.phase == "nfe":
-        names = [n for n in names if runs[n].model in HEADLINE and runs[n].seed == 0]
+        names = [n for n in names if runs[n].model in SWEPT and runs[n].seed == 0]
     load_feature_net("fashion-mnist"), load_fashion_mnist(train=False)  # fail before any work
     torch.set_num_threads(1)  # parallelism comes from --jobs processes
     if args.only:
-        return work(runs[args.only], budget, out, device, args.phase)
+        return work(runs[args.only], budget, out, device, args.phase, args.last_only)
     if out.exists() and any(out.iterdir()) and not args.resume and args.phase != "report":
         p.error(f"{out} already holds runs; pass --resume to continue them (nothing is overwritten), "
                 f"or choose another --out")
@@ -439,7 +503,9 @@ def main(argv: list[str] | None = None) -> dict | None:
                 name = pending.pop(0)
                 cmd = [sys.executable, __file__, "--only", name, "--out", str(out), "--phase", args.phase,
                        "--device", args.device] + (["--tiny"] if args.tiny else []) \
-                    + ([] if args.samples is None else ["--samples", str(args.samples)])
+                    + ([] if args.samples is None else ["--samples", str(args.samples)]) \
+                    + (["--last-only"] if args.last_only else []) \
+                    + ([] if args.sweep is None else ["--sweep", args.sweep])
                 with open(out / f"{name}.log", "a") as log:  # the child keeps its own copy of the handle
                     running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
             time.sleep(0.5)

@@ -9,7 +9,7 @@ scaled by 1e3.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -43,6 +43,8 @@ class Model:
     build: Callable[[torch.Tensor], lc.DiagonalizableCorruption]  # from training images in [-1, 1]
     prediction: str
     also: tuple[tuple[str, str, int], ...] = ()  # further (sampler, grid, NFE) its EMA weights are evaluated with
+    weighting: str = "none"  # the loss weighting (lincorrupt.weightings.WEIGHTINGS)
+    weighting_options: tuple[tuple[str, float], ...] = ()  # its options as (name, value) pairs
 
 
 def _blurring(width: float) -> Callable[[torch.Tensor], lc.DiagonalizableCorruption]:
@@ -73,6 +75,16 @@ MODELS: dict[str, Model] = {
     "soft-x": Model(_soft, "x", also=(("momentum", "uniform", 20), ("dpm++2m", "uniform", 20))),
 }
 HEADLINE = ("blur17.5-v", "noblur-v")
+#: The weighting study: the headline pair retrained with each loss weighting of lincorrupt.weightings, in each
+#: coordinate's own log-SNR, as (blur model, no-blur model) per weighting; "none" (the unweighted loss) is the
+#: headline pair itself. "isotropic" without blur is "none" (the same weights up to rounding): its no-blur
+#: model is noblur-v.
+WEIGHTED: dict[str, tuple[str, str]] = {"none": HEADLINE}
+for _label, _weighting, _options in (("isotropic", "isotropic", ()), ("min-snr5", "min-snr", (("gamma", 5.0),)),
+                                     ("sigmoid0", "sigmoid", (("b", 0.0),))):
+    for _model in HEADLINE[:1] if _weighting == "isotropic" else HEADLINE:
+        MODELS[f"{_model}-{_label}"] = replace(MODELS[_model], weighting=_weighting, weighting_options=_options)
+    WEIGHTED[_label] = tuple(f"{m}-{_label}" if f"{m}-{_label}" in MODELS else m for m in HEADLINE)
 
 
 @dataclass(frozen=True)
@@ -121,8 +133,10 @@ TINY = Budget(unet=dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions
 
 
 def config(run: Run, budget: Budget, steps: int, out: Path) -> TrainConfig:
+    model = MODELS[run.model]
     return TrainConfig(steps=steps, batch_size=budget.batch_size, lr=1e-3, warmup_steps=min(200, steps),
-                       ema_decay=0.999, ema_warmup_power=2 / 3, hflip=False, prediction=MODELS[run.model].prediction,
+                       ema_decay=0.999, ema_warmup_power=2 / 3, hflip=False, prediction=model.prediction,
+                       weighting=model.weighting, weighting_options=dict(model.weighting_options) or None,
                        seed=run.seed, num_workers=0, log_every=50, sample_every=0, ckpt_every=250, progress=False,
                        out_dir=str(out / run.name / "run"))
 

@@ -4,6 +4,7 @@
 import json
 
 import pytest
+import torch
 
 from helpers.benchmarks import load_benchmark
 from lincorrupt.data import DEBIAN_DIR
@@ -56,6 +57,32 @@ def test_more_samples_also_score_the_default_count_of_the_same_draws(tmp_path):
         assert e["ema"]["samples"] == n and e["ema"]["first"]["samples"] == default
     assert report["floor"]["samples"] == n
     assert f"| FID ({n}) | FID (first {default}) |" in (tmp_path / "results" / "results.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is missing")
+def test_weighting_study_trains_with_the_weighting_and_reports_the_ratio_after_the_last_budget(tmp_path):
+    module = load_benchmark("bench_quality")
+    out, results = tmp_path / "runs", tmp_path / "results"
+    pair = module.WEIGHTED["min-snr5"]
+    args = ["--tiny", "--last-only", "--runs", ",".join(f"{m}-s0" for m in pair), "--jobs", "1", "--out", str(out),
+            "--results", str(results)]
+    report = module.main(args)
+    steps = module.TINY.steps
+    for m in pair:
+        (e,) = report["evaluations"][f"{m}-s0"]  # only after the last of its three budgets, EMA weights only
+        assert e["step"] == 3 * steps and "raw" not in e
+        config = torch.load(out / f"{m}-s0" / f"step{3 * steps}.pt", weights_only=False)["config"]
+        assert (config["weighting"], config["weighting_options"]) == ("min-snr", {"gamma": 5.0})
+    fids = [report["evaluations"][f"{m}-s0"][0]["ema"]["fid"] for m in pair]
+    assert f"| min-snr5 | {pair[0]} / {pair[1]} | {3 * steps} | {fids[0]:.2f} " in (results / "results.md").read_text()
+    assert f"| {fids[0] / fids[1]:.2f} |" in (results / "results.md").read_text()
+    # the sweep covers the weighted runs, with the samplers asked for
+    module.main([*args, "--resume", "--phase", "nfe", "--sweep", "ancestral/uniform/3"])
+    for m in pair:
+        swept = json.loads((out / f"{m}-s0" / f"nfe{3 * steps}.json").read_text())
+        assert list(swept["samplers"]) == ["ancestral/uniform/3"]
+    assert "| ancestral/uniform/3 " in (results / "results.md").read_text()
 
 
 def test_too_few_samples_are_refused_before_any_work(tmp_path):
